@@ -1,0 +1,509 @@
+"""Capture exact attention weights while the model runs its own kernels.
+
+Each attention site gets a *tap*, installed per instance on entering :func:`capture_attention` and
+removed on leaving it, even when the body raises:
+
+- ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer``: the instance's ``forward`` is wrapped
+  to read its inputs, and the weights are recomputed from the module's own projections. Wrapping,
+  not forward hooks: PyTorch disables the encoder layer's fused fast path when any hook is attached,
+  and a function mode would disable it too, changing the outputs.
+- every other site (timm, Hugging Face, nanoGPT): while the module's forward runs, a
+  ``TorchFunctionMode`` sees its calls to ``F.scaled_dot_product_attention`` (weights recomputed from
+  the same q, k, mask and scale, beside the fused kernel that still runs), to softmax over a
+  ``(B, H, L, S)`` tensor (eager attention: the model's own weights are kept), and to
+  ``F.multi_head_attention_forward``.
+
+Only the first ``samples`` batch rows are ever computed or kept.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention
+from lightning_attnviz.weights import mha_weights, sdpa_weights
+
+Path = Literal["sdpa", "mha", "eager_softmax"]
+
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+_SOFTMAX_FUNCS = frozenset({torch.softmax, torch.Tensor.softmax, F.softmax, torch.special.softmax})
+_MHA_FORWARD_SIG = inspect.signature(nn.MultiheadAttention.forward)
+_ENCODER_LAYER_SIG = inspect.signature(nn.TransformerEncoderLayer.forward)
+_MHA_FUNCTIONAL_SIG = inspect.signature(F.multi_head_attention_forward)
+_COMPUTE_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """One attention computation seen during capture.
+
+    Attributes:
+        key: key in :attr:`AttentionCapture.maps`: the module name for its first call since the
+            context was entered, ``"<name>#<n>"`` for call ``n`` (a shared module, or self- and
+            cross-attention computed inside one module).
+        module: qualified name of the module that computed it.
+        call: 0-based index of this call of ``module`` since the context was entered.
+        weights: float32 CPU tensor, ``(samples, heads, q_len, k_len)``; rows sum to 1, or to 0 where
+            every key is masked.
+        visible: bool CPU tensor broadcastable to ``weights``, False where a mask hid the key; ``None``
+            when nothing was masked. For eager softmax it is inferred as ``weights != 0``.
+        path: ``"sdpa"`` (recomputed beside ``F.scaled_dot_product_attention``), ``"mha"``
+            (recomputed from ``nn.MultiheadAttention`` projections, fast path or not) or
+            ``"eager_softmax"`` (the model's own softmax output).
+        causal: ``is_causal`` was set; ``None`` when the path does not say (eager softmax).
+        masked: a mask was applied; ``None`` when the path does not say.
+        gqa_groups: query heads per key head (1 without grouped-query attention done by SDPA).
+        scale: the scale applied to ``q·kᵀ``; ``None`` when unknown (eager softmax).
+        dropout_p: dropout applied *after* these weights in train mode; it is not part of them.
+    """
+
+    key: str
+    module: str
+    call: int
+    weights: Tensor
+    visible: Tensor | None
+    path: Path
+    causal: bool | None
+    masked: bool | None
+    gqa_groups: int
+    scale: float | None
+    dropout_p: float
+
+
+class AttentionCapture:
+    """Holds the taps and what they recorded; use it through :func:`capture_attention`."""
+
+    def __init__(self, model: nn.Module, samples: int = 2, modules: ModuleSelector = None) -> None:
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"`samples` must be an int >= 1, got {samples!r}")
+        self.model = _unwrap_compiled(model)
+        self.samples = samples
+        self.sites: list[AttentionSite] = find_attention(self.model, modules)
+        self.records: dict[str, AttentionMap] = {}
+        self._calls: dict[str, int] = {}
+        self._entered: set[str] = set()
+        self._restore: list[Callable[[], None]] = []
+        self._scope: list[AttentionSite] = []  # function-tap sites whose forward is running
+        self._mode = _Interceptor(self)
+        self._mode_on = False
+        self._padded_width: int | None = None  # set by nn.TransformerEncoder for nested inputs
+        self._failed: set[str] = set()
+
+    @property
+    def maps(self) -> dict[str, Tensor]:
+        """``{key: weights}`` in forward order; see :class:`AttentionMap` for the keys."""
+        return {key: record.weights for key, record in self.records.items()}
+
+    def clear(self) -> None:
+        """Forget what was recorded, keeping the taps (call counts restart at 0)."""
+        self.records.clear()
+        self._calls.clear()
+        self._entered.clear()
+
+    # -- install / remove -------------------------------------------------------------------------
+
+    def __enter__(self) -> AttentionCapture:
+        if not self.sites:
+            warnings.warn(
+                f"No attention modules found in {type(self.model).__name__}: searched for "
+                "nn.MultiheadAttention and modules whose class name contains 'Attention' or 'Attn'. "
+                "Pass `modules=` with their names or a predicate.",
+                UserWarning,
+                stacklevel=3,
+            )
+        try:
+            named = dict(self.model.named_modules())
+            for site in self.sites:
+                self._install(site, named)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        if exc[0] is None:
+            silent = sorted(self._entered - {r.module for r in self.records.values()} - self._failed)
+            if silent:
+                warnings.warn(
+                    f"These modules ran but computed no attention that could be captured: {silent}. "
+                    "Capture sees F.scaled_dot_product_attention, softmax over (B, H, L, S) tensors "
+                    "and nn.MultiheadAttention.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+    def close(self) -> None:
+        """Remove every tap and the function mode; safe to call twice."""
+        while self._restore:
+            self._restore.pop()()
+        while self._mode_on:  # only if a forward was abandoned mid-way
+            self._mode_off()
+        self._scope.clear()
+
+    def _install(self, site: AttentionSite, named: dict[str, nn.Module]) -> None:
+        module = named[site.name]
+        if site.tap == "mha":
+            self._wrap(module, self._mha_tap(site, module))
+        elif site.tap == "encoder_layer":
+            layer = named[site.name.rpartition(".")[0]]
+            self._wrap(layer, self._encoder_layer_tap(site, layer))
+            for encoder in self.model.modules():
+                if isinstance(encoder, nn.TransformerEncoder) and any(m is layer for m in encoder.layers):
+                    self._wrap(encoder, self._encoder_tap(encoder))
+        else:
+            self._wrap_scope(module, site)
+
+    def _wrap(self, module: nn.Module, before: Callable[[tuple, dict], None]) -> None:
+        """Run ``before(args, kwargs)`` ahead of ``module``'s own forward, for this instance only."""
+        if getattr(module.forward, "_attnviz_tap", False):
+            return  # an encoder shared by several tapped layers is wrapped once
+        original = module.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            before(args, kwargs)
+            return original(*args, **kwargs)
+
+        self._set_forward(module, forward)
+
+    def _wrap_scope(self, module: nn.Module, site: AttentionSite) -> None:
+        """Keep the function mode on while ``module``'s forward runs."""
+        original = module.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            self._entered.add(site.name)
+            self._scope.append(site)
+            if len(self._scope) == 1:
+                self._mode_on_()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._scope.pop()
+                if not self._scope:
+                    self._mode_off()
+
+        self._set_forward(module, forward)
+
+    def _set_forward(self, module: nn.Module, forward: Callable[..., Any]) -> None:
+        had_own = "forward" in module.__dict__
+        previous = module.__dict__.get("forward")
+        forward._attnviz_tap = True  # type: ignore[attr-defined]
+        module.forward = forward  # type: ignore[method-assign]
+
+        def restore() -> None:
+            if had_own:
+                module.forward = previous  # type: ignore[method-assign]
+            else:
+                module.__dict__.pop("forward", None)
+
+        self._restore.append(restore)
+
+    def _mode_on_(self) -> None:
+        self._mode.__enter__()
+        self._mode_on = True
+
+    def _mode_off(self) -> None:
+        self._mode.__exit__(None, None, None)
+        self._mode_on = False
+
+    # -- taps -------------------------------------------------------------------------------------
+
+    def _mha_tap(self, site: AttentionSite, mha: nn.MultiheadAttention) -> Callable[[tuple, dict], None]:
+        def before(args: tuple, kwargs: dict) -> None:
+            self._entered.add(site.name)
+            bound = _MHA_FORWARD_SIG.bind(mha, *args, **kwargs).arguments
+            self._record_mha(
+                site.name,
+                mha,
+                bound["query"],
+                bound["key"],
+                key_padding_mask=bound.get("key_padding_mask"),
+                attn_mask=bound.get("attn_mask"),
+                is_causal=bound.get("is_causal", False),
+                batch_first=mha.batch_first,
+            )
+
+        return before
+
+    def _encoder_layer_tap(
+        self, site: AttentionSite, layer: nn.TransformerEncoderLayer
+    ) -> Callable[[tuple, dict], None]:
+        def before(args: tuple, kwargs: dict) -> None:
+            self._entered.add(site.name)
+            bound = _ENCODER_LAYER_SIG.bind(layer, *args, **kwargs).arguments
+            src, padding = bound["src"], bound.get("src_key_padding_mask")
+            batch_first = layer.self_attn.batch_first
+            if src.is_nested:  # nn.TransformerEncoder's fast path packed the padded batch
+                src, padding = _unnest(src, self.samples, self._padded_width)
+            if layer.norm_first:
+                norm = layer.norm1
+                src = F.layer_norm(src, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            self._record_mha(
+                site.name,
+                layer.self_attn,
+                src,
+                src,
+                key_padding_mask=padding,
+                attn_mask=bound.get("src_mask"),
+                is_causal=bound.get("is_causal", False),
+                batch_first=batch_first,
+                self_attention=True,
+            )
+
+        return before
+
+    def _encoder_tap(self, encoder: nn.TransformerEncoder) -> Callable[[tuple, dict], None]:
+        def before(args: tuple, kwargs: dict) -> None:
+            src = args[0] if args else kwargs["src"]
+            batch_first = encoder.layers[0].self_attn.batch_first
+            if not src.is_nested and src.dim() == 3:
+                self._padded_width = src.shape[1 if batch_first else 0]
+
+        return before
+
+    def _record_mha(
+        self,
+        name: str,
+        mha: nn.MultiheadAttention,
+        query: Tensor,
+        key: Tensor,
+        *,
+        key_padding_mask: Tensor | None,
+        attn_mask: Tensor | None,
+        is_causal: bool,
+        batch_first: bool,
+        self_attention: bool = False,
+    ) -> None:
+        """Record ``mha``'s weights; with ``self_attention``, padded query rows are hidden too."""
+        embed = mha.embed_dim
+        if mha._qkv_same_embed_dim:
+            q_weight, k_weight = mha.in_proj_weight[:embed], mha.in_proj_weight[embed : 2 * embed]
+        else:
+            q_weight, k_weight = mha.q_proj_weight, mha.k_proj_weight
+        bias = mha.in_proj_bias
+
+        def compute() -> tuple[Tensor, Tensor | None]:
+            weights, visible = mha_weights(
+                query,
+                key,
+                num_heads=mha.num_heads,
+                q_weight=q_weight,
+                k_weight=k_weight,
+                q_bias=None if bias is None else bias[:embed],
+                k_bias=None if bias is None else bias[embed : 2 * embed],
+                bias_k=mha.bias_k,
+                add_zero_attn=mha.add_zero_attn,
+                key_padding_mask=key_padding_mask,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+                batch_first=batch_first,
+                samples=self.samples,
+            )
+            if self_attention and key_padding_mask is not None:
+                weights, visible = _hide_padded_queries(weights, visible, key_padding_mask)
+            return weights, visible
+
+        self._compute(
+            name,
+            compute,
+            path="mha",
+            causal=bool(is_causal),
+            masked=key_padding_mask is not None or attn_mask is not None or bool(is_causal),
+            gqa_groups=1,
+            scale=(embed // mha.num_heads) ** -0.5,
+            dropout_p=mha.dropout if mha.training else 0.0,
+        )
+
+    def _compute(self, name: str, compute: Callable[[], tuple[Tensor, Tensor | None]], **meta: Any) -> None:
+        """Run ``compute`` off the autograd graph and record its result under the next key of ``name``."""
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                weights, visible = compute()
+        except _COMPUTE_ERRORS as err:
+            if name not in self._failed:
+                self._failed.add(name)
+                warnings.warn(
+                    f"Could not compute attention weights for {name!r} ({type(err).__name__}: {err}); "
+                    "the model's own output is unaffected.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            return
+        self._add(name, weights, visible, **meta)
+
+    def _add(self, name: str, weights: Tensor, visible: Tensor | None, **meta: Any) -> None:
+        call = self._calls.get(name, 0)
+        self._calls[name] = call + 1
+        key = name if call == 0 else f"{name}#{call}"
+        self.records[key] = AttentionMap(
+            key=key, module=name, call=call, weights=weights, visible=visible, **meta
+        )
+
+
+class _Interceptor(TorchFunctionMode):
+    """Sees the torch calls made inside function-tap sites; always calls the original function."""
+
+    def __init__(self, capture: AttentionCapture) -> None:
+        super().__init__()
+        # A weak reference: a cycle would keep the captured maps alive until the next GC pass.
+        self._capture = weakref.ref(capture)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        cap = self._capture()
+        if cap is None or not cap._scope:
+            return out
+        site = cap._scope[-1]
+        if func is F.scaled_dot_product_attention:
+            self._sdpa(cap, site, args, kwargs)
+        elif func in _SOFTMAX_FUNCS:
+            self._softmax(cap, site, out, args, kwargs)
+        elif func is F.multi_head_attention_forward:
+            self._mha_functional(cap, site, args, kwargs)
+        return out
+
+    def _sdpa(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
+        bound = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
+        q, k, mask = bound["query"], bound["key"], bound.get("attn_mask")
+        gqa = bool(bound.get("enable_gqa", False))
+        scale = bound.get("scale")
+        causal = bool(bound.get("is_causal", False))
+        cap._compute(
+            site.name,
+            lambda: sdpa_weights(q, k, mask, causal, scale, gqa, cap.samples),
+            path="sdpa",
+            causal=causal,
+            masked=mask is not None or causal,
+            gqa_groups=q.shape[-3] // k.shape[-3] if gqa and q.dim() > 3 else 1,
+            scale=scale if scale is not None else q.shape[-1] ** -0.5,
+            dropout_p=float(bound.get("dropout_p", 0.0)),
+        )
+
+    def _softmax(
+        self, cap: AttentionCapture, site: AttentionSite, out: Tensor, args: tuple, kwargs: dict
+    ) -> None:
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if not isinstance(out, Tensor) or dim not in (-1, out.dim() - 1):
+            return
+        if out.dim() == 3 and site.num_heads and out.shape[0] % site.num_heads == 0:
+            out = out.view(-1, site.num_heads, *out.shape[-2:])  # (B·H, L, S) -> (B, H, L, S)
+        if out.dim() != 4:
+            return
+
+        def compute() -> tuple[Tensor, Tensor | None]:
+            weights = out[: cap.samples].detach().to("cpu", torch.float32, copy=True)
+            zeros = weights == 0
+            return weights, ~zeros if bool(zeros.any()) else None
+
+        cap._compute(
+            site.name,
+            compute,
+            path="eager_softmax",
+            causal=None,
+            masked=None,
+            gqa_groups=1,
+            scale=None,
+            dropout_p=0.0,
+        )
+
+    def _mha_functional(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
+        b = _MHA_FUNCTIONAL_SIG.bind(*args, **kwargs).arguments
+        embed, heads = b["embed_dim_to_check"], b["num_heads"]
+        if b.get("use_separate_proj_weight", False):
+            q_weight, k_weight = b["q_proj_weight"], b["k_proj_weight"]
+        else:
+            q_weight, k_weight = b["in_proj_weight"][:embed], b["in_proj_weight"][embed : 2 * embed]
+        bias = b["in_proj_bias"]
+        mask, padding, causal = b.get("attn_mask"), b.get("key_padding_mask"), b.get("is_causal", False)
+        cap._compute(
+            site.name,
+            lambda: mha_weights(
+                b["query"],
+                b["key"],
+                num_heads=heads,
+                q_weight=q_weight,
+                k_weight=k_weight,
+                q_bias=None if bias is None else bias[:embed],
+                k_bias=None if bias is None else bias[embed : 2 * embed],
+                bias_k=b["bias_k"],
+                add_zero_attn=b["add_zero_attn"],
+                key_padding_mask=padding,
+                attn_mask=mask,
+                is_causal=causal,
+                samples=cap.samples,
+            ),
+            path="mha",
+            causal=bool(causal),
+            masked=mask is not None or padding is not None or bool(causal),
+            gqa_groups=1,
+            scale=(embed // heads) ** -0.5,
+            dropout_p=float(b["dropout_p"]) if b.get("training", True) else 0.0,
+        )
+
+
+def _hide_padded_queries(
+    weights: Tensor, visible: Tensor | None, padding: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """Zero and hide the rows of padded queries: under PyTorch's nested fast path they do not exist."""
+    rows = padding[: weights.shape[0]].cpu()
+    rows = (rows if rows.dtype == torch.bool else torch.isneginf(rows.float()))[:, None, :, None]
+    weights = weights.masked_fill(rows, 0.0)
+    visible = ~rows if visible is None else visible & ~rows
+    return weights, visible
+
+
+def _unnest(src: Tensor, samples: int, width: int | None) -> tuple[Tensor, Tensor]:
+    """Pad the first ``samples`` sequences of a nested ``(N, *, E)`` tensor; True marks padding."""
+    parts = src.unbind()
+    longest = max(p.shape[0] for p in parts)
+    width = longest if width is None or width < longest else width
+    parts = parts[:samples]
+    padded = torch.stack([F.pad(p, (0, 0, 0, width - p.shape[0])) for p in parts])
+    lengths = torch.tensor([p.shape[0] for p in parts], device=src.device)
+    padding = torch.arange(width, device=src.device)[None, :] >= lengths[:, None]
+    return padded, padding
+
+
+def _unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper runs, so names match the user's own model."""
+    return getattr(model, "_orig_mod", model)
+
+
+@contextmanager
+def capture_attention(
+    model: nn.Module, samples: int = 2, modules: ModuleSelector = None
+) -> Iterator[AttentionCapture]:
+    """Capture the attention weights ``model`` computes inside the ``with`` block.
+
+    The model runs its own kernels: its outputs are bit-identical to a run without capture (fused
+    SDPA keeps running; weights are recomputed beside it for the first ``samples`` batch rows).
+
+    Args:
+        model: any ``nn.Module`` (a ``torch.compile`` wrapper is looked through).
+        samples: how many leading batch rows to keep; memory is O(samples·H·L·S) per call.
+        modules: which modules to watch; see :func:`~lightning_attnviz.discover.find_attention`.
+
+    Raises:
+        ValueError: ``samples`` is not an int >= 1, or a name in ``modules`` matches no module.
+
+    Example::
+
+        with capture_attention(model, samples=2) as cap:
+            model(x)
+        cap.maps  # {"blocks.0.attn": tensor(2, heads, L, L), ...}
+    """
+    cap = AttentionCapture(model, samples=samples, modules=modules)
+    with cap:
+        yield cap

@@ -1,0 +1,211 @@
+"""Attention weights A = softmax(QKᵀ·scale + mask), recomputed beside the user's own kernel.
+
+These functions never run the model's attention: they take the q/k (or the projection weights) the
+model used and compute A for the first few batch rows only, in float32, in chunks of query rows, so
+that memory stays O(samples·H·chunk·S) while computing and the user's fused kernel keeps running.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Scores alive at once while computing: samples·heads·rows·keys ≤ this many float32 values (4 MiB),
+# small enough to stay in cache between the matmul, the mask and the softmax (fastest measured here).
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _batch_dims_to_heads(t: Tensor) -> Tensor:
+    """View ``(N, ..., L, E)`` as ``(N, H, L, E)``: a 3-D input is one head, extra dims fold into heads."""
+    if t.dim() == 3:
+        return t.unsqueeze(1)
+    if t.dim() > 4:
+        return t.flatten(1, -3)
+    return t
+
+
+def _slice_mask(mask: Tensor, ndim: int, samples: int) -> Tensor:
+    """Broadcast ``mask`` to ``ndim`` dims and keep its first ``samples`` batch rows."""
+    while mask.dim() < ndim:
+        mask = mask.unsqueeze(0)
+    if mask.shape[0] > 1:
+        mask = mask[:samples]
+    return _batch_dims_to_heads(mask) if ndim != 4 else mask
+
+
+def sdpa_weights(
+    query: Tensor,
+    key: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    samples: int = 1,
+) -> tuple[Tensor, Tensor | None]:
+    """The weights ``F.scaled_dot_product_attention`` applies, for the first ``samples`` batch rows.
+
+    Follows SDPA's documented semantics: a bool ``attn_mask`` marks positions that *may* be attended,
+    a float one is added to the scores, ``is_causal`` is the top-left aligned lower triangle, and
+    ``enable_gqa`` repeats each key head for ``Hq // Hk`` query heads. Rows where every key is masked
+    get zero weight (SDPA's output there is undefined).
+
+    Returns:
+        ``(weights, visible)``: float32 CPU weights and a bool CPU mask of attendable positions, or
+        ``None`` when nothing was masked.
+
+    Shape:
+        - query: ``(N, ..., Hq, L, E)``; key: ``(N, ..., Hk, S, E)``.
+        - weights: ``(samples, Hq, L, S)``; visible: broadcastable to it.
+    """
+    ndim = query.dim()
+    q = _batch_dims_to_heads(query[:samples].detach())
+    k = _batch_dims_to_heads(key[:samples].detach())
+    if enable_gqa and k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+
+    bias = None  # additive float32 mask, (1|s, 1|H, L, S)
+    visible = None
+    if attn_mask is not None:
+        mask = _slice_mask(attn_mask.detach(), ndim, samples)
+        if mask.dtype == torch.bool:
+            visible = mask
+        else:
+            bias = mask.float()
+    return _softmax_in_chunks(q, k, scale, bias, visible, causal=is_causal)
+
+
+def _softmax_in_chunks(
+    q: Tensor,
+    k: Tensor,
+    scale: float,
+    bias: Tensor | None,
+    visible: Tensor | None,
+    causal: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """softmax(q kᵀ · scale + bias) over keys, ``visible`` and ``causal`` applied, a block of rows at a time.
+
+    Blocks of about 4 MiB keep the intermediates in cache, so the cost is close to one write of the
+    result; with ``causal`` only the keys left of the block's last row are computed.
+    """
+    samples, heads, length, _ = q.shape
+    width = k.shape[-2]
+    out = torch.empty(samples, heads, length, width, dtype=torch.float32)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
+    kt = k.float().transpose(-2, -1)
+    tril = torch.ones(length, width, dtype=torch.bool, device=q.device).tril() if causal else None
+    with torch.autocast(q.device.type, enabled=False):
+        for start in range(0, length, rows):
+            stop = min(length, start + rows)
+            keys = min(width, stop) if causal else width  # keys right of the last row are all masked
+            scores = (q[..., start:stop, :].float() * scale) @ kt[..., :keys]  # (s, H, rows, keys)
+            if bias is not None:
+                scores += _rows(bias, start, stop)[..., :keys]
+            if visible is not None:
+                scores.masked_fill_(~_rows(visible, start, stop)[..., :keys], float("-inf"))
+            if tril is not None:
+                scores.masked_fill_(~tril[start:stop, :keys], float("-inf"))
+            weights = scores.softmax(dim=-1)
+            if visible is not None or bias is not None:
+                # A row with no visible key is NaN after softmax; we define its weights as zero.
+                weights.masked_fill_(torch.isneginf(scores).all(dim=-1, keepdim=True), 0.0)
+            out[..., start:stop, :keys] = weights
+            out[..., start:stop, keys:] = 0.0
+    if tril is not None:
+        visible = tril if visible is None else visible & tril
+    if visible is not None:
+        visible = visible.to("cpu", copy=True)
+    if bias is not None:
+        finite = ~torch.isneginf(bias).cpu()
+        visible = finite if visible is None else visible & finite
+    return out, visible
+
+
+def _rows(mask: Tensor, start: int, stop: int) -> Tensor:
+    """Rows ``start:stop`` of a mask whose query dim may be broadcast (size 1)."""
+    return mask if mask.shape[-2] == 1 else mask[..., start:stop, :]
+
+
+def mha_weights(
+    query: Tensor,
+    key: Tensor,
+    *,
+    num_heads: int,
+    q_weight: Tensor,
+    k_weight: Tensor,
+    q_bias: Tensor | None,
+    k_bias: Tensor | None,
+    bias_k: Tensor | None = None,
+    add_zero_attn: bool = False,
+    key_padding_mask: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    batch_first: bool = False,
+    samples: int = 1,
+) -> tuple[Tensor, Tensor | None]:
+    """The per-head weights of ``nn.MultiheadAttention``, recomputed from its projection weights.
+
+    Mirrors ``F.multi_head_attention_forward``: bool masks mean *masked* when True (the opposite of
+    SDPA), ``bias_k`` and ``add_zero_attn`` append one key each, a 3-D ``attn_mask`` is per
+    ``batch·head``. Only the first ``samples`` batch rows are projected.
+
+    Shape:
+        - query: ``(L, N, E)``, or ``(N, L, E)`` when ``batch_first``, or unbatched ``(L, E)``.
+        - weights: ``(samples, num_heads, L, S)``.
+    """
+    if query.dim() == 2:  # unbatched
+        query, key = query.unsqueeze(1), key.unsqueeze(1)
+        batch_first = False
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    if not batch_first:
+        query, key = query.transpose(0, 1), key.transpose(0, 1)
+    batch = query.shape[0]
+    query, key = query[:samples].detach(), key[:samples].detach()
+    with torch.autocast(query.device.type, enabled=False):
+        q = F.linear(query.float(), q_weight.detach().float(), _maybe_float(q_bias))
+        k = F.linear(key.float(), k_weight.detach().float(), _maybe_float(k_bias))
+    s, length, embed = q.shape
+    head_dim = embed // num_heads
+
+    bias = _to_additive(attn_mask, masked_value=True)
+    if bias is not None and bias.dim() == 3:  # (N·H, L, S) -> (s, H, L, S)
+        bias = bias.view(batch, num_heads, *bias.shape[-2:])[:samples]
+    padding = _to_additive(key_padding_mask, masked_value=True)
+    extra_keys = []
+    if bias_k is not None:
+        extra_keys.append(bias_k.detach().float().reshape(1, 1, embed).expand(s, 1, embed))
+    if add_zero_attn:
+        extra_keys.append(k.new_zeros(s, 1, embed))
+    if extra_keys:
+        k = torch.cat([k, *extra_keys], dim=1)
+        pad = (0, len(extra_keys))
+        bias = F.pad(bias, pad) if bias is not None else None
+        padding = F.pad(padding, pad) if padding is not None else None
+    if padding is not None:
+        padding = padding[:samples, None, None, :]  # (s, 1, 1, S)
+        bias = padding if bias is None else bias + padding
+
+    q = q.view(s, length, num_heads, head_dim).transpose(1, 2)  # (s, H, L, hd)
+    k = k.view(s, k.shape[1], num_heads, head_dim).transpose(1, 2)  # (s, H, S, hd)
+    if bias is not None:
+        while bias.dim() < 4:
+            bias = bias.unsqueeze(0)
+    causal = is_causal and attn_mask is None  # with a mask, MHA treats is_causal as a hint only
+    return _softmax_in_chunks(q, k, 1.0 / math.sqrt(head_dim), bias, None, causal=causal)
+
+
+def _maybe_float(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach().float()
+
+
+def _to_additive(mask: Tensor | None, masked_value: bool) -> Tensor | None:
+    """A float32 additive mask: bool entries equal to ``masked_value`` become -inf."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, device=mask.device).masked_fill(mask == masked_value, float("-inf"))
+    return mask.detach().float()
