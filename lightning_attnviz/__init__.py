@@ -1,7 +1,15 @@
 """lightning_attnviz: see what your transformer attends to while it trains."""
 
+from lightning_attnviz.callback import AttentionMonitor
 from lightning_attnviz.capture import AttentionCapture, AttentionMap, capture_attention
 from lightning_attnviz.discover import AttentionSite, find_attention
 
-__all__ = ["AttentionCapture", "AttentionMap", "AttentionSite", "capture_attention", "find_attention"]
+__all__ = [
+    "AttentionCapture",
+    "AttentionMap",
+    "AttentionMonitor",
+    "AttentionSite",
+    "capture_attention",
+    "find_attention",
+]
 __version__ = "0.1.0"

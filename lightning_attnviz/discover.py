@@ -47,7 +47,8 @@ def find_attention(model: nn.Module, modules: ModuleSelector = None) -> list[Att
     Args:
         model: any ``nn.Module``.
         modules: ``None`` finds ``nn.MultiheadAttention`` and modules whose class name contains
-            "Attention" or "Attn", keeping the innermost when they nest; a name, glob pattern
+            "Attention" or "Attn", keeping the innermost when they nest (the root only if it is not a
+            training wrapper with a ``training_step``); a name, glob pattern
             (``"blocks.*.attn"``) or list of them; or a predicate ``(name, module) -> bool``.
 
     Raises:
@@ -56,7 +57,9 @@ def find_attention(model: nn.Module, modules: ModuleSelector = None) -> list[Att
     """
     named = dict(model.named_modules())
     if modules is None:
-        chosen = _innermost([n for n, m in named.items() if _looks_like_attention(m)])
+        # A training wrapper (a LightningModule named "LitAttention", say) is never an attention site.
+        root_ok = not callable(getattr(model, "training_step", None))
+        chosen = _innermost([n for n, m in named.items() if (n or root_ok) and _looks_like_attention(m)])
     elif callable(modules):
         chosen = [n for n, m in named.items() if modules(n, m)]
     elif isinstance(modules, str) or (

@@ -1,0 +1,289 @@
+"""Draw attention views as ``uint8`` RGB arrays, shape ``(H, W, 3)`` (TensorBoard's ``HWC``).
+
+Matplotlib's object API only (``Figure`` + ``FigureCanvasAgg``): no pyplot, no global state, so it is
+safe off the main thread. Grids of many maps are composed as arrays (numpy + a colormap) and shown in
+one axes: 144 axes cost about 2 s per image, one array about 20 ms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from lightning_attnviz.reduce import AttentionView
+
+CMAP = "viridis"
+MASKED_RGB = (215, 215, 215)  # hidden positions (padding, causal future): light gray, not a weight
+_DPI = 100
+_TILE = 72  # pixels a grid tile is scaled up towards
+
+
+def heatmap(
+    weights: np.ndarray,
+    visible: np.ndarray | None,
+    q_labels: Sequence[str],
+    k_labels: Sequence[str],
+    title: str,
+    note: str = "",
+) -> np.ndarray:
+    """Query rows × key columns of one map, labelled with the tokens, with a colorbar.
+
+    Shape:
+        weights, visible: ``(q, k)``.
+    """
+    q_len, k_len = weights.shape
+    longest = max(q_len, k_len)
+    cell = 0.24 if longest <= 16 else 0.16 if longest <= 40 else 0.12  # inches per token
+    fontsize = 8 if longest <= 40 else 6
+    char = fontsize / 72 * 0.62  # inches per label character
+    left = 0.45 + char * max(map(len, q_labels), default=1)
+    bottom = 0.55 + char * max(map(len, k_labels), default=1)
+    top, right = 0.45, 0.95
+    width = max(left + k_len * cell + right, 3.6)
+    height = max(bottom + q_len * cell + top, 2.6)
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    ax = fig.add_axes((left / width, bottom / height, k_len * cell / width, q_len * cell / height))
+    data = np.ma.masked_array(weights, mask=None if visible is None else ~visible)
+    cmap = matplotlib.colormaps[CMAP].with_extremes(bad=np.array(MASKED_RGB) / 255)
+    image = ax.imshow(
+        data, cmap=cmap, vmin=0.0, vmax=_vmax(weights, visible), aspect="auto", interpolation="nearest"
+    )
+    ax.set_xticks(range(k_len), labels=list(k_labels), rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(q_len), labels=list(q_labels), fontsize=fontsize)
+    ax.set_xlabel("key", fontsize=8)
+    ax.set_ylabel("query", fontsize=8)
+    fig.suptitle(title, fontsize=8, y=1 - 0.08 / height, va="top")
+    cax = fig.add_axes(
+        ((left + k_len * cell + 0.12) / width, bottom / height, 0.14 / width, q_len * cell / height)
+    )
+    fig.colorbar(image, cax=cax).ax.tick_params(labelsize=7)
+    _footnote(fig, note, visible is not None)
+    return _to_array(fig)
+
+
+def head_grid(view: AttentionView, title: str) -> np.ndarray:
+    """Every head of one layer plus the head mean, as tiles of one image; each tile on its own scale."""
+    tiles = [_colorize(view.weights[h], _head_visible(view, h)) for h in range(view.heads)]
+    mean, mean_visible = view.head_mean()
+    tiles.append(_colorize(mean, mean_visible))
+    names = [f"head {h}" for h in range(view.heads)] + ["mean"]
+    cols = math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
+    return _tiled_figure(tiles, names, rows, cols, title, view.note, view.visible is not None)
+
+
+def atlas(views: Sequence[AttentionView], title: str) -> np.ndarray:
+    """Every layer (rows) × head (columns) of one sample, to see the whole model at a glance."""
+    heads = max(v.heads for v in views)
+    tiles: list[np.ndarray | None] = []
+    names: list[str] = []
+    for row, view in enumerate(views):
+        for h in range(heads):
+            tiles.append(_colorize(view.weights[h], _head_visible(view, h)) if h < view.heads else None)
+            names.append(f"head {h}" if row == 0 else "")
+    notes = sorted({v.note for v in views if v.note})
+    masked = any(v.visible is not None for v in views)
+    row_names = [_short(v.layer) for v in views]
+    return _tiled_figure(tiles, names, len(views), heads, title, "; ".join(notes), masked, row_names)
+
+
+def arrows(
+    weights: np.ndarray,
+    q_labels: Sequence[str],
+    k_labels: Sequence[str],
+    title: str,
+    top_k: int = 3,
+    note: str = "",
+) -> np.ndarray:
+    """Which token attends to which: queries left, keys right, a line from each query to its
+    ``top_k`` keys with opacity ∝ weight (bertviz's head view, as a static image).
+
+    Shape:
+        weights: ``(q, k)``.
+    """
+    q_len, k_len = weights.shape
+    height = max(3.0, max(q_len, k_len) * 0.2 + 1.4)
+    fig = Figure(figsize=(4.6, height), dpi=_DPI)
+    ax = fig.add_axes((0.2, 0.45 / height, 0.6, 1 - 1.15 / height))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(max(q_len, k_len) - 0.5, -0.5)
+    ax.axis("off")
+    k = min(top_k, k_len)
+    top = np.argsort(-weights, axis=1)[:, :k]  # (q, k) key indices, strongest first
+    segments, colors = [], []
+    peak = max(float(weights.max()), 1e-12)
+    base = np.array(matplotlib.colormaps["Blues"](0.85))
+    for i in range(q_len):
+        for j in top[i]:
+            w = float(weights[i, j])
+            if w <= 0:
+                continue
+            segments.append(((0.02, i), (0.98, j)))
+            colors.append((*base[:3], min(1.0, w / peak)))
+    ax.add_collection(LineCollection(segments, colors=colors, linewidths=1.6))
+    fontsize = 8 if max(q_len, k_len) <= 40 else 6
+    for i, label in enumerate(q_labels):
+        ax.text(0.0, i, label, ha="right", va="center", fontsize=fontsize)
+    for j, label in enumerate(k_labels):
+        ax.text(1.0, j, label, ha="left", va="center", fontsize=fontsize)
+    fig.suptitle(title, fontsize=8, y=1 - 0.08 / height, va="top")
+    fig.text(0.2, 1 - 0.5 / height, "query", ha="right", va="top", fontsize=8, color="gray")
+    fig.text(0.8, 1 - 0.5 / height, "key", ha="left", va="top", fontsize=8, color="gray")
+    _footnote(fig, f"top {k} keys per query, opacity ∝ weight" + (f"; {note}" if note else ""), False)
+    return _to_array(fig)
+
+
+def _vmax(weights: np.ndarray, visible: np.ndarray | None) -> float:
+    shown = weights if visible is None else weights[visible]
+    return max(float(shown.max()) if shown.size else 0.0, 1e-6)
+
+
+def _head_visible(view: AttentionView, head: int) -> np.ndarray | None:
+    if view.visible is None:
+        return None
+    return view.visible[head if view.visible.shape[0] > 1 else 0]
+
+
+def _colorize(weights: np.ndarray, visible: np.ndarray | None) -> np.ndarray:
+    """``(q, k)`` weights → ``(q, k, 3)`` uint8 on the map's own 0..max scale, hidden cells gray."""
+    norm = Normalize(vmin=0.0, vmax=_vmax(weights, visible), clip=True)
+    rgb = (matplotlib.colormaps[CMAP](norm(weights))[..., :3] * 255).astype(np.uint8)
+    if visible is not None:
+        rgb[~visible] = MASKED_RGB
+    return rgb
+
+
+def _tiled_figure(
+    tiles: Sequence[np.ndarray | None],
+    names: Sequence[str],
+    rows: int,
+    cols: int,
+    title: str,
+    note: str,
+    masked: bool,
+    row_names: Sequence[str] = (),
+) -> np.ndarray:
+    """Compose tiles into one array on a white background and label it in a single axes."""
+    size_q = max(t.shape[0] for t in tiles if t is not None)
+    size_k = max(t.shape[1] for t in tiles if t is not None)
+    scale = max(1, _TILE // max(size_q, size_k))
+    th, tw, gap, label = size_q * scale, size_k * scale, 6, 14
+    canvas = np.full((rows * (th + gap + label), cols * (tw + gap), 3), 255, dtype=np.uint8)
+    for index, tile in enumerate(tiles):
+        if tile is None:
+            continue
+        r, c = divmod(index, cols)
+        top, left = r * (th + gap + label) + label, c * (tw + gap)
+        up = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+        canvas[top : top + up.shape[0], left : left + up.shape[1]] = up
+    margin = 10 + 5 * max(map(len, row_names), default=0)  # room for row labels, in pixels
+    height_px, width_px = canvas.shape[0] + 50, max(canvas.shape[1] + margin + 10, 360)
+    fig = Figure(figsize=(width_px / _DPI, height_px / _DPI), dpi=_DPI)
+    ax = fig.add_axes(
+        (margin / width_px, 24 / height_px, canvas.shape[1] / width_px, canvas.shape[0] / height_px)
+    )
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    for index, name in enumerate(names):
+        if name and index < len(tiles) and tiles[index] is not None:
+            r, c = divmod(index, cols)
+            ax.text(c * (tw + gap), r * (th + gap + label) + label - 3, name, fontsize=7, va="bottom")
+    for r, name in enumerate(row_names):
+        ax.text(-6, r * (th + gap + label) + label + th / 2, name, fontsize=7, ha="right", va="center")
+    fig.suptitle(title, fontsize=9, y=1 - 4 / height_px, va="top")
+    scale_note = "each tile scaled 0..its max (viridis)"
+    _footnote(fig, "; ".join(n for n in (scale_note, note) if n), masked)
+    return _to_array(fig)
+
+
+def _footnote(fig: Figure, note: str, masked: bool) -> None:
+    text = "; ".join(t for t in (note, "gray = masked" if masked else "") if t)
+    if text:
+        fig.text(0.01, 0.005, text, fontsize=7, color="dimgray", ha="left", va="bottom")
+
+
+def _short(name: str, width: int = 28) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def _to_array(fig: Figure) -> np.ndarray:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    array = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    fig.clear()
+    return array
+
+
+PlotKind = Literal["heatmap", "heads", "arrows", "atlas"]
+PLOT_KINDS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas")
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A rendered image and what it shows; ``layer`` is ``None`` for a whole-model atlas and ``head``
+    is ``None`` for the head mean."""
+
+    kind: str
+    sample: int
+    layer: str | None
+    image: np.ndarray
+    head: int | None = None
+
+
+def render_views(
+    views: Sequence[AttentionView],
+    step: int,
+    plots: Sequence[str] = PLOT_KINDS,
+    heads: Sequence[int] = (),
+    top_k: int = 3,
+) -> list[Picture]:
+    """Every requested picture of every view, in sample then forward order.
+
+    Args:
+        views: reduced maps of the fixed samples.
+        step: the training step, shown in titles.
+        plots: which of ``"heatmap"`` (head mean), ``"heads"`` (grid), ``"arrows"``, ``"atlas"``.
+        heads: heads that also get their own token-labelled heatmap.
+        top_k: keys per query in the arrow view.
+    """
+    pictures = []
+    for view in views:
+        mean, mean_visible = view.head_mean()
+        where = f"{view.layer} · sample {view.sample} · step {step}"
+        if "heatmap" in plots:
+            image = heatmap(
+                mean, mean_visible, view.q_labels, view.k_labels, f"{where} · head mean", view.note
+            )
+            pictures.append(Picture("heatmap", view.sample, view.layer, image))
+        for h in heads:
+            if h < view.heads:
+                image = heatmap(
+                    view.weights[h],
+                    _head_visible(view, h),
+                    view.q_labels,
+                    view.k_labels,
+                    f"{where} · head {h}",
+                    view.note,
+                )
+                pictures.append(Picture("heatmap", view.sample, view.layer, image, head=h))
+        if "heads" in plots:
+            pictures.append(Picture("heads", view.sample, view.layer, head_grid(view, where)))
+        if "arrows" in plots:
+            image = arrows(mean, view.q_labels, view.k_labels, f"{where} · head mean", top_k, view.note)
+            pictures.append(Picture("arrows", view.sample, view.layer, image))
+    if "atlas" in plots:
+        for sample in sorted({v.sample for v in views}):
+            of_sample = [v for v in views if v.sample == sample]
+            pictures.append(
+                Picture("atlas", sample, None, atlas(of_sample, f"sample {sample} · step {step}"))
+            )
+    return pictures

@@ -1,0 +1,131 @@
+"""LightningModules and data for the callback tests."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from models import GPT, GPTConfig
+from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+VOCAB = [f"w{i}" for i in range(32)]
+
+
+def token_loader(n: int = 32, length: int = 10, batch_size: int = 8, pad: bool = False, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, 32, (n, length), generator=g)
+    if pad:  # trailing padding (id 0) of varying length, as a tokenizer makes it
+        lengths = torch.randint(length // 2, length + 1, (n,), generator=g)
+        x[torch.arange(length)[None, :] >= lengths[:, None]] = 0
+    return DataLoader(TensorDataset(x, x.roll(-1, dims=1)), batch_size=batch_size)
+
+
+class LitGPT(pl.LightningModule):
+    """nanoGPT-style language model (fused SDPA), dropout on so RNG streams matter."""
+
+    def __init__(self, flash: bool = True) -> None:
+        super().__init__()
+        self.model = GPT(GPTConfig(flash=flash))
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self.drop(self(x))
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        self.log(f"{stage}_loss", loss)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self.step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.step(batch, "val")
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+
+class LitEncoder(LitGPT):
+    """PyTorch's own nn.TransformerEncoder with a padding mask: nested-tensor fast path in validation."""
+
+    def __init__(self) -> None:
+        pl.LightningModule.__init__(self)
+        self.embed = nn.Embedding(32, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2)
+        self.head = nn.Linear(32, 32)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(idx), src_key_padding_mask=idx == 0))
+
+
+class PreviousTokenAttention(nn.Module):
+    """Attention forced onto the previous token (the first token onto itself) by its mask."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = (t.view(B, L, self.heads, -1).transpose(1, 2) for t in self.qkv(x).split(D, dim=2))
+        allowed = torch.zeros(L, L, dtype=torch.bool)
+        allowed[torch.arange(1, L), torch.arange(L - 1)] = True
+        allowed[0, 0] = True
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return y.transpose(1, 2).reshape(B, L, D)
+
+
+class LitPrevious(LitGPT):
+    def __init__(self) -> None:
+        pl.LightningModule.__init__(self)
+        self.embed = nn.Embedding(32, 16)
+        self.attn = PreviousTokenAttention()
+        self.head = nn.Linear(16, 32)
+        self.drop = nn.Identity()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(self.embed(idx)))
+
+
+class LitNoAttention(LitGPT):
+    def __init__(self) -> None:
+        pl.LightningModule.__init__(self)
+        self.net = nn.Sequential(nn.Embedding(32, 16), nn.Linear(16, 32))
+        self.drop = nn.Identity()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.net(idx)
+
+
+def make_trainer(tmp_path, callbacks=(), logger=True, **kwargs) -> pl.Trainer:
+    options = dict(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    options.update(kwargs)
+    if logger is True:
+        logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    return pl.Trainer(logger=logger, callbacks=list(callbacks), **options)
+
+
+def read_events(log_dir) -> EventAccumulator:
+    """All events, with nothing sampled away (TensorBoard keeps 10 images per tag by default)."""
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    return events

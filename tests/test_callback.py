@@ -1,0 +1,241 @@
+"""AttentionMonitor in a real Trainer, writing real TensorBoard event files."""
+
+import io
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import assert_no_taps
+from lightning_models import (
+    VOCAB,
+    LitEncoder,
+    LitGPT,
+    LitNoAttention,
+    LitPrevious,
+    make_trainer,
+    read_events,
+    token_loader,
+)
+from matplotlib.image import imread
+from pytorch_lightning.loggers import CSVLogger
+
+from lightning_attnviz import AttentionMonitor
+from lightning_attnviz.log import MODULES_TAG
+
+
+def _png(event) -> np.ndarray:
+    return imread(io.BytesIO(event.encoded_image_string), format="png")[..., :3]
+
+
+def test_documented_tags_one_step_per_capture(tmp_path):
+    monitor = AttentionMonitor(tokens=VOCAB, heads=[1])
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=3)
+    trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+    events = read_events(trainer.logger.log_dir)
+
+    layers = ["model.h.0.attn", "model.h.1.attn"]
+    expected = {f"attention/sample_{s}/atlas" for s in range(2)}
+    for s in range(2):
+        for layer in layers:
+            for kind in ("heatmap", "head_1", "heads", "arrows"):
+                expected.add(f"attention/sample_{s}/{layer}/{kind}")
+    assert set(events.Tags()["images"]) == expected
+    steps = [3, 6, 9]  # one capture per validation run, at trainer.global_step
+    for tag in expected:
+        images = events.Images(tag)
+        assert [e.step for e in images] == steps, tag
+        assert len({(e.width, e.height) for e in images}) == 1, tag  # same size every capture
+        assert _png(images[-1]).std() > 0.05, tag  # not blank
+    heatmap = events.Images("attention/sample_0/model.h.0.attn/heatmap")[0]
+    assert 300 < heatmap.width < 700 and 250 < heatmap.height < 600
+    assert events.Tensors(MODULES_TAG + "/text_summary")  # the module table, once
+    assert len(events.Tensors(MODULES_TAG + "/text_summary")) == 1
+    text = events.Tensors(MODULES_TAG + "/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| model.h.0.attn | CausalSelfAttention | 4 | sdpa |" in text
+
+
+def _longest_run(flags: np.ndarray) -> tuple[int, int]:
+    index = np.flatnonzero(flags)
+    runs = np.split(index, np.flatnonzero(np.diff(index) > 1) + 1)
+    run = max(runs, key=len)
+    return run[0], run[-1]
+
+
+def _heatmap_cells(image: np.ndarray, length: int) -> np.ndarray:
+    """Sample the centre of each cell of a heatmap image's map area → (length, length) brightness."""
+    yellow = (image[..., 0] > 0.9) & (image[..., 1] > 0.8) & (image[..., 2] < 0.3)  # viridis max
+    purple = (image[..., 0] < 0.35) & (image[..., 1] < 0.1) & (image[..., 2] > 0.25)  # viridis min
+    gray = (np.abs(image - 215 / 255) < 0.01).all(-1)  # masked cells
+    colored = yellow | purple | gray
+    x0, x1 = _longest_run(colored.sum(0) > 5)  # the map, not the (narrower) colorbar
+    y0, y1 = _longest_run(colored[:, x0 : x1 + 1].sum(1) > 5)
+    centres_x = x0 + (np.arange(length) + 0.5) * (x1 - x0 + 1) / length
+    centres_y = y0 + (np.arange(length) + 0.5) * (y1 - y0 + 1) / length
+    return yellow[centres_y.astype(int)[:, None], centres_x.astype(int)[None, :]]
+
+
+def test_planted_previous_token_pattern_draws_a_subdiagonal(tmp_path):
+    trainer = make_trainer(tmp_path, [AttentionMonitor(samples=1, plots=["heatmap"])], max_epochs=1)
+    trainer.fit(LitPrevious(), token_loader(), token_loader(seed=1))
+    events = read_events(trainer.logger.log_dir)
+    (event,) = events.Images("attention/sample_0/attn/heatmap")
+    bright = _heatmap_cells(_png(event), 10)
+    expected = np.eye(10, k=-1, dtype=bool)
+    expected[0, 0] = True
+    assert (bright == expected).all(), bright.astype(int)
+
+
+def _fit(tmp_path, module_cls, callbacks, **kwargs):
+    pl.seed_everything(7, verbose=False)
+    model = module_cls()
+    trainer = make_trainer(tmp_path, callbacks, **kwargs)
+    trainer.fit(model, token_loader(pad=module_cls is LitEncoder), token_loader(seed=1, pad=True))
+    metrics = trainer.validate(model, token_loader(seed=1, pad=True), verbose=False)
+    return model, trainer, metrics
+
+
+@pytest.mark.parametrize("module_cls", [LitGPT, LitEncoder], ids=["nanogpt", "nn_transformer_padding"])
+def test_training_is_bit_identical_with_and_without_the_callback(tmp_path, module_cls):
+    plain, plain_trainer, plain_metrics = _fit(tmp_path / "plain", module_cls, [])
+    monitor = AttentionMonitor(every_n_steps=2, tokens=VOCAB)
+    watched, trainer, metrics = _fit(tmp_path / "watched", module_cls, [monitor])
+    for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert metrics == plain_metrics
+    assert {k: v.item() for k, v in trainer.logged_metrics.items()} == {
+        k: v.item() for k, v in plain_trainer.logged_metrics.items()
+    }
+    assert read_events(trainer.logger.log_dir).Tags()["images"]  # it did capture
+    assert_no_taps(watched)
+
+
+def test_no_taps_remain_after_a_fit_that_raises(tmp_path):
+    class Exploding(LitGPT):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 2:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    model = Exploding()
+    trainer = make_trainer(tmp_path, [AttentionMonitor(every_n_steps=1)])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(model, token_loader(), token_loader(seed=1))
+    assert_no_taps(model)
+    assert read_events(trainer.logger.log_dir).Images("attention/sample_0/model.h.0.attn/heatmap")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(every_n_epochs=-1), r"`every_n_epochs` must be an int >= 0, got -1"),
+        (dict(every_n_steps=0), r"`every_n_steps` must be an int >= 1, got 0"),
+        (dict(samples=0), r"`samples` must be an int >= 1, got 0"),
+        (dict(samples=2.5), r"`samples` must be an int >= 1, got 2.5"),
+        (dict(max_tokens=1), r"`max_tokens` must be an int >= 2, got 1"),
+        (dict(top_k=0), r"`top_k` must be an int >= 1, got 0"),
+        (dict(plots=["heatmap", "pie"]), r"`plots` must be a list drawn from \['heatmap', 'heads'"),
+        (dict(plots="heatmap"), r"`plots` must be a list"),
+        (dict(heads=[-1]), r"`heads` must be a list of head indices >= 0, got \[-1\]"),
+        (dict(layers=3), r"`layers` must be a list of layer indices or names/globs, got 3"),
+    ],
+)
+def test_constructor_errors_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AttentionMonitor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(forward_fn="model"), r"`forward_fn` must be a callable"),
+        (dict(tokens=3), r"`tokens` must be None, a tokenizer"),
+        (dict(modules=3), r"`modules` must be None, names/globs or a predicate"),
+    ],
+)
+def test_constructor_type_errors(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        AttentionMonitor(**kwargs)
+
+
+def test_no_tensorboard_logger_warns_once_and_training_goes_on(tmp_path):
+    trainer = make_trainer(tmp_path, [AttentionMonitor()], logger=CSVLogger(tmp_path))
+    with pytest.warns(
+        RuntimeWarning, match=r"found no TensorBoardLogger in `trainer.loggers`.*TensorBoardLogger"
+    ):
+        trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+    assert trainer.state.finished
+
+
+def test_no_attention_modules_warns(tmp_path):
+    trainer = make_trainer(tmp_path, [AttentionMonitor()])
+    with pytest.warns(RuntimeWarning, match=r"found no attention modules in LitNoAttention"):
+        trainer.fit(LitNoAttention(), token_loader(), token_loader(seed=1))
+    assert trainer.state.finished
+
+
+def test_unknown_module_name_warns(tmp_path):
+    trainer = make_trainer(tmp_path, [AttentionMonitor(modules=["model.h.0.atn"])])
+    with pytest.warns(RuntimeWarning, match=r"no module matches the name 'model.h.0.atn'.*'model.h.0.attn'"):
+        trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+
+
+@pytest.mark.parametrize("how", ["no_loader", "limit_0", "empty_loader"])
+def test_no_validation_batches_warns_and_still_logs(tmp_path, how):
+    kwargs = {"limit_val_batches": 0} if how == "limit_0" else {}
+    trainer = make_trainer(tmp_path, [AttentionMonitor()], **kwargs)
+    val = {"no_loader": None, "limit_0": token_loader(seed=1), "empty_loader": token_loader(n=0)}[how]
+    with pytest.warns(RuntimeWarning, match=r"no validation batch ran in epoch 0.*first training batch"):
+        trainer.fit(LitGPT(), token_loader(), val)
+    events = read_events(trainer.logger.log_dir)
+    assert [e.step for e in events.Images("attention/sample_0/model.h.0.attn/heatmap")] == [3, 6]
+
+
+def test_schedule_options(tmp_path):
+    monitor = AttentionMonitor(every_n_epochs=2, every_n_steps=4, log_sanity_check=True, plots=["heatmap"])
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=4, num_sanity_val_steps=1)
+    trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+    steps = [
+        e.step
+        for e in read_events(trainer.logger.log_dir).Images("attention/sample_0/model.h.0.attn/heatmap")
+    ]
+    assert steps == [0, 4, 6, 8, 12]  # sanity check (step 0), steps 4, 8, 12, every 2nd validation (6, 12)
+
+
+def test_fast_dev_run_and_check_val_every_n_epoch(tmp_path):
+    trainer = make_trainer(tmp_path, [AttentionMonitor(plots=["heatmap"])], fast_dev_run=True, logger=True)
+    trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))  # fast_dev_run uses a dummy logger
+    trainer = make_trainer(
+        tmp_path, [AttentionMonitor(plots=["heatmap"])], max_epochs=4, check_val_every_n_epoch=2
+    )
+    trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+    steps = [
+        e.step
+        for e in read_events(trainer.logger.log_dir).Images("attention/sample_0/model.h.0.attn/heatmap")
+    ]
+    assert steps == [6, 12]
+
+
+def test_user_samples_forward_fn_layers_and_long_sequences(tmp_path):
+    seen = []
+
+    def forward_fn(module, inputs):
+        seen.append(inputs["ids"].shape)
+        return module(inputs["ids"])
+
+    sample = {"ids": torch.randint(1, 32, (3, 12))}
+    monitor = AttentionMonitor(
+        sample_input=sample,
+        forward_fn=forward_fn,
+        layers=[-1],
+        tokens=lambda ids: [f"<{i}>" for i in ids],
+        plots=["heatmap", "heads"],
+        max_tokens=8,
+    )
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+    assert seen == [(2, 12)]  # the first `samples` rows of the given input
+    tags = read_events(trainer.logger.log_dir).Tags()["images"]
+    assert sorted(tags) == sorted(
+        f"attention/sample_{s}/model.h.1.attn/{k}" for s in range(2) for k in ("heatmap", "heads")
+    )
