@@ -111,6 +111,7 @@ class AttentionMonitor(Callback):
         self._fixed: Any = None if sample_input is None else _first_rows(sample_input, samples)
         self._train_fixed: Any = None  # fallback samples when no validation batch ever runs
         self._writer: Any = None
+        self._worker: log.BackgroundWriter | None = None
         self._enabled = True
         self._val_runs = 0
         self._validated_this_epoch = False
@@ -131,7 +132,9 @@ class AttentionMonitor(Callback):
             )
             self._enabled = False
             return
-        self._writer = loggers[0].experiment if trainer.is_global_zero else None
+        if trainer.is_global_zero:
+            self._writer = loggers[0].experiment
+            self._worker = self._worker or log.BackgroundWriter()
         try:
             sites = find_attention(pl_module, self.modules)
         except ValueError as err:
@@ -212,7 +215,8 @@ class AttentionMonitor(Callback):
     # -- what -------------------------------------------------------------------------------------
 
     def _capture(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._enabled or not trainer.is_global_zero or self._writer is None:
+        worker = self._worker
+        if not self._enabled or not trainer.is_global_zero or worker is None:
             return
         step = trainer.global_step
         if self._fixed is None:
@@ -220,16 +224,37 @@ class AttentionMonitor(Callback):
         if self._fixed is None or step == self._last_step:
             return  # a step capture and a validation capture at the same step: log once
         records = self._run_capture(trainer, pl_module)
-        if not self._modules_logged:
-            self._log_modules(pl_module, records, step)
-        records = self._select_layers(records)
-        if not records:
-            return
-        views = make_views(records, self._labels(), self.max_tokens)
-        pictures = render_views(views, step, self.plots, self.heads, self.top_k)
-        log.write_pictures(self._writer, pictures, step)
-        self._writer.flush()
         self._last_step = step
+        modules = [] if self._modules_logged else self._module_rows(pl_module, records)
+        self._modules_logged = True
+        selected = self._select_layers(records)
+
+        def draw() -> None:  # on the writer thread: labels, pictures, PNG encoding, event records
+            if modules:
+                log.write_modules(self._writer, modules, step)
+            if selected:
+                views = make_views(selected, self._labels(), self.max_tokens)
+                log.write_pictures(
+                    self._writer, render_views(views, step, self.plots, self.heads, self.top_k), step
+                )
+            self._writer.flush()
+
+        worker.submit(draw)
+
+    # -- cleanup ----------------------------------------------------------------------------------
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._worker is not None:
+            self._worker.flush()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Everything queued is written before this returns; safe to call twice."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def _run_capture(self, trainer: Trainer, pl_module: LightningModule) -> list[AttentionMap]:
         """One extra forward on the fixed samples, leaving the model and RNG as they were."""
@@ -276,7 +301,8 @@ class AttentionMonitor(Callback):
             return [None] * self.samples
         return [list(self.label_tokens(row.tolist())) for row in ids]
 
-    def _log_modules(self, pl_module: LightningModule, records: list[AttentionMap], step: int) -> None:
+    def _module_rows(self, pl_module: LightningModule, records: list[AttentionMap]) -> list[tuple]:
+        """name, type, heads and capture path of every attention module, for the text table."""
         paths: dict[str, set[str]] = {}
         for record in records:
             paths.setdefault(record.module, set()).add(record.path)
@@ -284,8 +310,7 @@ class AttentionMonitor(Callback):
         for site in find_attention(pl_module, self.modules):
             via = ", ".join(sorted(paths.get(site.name, ()))) or "not called"
             rows.append((site.name, site.module_type, site.num_heads or "?", via))
-        log.write_modules(self._writer, rows, step)
-        self._modules_logged = True
+        return rows
 
 
 def default_forward(pl_module: LightningModule, inputs: Any) -> Any:

@@ -13,8 +13,11 @@ Tag scheme (stable; ``<layer>`` is the capture key, e.g. ``model.layers.0.self_a
 
 from __future__ import annotations
 
+import queue
 import re
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lightning_attnviz.render import Picture
@@ -47,3 +50,58 @@ def write_modules(writer: Any, rows: Sequence[Sequence[object]], step: int) -> N
 
 def _clean(name: str) -> str:
     return re.sub(r"[^\w.\-/]", "_", name)
+
+
+class BackgroundWriter:
+    """Runs rendering and writing jobs on one daemon thread, through a bounded queue.
+
+    Matplotlib (object API only), PNG encoding and TensorBoard's pure-Python CRC32C then overlap with
+    training instead of stalling it. A full queue blocks :meth:`submit` (back-pressure, bounded
+    memory). A job that raises becomes a ``RuntimeWarning`` on the next call from the training
+    thread, never an exception in training. :meth:`close` drains the queue and is safe to repeat.
+    """
+
+    def __init__(self, max_pending: int = 4) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=max_pending)
+        self._errors: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="lightning_attnviz-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._raise_warnings()
+        if not self._thread.is_alive():
+            raise RuntimeError("BackgroundWriter is closed")
+        self._queue.put(job)
+
+    def flush(self) -> None:
+        """Block until every submitted job has run."""
+        if self._thread.is_alive():
+            self._queue.join()
+        self._raise_warnings()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise_warnings()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                job()
+            except Exception as err:
+                self._errors.append(f"{type(err).__name__}: {err}")
+            finally:
+                self._queue.task_done()
+
+    def _raise_warnings(self) -> None:
+        while self._errors:
+            warnings.warn(
+                f"lightning_attnviz could not render or write attention pictures ({self._errors.pop(0)}); "
+                "training goes on.",
+                RuntimeWarning,
+                stacklevel=3,
+            )

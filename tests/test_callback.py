@@ -239,3 +239,15 @@ def test_user_samples_forward_fn_layers_and_long_sequences(tmp_path):
     assert sorted(tags) == sorted(
         f"attention/sample_{s}/model.h.1.attn/{k}" for s in range(2) for k in ("heatmap", "heads")
     )
+
+
+def test_a_rendering_error_becomes_a_warning_not_a_crash(tmp_path):
+    def broken_decoder(ids):
+        raise KeyError("no such token")
+
+    trainer = make_trainer(tmp_path, [AttentionMonitor(tokens=broken_decoder)])
+    with pytest.warns(RuntimeWarning, match=r"could not render or write attention pictures \(KeyError"):
+        trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+    assert trainer.state.finished
+    events = read_events(trainer.logger.log_dir)
+    assert events.Tensors(MODULES_TAG + "/text_summary")  # what did not fail was still written
