@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import string
+import sys
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -82,9 +84,10 @@ def main() -> None:
         enable_model_summary=False,
     )
     trainer.fit(Reverser(), train, val)
+    tensorboard = Path(sys.executable).parent / "tensorboard"  # the one installed beside this Python
     print(
         f"\nTensorBoard logs: {logger.log_dir}\nOpen them with:\n"
-        f"  tensorboard --logdir {args.logdir} --samples_per_plugin images=1000\n"
+        f"  {tensorboard} --logdir {args.logdir} --samples_per_plugin images=1000\n"
     )
 
 

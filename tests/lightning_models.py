@@ -129,3 +129,44 @@ def read_events(log_dir) -> EventAccumulator:
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     events.Reload()
     return events
+
+
+class DictTokens(torch.utils.data.Dataset):
+    """Hugging Face-style samples: dicts of input_ids, attention_mask (trailing padding) and labels."""
+
+    def __init__(self, n: int = 16, length: int = 9, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 50, (n, length), generator=g)
+        lengths = torch.randint(length // 2, length + 1, (n,), generator=g)
+        self.mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+class LitBert(pl.LightningModule):
+    """A Hugging Face BERT (small random config, SDPA attention) fed dict batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from models import hf_pair
+
+        self.bert = hf_pair("bert")[0]
+        self.classifier = nn.Linear(32, 2)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.classifier(hidden[:, 0])
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(**batch), batch["labels"])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(**batch), batch["labels"]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)

@@ -156,9 +156,14 @@ def hf_pair(kind: str, **overrides):
             dict(vocab_size=50, max_position_embeddings=32, num_key_value_heads=2),
         ),
         "vit": (tf.ViTConfig, tf.ViTModel, dict(image_size=32, patch_size=8, num_channels=3)),
+        "t5": (
+            tf.T5Config,
+            tf.T5Model,
+            dict(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4),
+        ),
     }
     config_cls, model_cls, extra = configs[kind]
-    options = {**small, **extra, **overrides} if kind != "gpt2" else {**extra, **overrides}
+    options = {**small, **extra, **overrides} if kind not in ("gpt2", "t5") else {**extra, **overrides}
     models = []
     for impl in ("sdpa", "eager"):
         torch.manual_seed(0)

@@ -251,3 +251,23 @@ def test_a_rendering_error_becomes_a_warning_not_a_crash(tmp_path):
     assert trainer.state.finished
     events = read_events(trainer.logger.log_dir)
     assert events.Tensors(MODULES_TAG + "/text_summary")  # what did not fail was still written
+
+
+def test_hugging_face_model_fed_dicts_with_several_loggers(tmp_path):
+    from lightning_models import DictTokens, LitBert
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    vocab = {i: f"tok{i}" for i in range(50)}
+    loggers = [CSVLogger(tmp_path / "csv"), TensorBoardLogger(tmp_path, name="tb", version=0)]
+    trainer = make_trainer(tmp_path, [AttentionMonitor(tokens=vocab, plots=["heatmap"])], logger=loggers)
+    loader = torch.utils.data.DataLoader(DictTokens(), batch_size=4)
+    trainer.fit(LitBert(), loader, torch.utils.data.DataLoader(DictTokens(seed=1), batch_size=4))
+    events = read_events(tmp_path / "tb" / "version_0")
+    tags = events.Tags()["images"]
+    assert sorted(tags) == sorted(
+        f"attention/sample_{s}/bert.encoder.layer.{i}.attention.self/heatmap"
+        for s in range(2)
+        for i in range(2)
+    )
+    text = events.Tensors(MODULES_TAG + "/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| bert.encoder.layer.0.attention.self | BertSelfAttention | 4 | sdpa |" in text

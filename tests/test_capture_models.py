@@ -94,3 +94,19 @@ def test_hf_vit():
     pixels = torch.randn(3, 3, 32, 32)
     keys = [f"layers.{i}.attention" for i in range(2)]
     _hf_compare("vit", dict(pixel_values=pixels), keys, (2, 4, 17, 17))
+
+
+def test_hf_t5_encoder_decoder_self_and_cross_attention():
+    ids, decoder_ids = torch.randint(0, 50, (3, 7)), torch.randint(0, 50, (3, 5))
+    inputs = dict(input_ids=ids, decoder_input_ids=decoder_ids)
+    sdpa_model, eager_model = hf_pair("t5")
+    with torch.no_grad():
+        ref = eager_model(**inputs, output_attentions=True)
+    for model in (sdpa_model, eager_model):
+        cap = _capture(model, **inputs)
+        for i in range(2):
+            assert_close(cap.maps[f"encoder.block.{i}.layer.0.SelfAttention"], ref.encoder_attentions[i][:2])
+            assert_close(cap.maps[f"decoder.block.{i}.layer.0.SelfAttention"], ref.decoder_attentions[i][:2])
+            cross = cap.maps[f"decoder.block.{i}.layer.1.EncDecAttention"]
+            assert cross.shape == (2, 4, 5, 7)
+            assert_close(cross, ref.cross_attentions[i][:2])

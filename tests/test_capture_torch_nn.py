@@ -127,13 +127,15 @@ def test_encoder_layer_alone_with_causal_mask():
     assert torch.all(cap.maps["self_attn"][0, 0].triu(1) == 0)
 
 
-def test_decoder_layer_and_full_transformer():
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+def test_decoder_layer_and_full_transformer(grad_mode):
     model = nn.Transformer(
         D, H, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32, batch_first=True
     ).eval()
     src, tgt = torch.randn(B, S, D), torch.randn(B, L, D)
     causal = nn.Transformer.generate_square_subsequent_mask(L)
-    with torch.no_grad():
+    context = torch.no_grad if grad_mode == "no_grad" else torch.inference_mode
+    with context():
         plain = model(src, tgt, tgt_mask=causal)
         with capture_attention(model, samples=2) as cap:
             out = model(src, tgt, tgt_mask=causal)
@@ -148,7 +150,7 @@ def test_decoder_layer_and_full_transformer():
         "decoder.layers.1.multihead_attn",
     ]
     layer = model.decoder.layers[0]
-    with torch.no_grad():
+    with context():
         x = layer.norm1(tgt + layer._sa_block(tgt, causal, None))
     assert_close(
         cap.maps["decoder.layers.0.multihead_attn"],
