@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning_fabric.utilities.apply_func import apply_to_collection, move_data_to_device
 from pytorch_lightning import LightningModule, Trainer
@@ -17,10 +19,11 @@ from torch import Tensor
 from lightning_attnviz import log
 from lightning_attnviz.capture import AttentionCapture, AttentionMap
 from lightning_attnviz.discover import ModuleSelector, find_attention
-from lightning_attnviz.reduce import make_views
+from lightning_attnviz.reduce import AttentionView, History, LayerStats, layer_stats, make_views
 from lightning_attnviz.render import PLOT_KINDS, render_views
 
 ForwardFn = Callable[[LightningModule, Any], Any]
+_UNIFORM_CAPTURES = 3  # a head uniform at this many captures in a row gets a warning
 Tokens = None | Sequence[str] | Mapping[int, str] | Callable[[list[int]], Sequence[str]] | Any
 
 
@@ -51,6 +54,15 @@ class AttentionMonitor(Callback):
         max_tokens: longer sequences are block-pooled to this many rows/columns (noted on the image).
         top_k: keys per query in the arrow view.
         log_sanity_check: also capture during the sanity check.
+        strip_length: how many past captures the evolution strip shows (the image grows to this width).
+        stats: log scalars per layer and head: entropy, normalised entropy, distance, sink share,
+            max weight and drift (Jensen–Shannon divergence since the previous capture).
+        histograms: log a histogram of each layer's weights.
+        save_captures: save each capture's drawn maps to ``<log_dir>/attention_captures/`` (re-render
+            them with ``python -m lightning_attnviz``).
+        sink_tokens: how many leading keys count as the attention sink (1; the prefix tokens of a ViT).
+        entropy_collapse: warn once per layer when its mean normalised entropy falls below this.
+        uniform_entropy: warn once per head whose normalised entropy stays above this for 3 captures.
 
     Raises:
         ValueError: an argument is out of range; the message names it and what is allowed.
@@ -76,6 +88,13 @@ class AttentionMonitor(Callback):
         max_tokens: int = 64,
         top_k: int = 3,
         log_sanity_check: bool = False,
+        strip_length: int = 8,
+        stats: bool = True,
+        histograms: bool = True,
+        save_captures: bool = True,
+        sink_tokens: int = 1,
+        entropy_collapse: float = 0.02,
+        uniform_entropy: float = 0.99,
     ) -> None:
         _check_int("every_n_epochs", every_n_epochs, minimum=0)
         if every_n_steps is not None:
@@ -83,6 +102,14 @@ class AttentionMonitor(Callback):
         _check_int("samples", samples, minimum=1)
         _check_int("max_tokens", max_tokens, minimum=2)
         _check_int("top_k", top_k, minimum=1)
+        _check_int("strip_length", strip_length, minimum=2)
+        _check_int("sink_tokens", sink_tokens, minimum=1)
+        for name, value in (("entropy_collapse", entropy_collapse), ("uniform_entropy", uniform_entropy)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"`{name}` must be a number in [0, 1] (normalised entropy), got {value!r}")
+        for name, value in (("stats", stats), ("histograms", histograms), ("save_captures", save_captures)):
+            if not isinstance(value, bool):
+                raise TypeError(f"`{name}` must be True or False, got {value!r}")
         if forward_fn is not None and not callable(forward_fn):
             raise TypeError(f"`forward_fn` must be a callable (pl_module, inputs) -> Any, got {forward_fn!r}")
         if isinstance(plots, str) or not all(p in PLOT_KINDS for p in plots):
@@ -107,6 +134,12 @@ class AttentionMonitor(Callback):
         self.max_tokens = max_tokens
         self.top_k = top_k
         self.log_sanity_check = log_sanity_check
+        self.stats = stats
+        self.histograms = histograms
+        self.save_captures = save_captures
+        self.sink_tokens = sink_tokens
+        self.entropy_collapse = entropy_collapse
+        self.uniform_entropy = uniform_entropy
 
         self._fixed: Any = None if sample_input is None else _first_rows(sample_input, samples)
         self._train_fixed: Any = None  # fallback samples when no validation batch ever runs
@@ -118,6 +151,14 @@ class AttentionMonitor(Callback):
         self._warned_no_val = False
         self._last_step: int | None = None
         self._modules_logged = False
+        self._captures_dir: Path | None = None
+        self._history = History(strip_length)  # updated on the writer thread
+        self._warned_layers: set[str] = set()
+        self._uniform_runs: dict[tuple[str, int], int] = {}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(samples=self.samples, modules=repr(self.modules))
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -134,6 +175,7 @@ class AttentionMonitor(Callback):
             return
         if trainer.is_global_zero:
             self._writer = loggers[0].experiment
+            self._captures_dir = Path(loggers[0].log_dir) / log.CAPTURE_DIR
             self._worker = self._worker or log.BackgroundWriter()
         try:
             sites = find_attention(pl_module, self.modules)
@@ -151,11 +193,8 @@ class AttentionMonitor(Callback):
             self._enabled = False
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._val_runs = 0
         self._validated_this_epoch = False
         self._warned_no_val = False
-        self._last_step = None
-        self._modules_logged = False
 
     # -- when -------------------------------------------------------------------------------------
 
@@ -226,20 +265,98 @@ class AttentionMonitor(Callback):
         records = self._run_capture(trainer, pl_module)
         self._last_step = step
         modules = [] if self._modules_logged else self._module_rows(pl_module, records)
+        first = not self._modules_logged
         self._modules_logged = True
         selected = self._select_layers(records)
+        stats = [layer_stats(r, self.sink_tokens) for r in selected] if self.stats else []
+        self._diagnose(stats, step)
+        epoch = trainer.current_epoch
 
-        def draw() -> None:  # on the writer thread: labels, pictures, PNG encoding, event records
+        def draw() -> None:  # on the writer thread: labels, pictures, PNG encoding, event records, files
+            writer = self._writer
             if modules:
-                log.write_modules(self._writer, modules, step)
-            if selected:
-                views = make_views(selected, self._labels(), self.max_tokens)
-                log.write_pictures(
-                    self._writer, render_views(views, step, self.plots, self.heads, self.top_k), step
-                )
-            self._writer.flush()
+                log.write_modules(writer, modules, step)
+            if first and stats:
+                log.write_layout(writer, [st.layer for st in stats])
+            views = make_views(selected, self._labels(), self.max_tokens)
+            drift = self._update_history(views, f"step {step} · ep {epoch}")
+            if stats:
+                log.write_stats(writer, stats, drift, step)
+            if self.histograms:
+                log.write_histograms(writer, selected, step)
+            strips = (
+                {(v.sample, v.layer): self._history.strip(v) for v in views}
+                if "evolution" in self.plots
+                else {}
+            )
+            log.write_pictures(
+                writer, render_views(views, step, self.plots, self.heads, self.top_k, strips), step
+            )
+            writer.flush()
+            if self.save_captures and self._captures_dir is not None and views:
+                log.save_capture(self._captures_dir, views, step, epoch)
 
         worker.submit(draw)
+
+    def _update_history(self, views: list[AttentionView], label: str) -> dict[str, np.ndarray]:
+        """Record the views; the drift since the previous capture per layer, averaged over samples."""
+        per_layer: dict[str, list[np.ndarray]] = {}
+        for view in views:
+            drift = self._history.add(view, label)
+            if drift is not None:
+                per_layer.setdefault(view.layer, []).append(drift)
+        return {layer: np.mean(values, axis=0) for layer, values in per_layer.items()}
+
+    def _diagnose(self, stats: list[LayerStats], step: int) -> None:
+        """Warn once per layer on entropy collapse, and once per head that stays uniform."""
+        for st in stats:
+            norm = st.entropy_norm
+            finite = norm[np.isfinite(norm)]
+            if finite.size and finite.mean() < self.entropy_collapse and st.layer not in self._warned_layers:
+                self._warned_layers.add(st.layer)
+                rank_zero_warn(
+                    f"AttentionMonitor: attention entropy collapsed in {st.layer!r} at step {step}: "
+                    f"normalised entropy {finite.mean():.3f} < entropy_collapse={self.entropy_collapse} "
+                    "(each query attends to about one key). Entropy collapse is a known sign of unstable "
+                    "training.",
+                    category=RuntimeWarning,
+                )
+            for head, value in enumerate(norm):
+                key = (st.layer, head)
+                runs = self._uniform_runs.get(key, 0)
+                self._uniform_runs[key] = runs + 1 if value > self.uniform_entropy else 0
+                if self._uniform_runs[key] == _UNIFORM_CAPTURES:
+                    rank_zero_warn(
+                        f"AttentionMonitor: head {head} of {st.layer!r} has stayed uniform for "
+                        f"{_UNIFORM_CAPTURES} captures (normalised entropy {value:.3f} > "
+                        f"uniform_entropy={self.uniform_entropy}): it attends to everything equally.",
+                        category=RuntimeWarning,
+                    )
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fixed samples, counters and the bounded history, so a resumed fit continues the strips."""
+        if self._worker is not None:
+            self._worker.flush()  # the history is updated on the writer thread
+        return {
+            "fixed": self._fixed,
+            "train_fixed": self._train_fixed,
+            "val_runs": self._val_runs,
+            "last_step": self._last_step,
+            "modules_logged": self._modules_logged,
+            "history": self._history.state_dict(),
+            "warned_layers": sorted(self._warned_layers),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._fixed = state_dict["fixed"]
+        self._train_fixed = state_dict["train_fixed"]
+        self._val_runs = state_dict["val_runs"]
+        self._last_step = state_dict["last_step"]
+        self._modules_logged = state_dict["modules_logged"]
+        self._history.load_state_dict(state_dict["history"])
+        self._warned_layers = set(state_dict["warned_layers"])
 
     # -- cleanup ----------------------------------------------------------------------------------
 

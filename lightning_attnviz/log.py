@@ -7,23 +7,39 @@ Tag scheme (stable; ``<layer>`` is the capture key, e.g. ``model.layers.0.self_a
 - ``attention/sample_<i>/<layer>/heads``: all heads of the layer and their mean, as a grid
 - ``attention/sample_<i>/<layer>/arrows``: which token attends to which (top-k lines)
 - ``attention/sample_<i>/atlas``: every layer × head of the sample
+- ``attention/sample_<i>/<layer>/evolution``: the head-mean map at the last captures, side by side
 - ``attention/modules``: text table of the attention modules found, once per fit (the writer
   stores text as ``attention/modules/text_summary``)
+- ``attention_stats/<metric>/<layer>/head_<h>`` and ``.../mean``: scalars, averaged over the fixed
+  samples; metrics: ``entropy``, ``entropy_norm``, ``distance``, ``sink``, ``max_weight``, ``drift``
+- ``attention_hist/<layer>``: histogram of the layer's weights at visible positions
+
+Raw captures are saved as ``<log_dir>/attention_captures/step_<step>.npz`` (see :func:`save_capture`).
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from lightning_attnviz.capture import AttentionMap
+from lightning_attnviz.reduce import AttentionView, LayerStats
 from lightning_attnviz.render import Picture
 
 PREFIX = "attention"
 MODULES_TAG = f"{PREFIX}/modules"
+STATS_PREFIX = "attention_stats"
+HIST_PREFIX = "attention_hist"
+CAPTURE_DIR = "attention_captures"
+CAPTURE_FORMAT = "lightning_attnviz.capture/1"
 
 
 def picture_tag(picture: Picture) -> str:
@@ -46,6 +62,113 @@ def write_modules(writer: Any, rows: Sequence[Sequence[object]], step: int) -> N
     header = "| module | type | heads | captured via |\n|---|---|---|---|\n"
     body = "".join("| " + " | ".join(str(c) for c in row) + " |\n" for row in rows)
     writer.add_text(MODULES_TAG, header + body, step)
+
+
+def stat_tag(metric: str, layer: str, head: int | None) -> str:
+    """``attention_stats/<metric>/<layer>/head_<h>``, or ``.../mean`` for the mean over heads."""
+    return f"{STATS_PREFIX}/{metric}/{_clean(layer)}/{'mean' if head is None else f'head_{head}'}"
+
+
+def write_stats(writer: Any, stats: Sequence[LayerStats], drift: dict[str, np.ndarray], step: int) -> None:
+    """Every metric of every layer, per head and as the mean over heads (NaN values are skipped)."""
+    for layer_stats in stats:
+        per_metric = {m: getattr(layer_stats, m) for m in LayerStats.METRICS}
+        if layer_stats.layer in drift:
+            per_metric["drift"] = drift[layer_stats.layer]
+        for metric, values in per_metric.items():
+            finite = values[np.isfinite(values)]
+            heads: list[tuple[int | None, float]] = [*enumerate(values)]
+            if finite.size:
+                heads.append((None, float(finite.mean())))
+            for head, value in heads:
+                if np.isfinite(value):
+                    writer.add_scalar(stat_tag(metric, layer_stats.layer, head), float(value), step)
+
+
+def write_layout(writer: Any, layers: Sequence[str]) -> None:
+    """TensorBoard's custom-scalars layout: one chart per metric and layer, all its heads as lines."""
+    layout = {
+        f"attention {metric}": {
+            layer: ["Multiline", [f"^{re.escape(f'{STATS_PREFIX}/{metric}/{_clean(layer)}/')}"]]
+            for layer in layers
+        }
+        for metric in (*LayerStats.METRICS, "drift")
+    }
+    writer.add_custom_scalars(layout)
+
+
+def write_histograms(
+    writer: Any, records: Sequence[AttentionMap], step: int, max_values: int = 1 << 20
+) -> None:
+    """Histogram of each layer's weights at visible positions (a fixed stride keeps ≤ ``max_values``)."""
+    for record in records:
+        values = record.weights
+        if record.visible is not None:
+            values = values[record.visible.expand_as(values)]
+        values = values.flatten()
+        stride = max(1, values.numel() // max_values)
+        writer.add_histogram(f"{HIST_PREFIX}/{_clean(record.key)}", values[::stride].numpy(), step)
+
+
+def save_capture(directory: str | Path, views: Sequence[AttentionView], step: int, epoch: int) -> Path:
+    """Save the drawn maps of one capture, compactly: ``step_<step>.npz`` in ``directory``.
+
+    Format ``lightning_attnviz.capture/1``, a numpy ``.npz`` archive holding
+    ``meta`` (a JSON string: format, step, epoch, and per view its sample, layer, labels and note),
+    ``w<n>`` (float16 weights ``(heads, q, k)`` of view ``n``) and ``v<n>`` (bool visibility, when
+    something was masked). Reading it back with :func:`load_capture` gives the views the logged
+    pictures were drawn from.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": CAPTURE_FORMAT,
+        "step": step,
+        "epoch": epoch,
+        "views": [
+            {
+                "sample": v.sample,
+                "layer": v.layer,
+                "q_labels": v.q_labels,
+                "k_labels": v.k_labels,
+                "note": v.note,
+            }
+            for v in views
+        ],
+    }
+    arrays = {"meta": np.array(json.dumps(meta))}
+    for n, view in enumerate(views):
+        arrays[f"w{n}"] = view.weights.astype(np.float16)
+        if view.visible is not None:
+            arrays[f"v{n}"] = np.ascontiguousarray(view.visible)
+    path = directory / f"step_{step:08d}.npz"
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_capture(path: str | Path) -> tuple[list[AttentionView], int, int]:
+    """``(views, step, epoch)`` of a file written by :func:`save_capture`.
+
+    Raises:
+        ValueError: the file is not a lightning_attnviz capture.
+    """
+    with np.load(path) as archive:
+        meta = json.loads(str(archive["meta"])) if "meta" in archive else {}
+        if meta.get("format") != CAPTURE_FORMAT:
+            raise ValueError(f"{path} is not a {CAPTURE_FORMAT} file (format {meta.get('format')!r})")
+        views = [
+            AttentionView(
+                layer=v["layer"],
+                sample=v["sample"],
+                weights=archive[f"w{n}"].astype(np.float32),
+                visible=archive.get(f"v{n}"),
+                q_labels=v["q_labels"],
+                k_labels=v["k_labels"],
+                note=v["note"],
+            )
+            for n, v in enumerate(meta["views"])
+        ]
+    return views, meta["step"], meta["epoch"]
 
 
 def _clean(name: str) -> str:

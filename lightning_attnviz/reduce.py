@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from lightning_attnviz.capture import AttentionMap
 
@@ -18,7 +19,8 @@ class AttentionView:
     Attributes:
         layer: the capture key (module name, ``#n`` for repeated calls).
         sample: index of the fixed sample.
-        weights: float32 ``(heads, q, k)``; rows sum to 1 (or 0 where every key is masked).
+        weights: float32 ``(heads, q, k)``, rounded to float16 precision by :func:`make_views` (so
+            exported captures re-render pixel-equal); rows sum to 1 (0 where every key is masked).
         visible: bool ``(1 | heads, q, k)``, False where a mask hid the key; ``None`` if nothing was masked.
         q_labels, k_labels: one label per row / column (tokens, positions, or pooled ranges).
         note: how the map was reduced (empty when it is drawn as captured).
@@ -62,25 +64,24 @@ def make_views(
         for record in records:
             weights = record.weights[sample].numpy()
             visible = None
-            if record.visible is not None:
-                v = record.visible
-                v = v[sample if v.shape[0] > 1 else 0] if v.dim() == 4 else v
-                visible = np.broadcast_to(v.numpy(), weights.shape[-3:] if v.dim() == 3 else weights.shape)
-                visible = visible if visible.ndim == 3 else visible[None]
+            if record.visible is not None:  # broadcastable to (s, H, q, k)
+                v = record.visible.reshape((1,) * (4 - record.visible.dim()) + tuple(record.visible.shape))
+                v = v[sample if v.shape[0] > 1 else 0].numpy()  # (1 | H, q | 1, k)
+                visible = np.broadcast_to(v, (v.shape[0], *weights.shape[-2:]))
             q_len, k_len = weights.shape[-2:]
-            views.append(
-                pool_view(
-                    AttentionView(
-                        layer=record.key,
-                        sample=sample,
-                        weights=np.ascontiguousarray(weights, dtype=np.float32),
-                        visible=None if visible is None else np.ascontiguousarray(visible),
-                        q_labels=_labels(tokens, q_len),
-                        k_labels=_labels(tokens, k_len),
-                    ),
-                    max_tokens,
-                )
+            view = pool_view(
+                AttentionView(
+                    layer=record.key,
+                    sample=sample,
+                    weights=np.ascontiguousarray(weights, dtype=np.float32),
+                    visible=None if visible is None else np.ascontiguousarray(visible),
+                    q_labels=_labels(tokens, q_len),
+                    k_labels=_labels(tokens, k_len),
+                ),
+                max_tokens,
             )
+            # float16 precision, so that a saved capture re-renders pixel-equal to the logged image
+            views.append(replace(view, weights=view.weights.astype(np.float16).astype(np.float32)))
     return views
 
 
@@ -134,3 +135,149 @@ def _block_reduce(a: np.ndarray, qb: int, kb: int) -> np.ndarray:
 
 def _range_labels(length: int, block: int) -> list[str]:
     return [f"{i}–{min(i + block, length) - 1}" for i in range(0, length, block)]
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Scalars of one layer, averaged over the fixed samples; ``per_head`` arrays have one value a head.
+
+    Attributes:
+        entropy: mean entropy of the query rows, in nats.
+        entropy_norm: the same, each row divided by log(number of visible keys): 0 = one key, 1 = uniform.
+            Rows with fewer than two visible keys are left out (they have no choice).
+        distance: mean attention distance in positions, Σ_j a_ij·|i−j| averaged over rows (self-attention
+            only: NaN when queries and keys are different sequences).
+        sink: mean weight on the first ``sink_tokens`` keys (the attention-sink share).
+        max_weight: the largest weight.
+    """
+
+    layer: str
+    entropy: np.ndarray
+    entropy_norm: np.ndarray
+    distance: np.ndarray
+    sink: np.ndarray
+    max_weight: np.ndarray
+
+    METRICS = ("entropy", "entropy_norm", "distance", "sink", "max_weight")
+
+
+def layer_stats(record: AttentionMap, sink_tokens: int = 1) -> LayerStats:
+    """Per-head scalars of one captured layer, computed on the full-resolution maps.
+
+    Shape:
+        record.weights: ``(samples, heads, q, k)``; every array of the result: ``(heads,)``.
+    """
+    w = record.weights.double()  # (s, H, q, k)
+    samples, heads, q_len, k_len = w.shape
+    visible = (
+        torch.ones(1, 1, q_len, k_len, dtype=torch.bool)
+        if record.visible is None
+        else record.visible.expand(samples, heads, q_len, k_len)
+    )
+    live = w.sum(-1) > 0  # rows with weight (fully masked rows have none)
+    plogp = torch.where(w > 0, w * w.clamp_min(1e-300).log(), torch.zeros((), dtype=w.dtype))
+    entropy = -plogp.sum(-1)  # (s, H, q)
+    n_visible = visible.expand(samples, heads, q_len, k_len).sum(-1)
+    choice = live & (n_visible > 1)
+    norm = entropy / n_visible.clamp_min(2).double().log()
+    if q_len == k_len:
+        pos = torch.arange(q_len, dtype=w.dtype)
+        distance = (w * (pos[:, None] - pos[None, :]).abs()).sum(-1)
+    else:
+        distance = torch.full_like(entropy, float("nan"))
+    sink = w[..., :sink_tokens].sum(-1)
+    return LayerStats(
+        layer=record.key,
+        entropy=_row_mean(entropy, live),
+        entropy_norm=_row_mean(norm, choice),
+        distance=_row_mean(distance, live),
+        sink=_row_mean(sink, live),
+        max_weight=w.amax(dim=(0, 2, 3)).float().numpy(),
+    )
+
+
+def _row_mean(values: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
+    """Mean over samples and the selected rows, per head: ``(s, H, q)`` → ``(H,)`` (NaN if no row)."""
+    rows = rows.expand_as(values)
+    total = torch.where(rows, values, torch.zeros((), dtype=values.dtype)).sum(dim=(0, 2))
+    count = rows.sum(dim=(0, 2))
+    return (total / count.clamp_min(1)).masked_fill(count == 0, float("nan")).float().numpy()
+
+
+def js_divergence(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Mean Jensen–Shannon divergence (nats) between matching query rows of two captures, per head.
+
+    Rows that carry no weight in either capture are left out; 0 = unchanged, log 2 = disjoint.
+
+    Shape:
+        previous, current: ``(heads, q, k)``; result ``(heads,)``.
+    """
+    p, q = previous.astype(np.float64), current.astype(np.float64)
+    m = 0.5 * (p + q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log(p / m), 0.0).sum(-1)
+        kl_q = np.where(q > 0, q * np.log(q / m), 0.0).sum(-1)
+    js = 0.5 * (kl_p + kl_q)  # (H, q)
+    rows = (p.sum(-1) > 0) & (q.sum(-1) > 0)
+    count = rows.sum(-1)
+    return np.where(count > 0, np.where(rows, js, 0.0).sum(-1) / np.maximum(count, 1), np.nan)
+
+
+class History:
+    """What the evolution strips and drift need from past captures, bounded in memory.
+
+    Per (sample, layer): the steps and the head-mean maps of the last ``length`` captures and the
+    per-head maps of the last one, all pooled (≤ ``max_tokens``²) and stored as float16.
+    """
+
+    def __init__(self, length: int = 8) -> None:
+        self.length = length
+        self._entries: dict[str, dict] = {}
+
+    def add(self, view: AttentionView, label: str) -> np.ndarray | None:
+        """Record ``view`` and return the drift since the previous capture, per head (``None`` for the
+        first capture, or when the map's shape changed)."""
+        entry = self._entries.setdefault(_history_key(view), {"labels": [], "means": [], "heads": None})
+        previous = entry["heads"]
+        drift = None
+        if previous is not None and previous.shape == view.weights.shape:
+            drift = js_divergence(previous.astype(np.float32), view.weights)
+        elif previous is not None:  # the sequence changed length: start the strip again
+            entry.update(labels=[], means=[])
+        entry["labels"] = [*entry["labels"], label][-self.length :]
+        entry["means"] = [*entry["means"], view.head_mean()[0].astype(np.float16)][-self.length :]
+        entry["heads"] = view.weights.astype(np.float16)
+        return drift
+
+    def strip(self, view: AttentionView) -> tuple[list[np.ndarray], list[str]]:
+        """Head-mean maps (float32, oldest first) and labels recorded for this sample and layer."""
+        entry = self._entries.get(_history_key(view), {"labels": [], "means": []})
+        return [m.astype(np.float32) for m in entry["means"]], list(entry["labels"])
+
+    def state_dict(self) -> dict:
+        return {
+            "length": self.length,
+            "entries": {
+                key: {
+                    "labels": list(e["labels"]),
+                    "means": [torch.from_numpy(m.copy()) for m in e["means"]],
+                    "heads": None if e["heads"] is None else torch.from_numpy(e["heads"].copy()),
+                }
+                for key, e in self._entries.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.length = state["length"]
+        self._entries = {
+            key: {
+                "labels": list(e["labels"]),
+                "means": [m.numpy() for m in e["means"]],
+                "heads": None if e["heads"] is None else e["heads"].numpy(),
+            }
+            for key, e in state["entries"].items()
+        }
+
+
+def _history_key(view: AttentionView) -> str:
+    return f"{view.sample}/{view.layer}"

@@ -8,7 +8,7 @@ one axes: 144 axes cost about 2 s per image, one array about 20 ms.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -108,6 +108,43 @@ def atlas(views: Sequence[AttentionView], title: str) -> np.ndarray:
     return _tiled_figure(tiles, names, len(views), heads, title, "; ".join(notes), masked, row_names)
 
 
+def evolution(
+    maps: Sequence[np.ndarray],
+    labels: Sequence[str],
+    visible: np.ndarray | None,
+    title: str,
+    note: str = "",
+) -> np.ndarray:
+    """The same map at successive captures side by side on one shared scale, then the change since
+    the previous capture (red: more attention, blue: less).
+
+    Shape:
+        maps: each ``(q, k)``, oldest first; visible: ``(q, k)`` or ``None``.
+    """
+    vmax = max(_vmax(m, visible) for m in maps)
+    tiles = [_colorize(m, visible, vmax) for m in maps]
+    names = list(labels)
+    scale = f"shared scale 0..{vmax:.2g} (viridis)"
+    if len(maps) > 1:
+        diff = maps[-1] - maps[-2]
+        tiles.append(_colorize_diff(diff, visible))
+        names.append(f"Δ since {labels[-2].split(' · ')[0]}")
+        scale += f"; Δ: red = more, blue = less (±{np.abs(diff).max():.2g})"
+    return _tiled_figure(tiles, names, 1, len(tiles), title, note, visible is not None, scale_note=scale)
+
+
+_DIFF_LUT = (matplotlib.colormaps["RdBu_r"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def _colorize_diff(diff: np.ndarray, visible: np.ndarray | None) -> np.ndarray:
+    """Signed ``(q, k)`` change → RGB on a symmetric ±max scale, white at zero, hidden cells gray."""
+    span = max(float(np.abs(diff).max()), 1e-6)
+    rgb = _DIFF_LUT[np.clip((diff / span + 1) * 127.5, 0, 255).astype(np.uint8)]
+    if visible is not None:
+        rgb[~visible] = MASKED_RGB
+    return rgb
+
+
 def arrows(
     weights: np.ndarray,
     q_labels: Sequence[str],
@@ -165,9 +202,10 @@ def _head_visible(view: AttentionView, head: int) -> np.ndarray | None:
     return view.visible[head if view.visible.shape[0] > 1 else 0]
 
 
-def _colorize(weights: np.ndarray, visible: np.ndarray | None) -> np.ndarray:
-    """``(q, k)`` weights → ``(q, k, 3)`` uint8 on the map's own 0..max scale, hidden cells gray."""
-    index = np.clip(weights / _vmax(weights, visible) * 255, 0, 255)
+def _colorize(weights: np.ndarray, visible: np.ndarray | None, vmax: float | None = None) -> np.ndarray:
+    """``(q, k)`` weights → ``(q, k, 3)`` uint8 on a 0..vmax scale (default: the map's own max),
+    hidden cells gray."""
+    index = np.clip(weights / (vmax or _vmax(weights, visible)) * 255, 0, 255)
     rgb = _LUT[np.nan_to_num(index).astype(np.uint8)]
     if visible is not None:
         rgb[~visible] = MASKED_RGB
@@ -183,6 +221,7 @@ def _tiled_figure(
     note: str,
     masked: bool,
     row_names: Sequence[str] = (),
+    scale_note: str = "each tile scaled 0..its max (viridis)",
 ) -> np.ndarray:
     """Lay tiles out in a grid under a title, with a name above each tile and a label left of each row.
 
@@ -212,7 +251,6 @@ def _tiled_figure(
             (margin - 6) / width_px, 1 - (y + th / 2) / height_px, name, fontsize=7, ha="right", va="center"
         )
     fig.suptitle(title, fontsize=9, y=1 - 4 / height_px, va="top")
-    scale_note = "each tile scaled 0..its max (viridis)"
     _footnote(fig, "; ".join(n for n in (scale_note, note) if n), masked)
     image = _to_array(fig)
     for index, tile in enumerate(tiles):
@@ -241,8 +279,8 @@ def _to_array(fig: Figure) -> np.ndarray:
     return array
 
 
-PlotKind = Literal["heatmap", "heads", "arrows", "atlas"]
-PLOT_KINDS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas")
+PlotKind = Literal["heatmap", "heads", "arrows", "atlas", "evolution"]
+PLOT_KINDS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution")
 
 
 @dataclass(frozen=True)
@@ -263,6 +301,7 @@ def render_views(
     plots: Sequence[str] = PLOT_KINDS,
     heads: Sequence[int] = (),
     top_k: int = 3,
+    strips: Mapping[tuple[int, str], tuple[Sequence[np.ndarray], Sequence[str]]] | None = None,
 ) -> list[Picture]:
     """Every requested picture of every view, in sample then forward order.
 
@@ -272,6 +311,7 @@ def render_views(
         plots: which of ``"heatmap"`` (head mean), ``"heads"`` (grid), ``"arrows"``, ``"atlas"``.
         heads: heads that also get their own token-labelled heatmap.
         top_k: keys per query in the arrow view.
+        strips: for ``"evolution"``, per ``(sample, layer)`` the past head-mean maps and their labels.
     """
     pictures = []
     for view in views:
@@ -298,6 +338,12 @@ def render_views(
         if "arrows" in plots:
             image = arrows(mean, view.q_labels, view.k_labels, f"{where} · head mean", top_k, view.note)
             pictures.append(Picture("arrows", view.sample, view.layer, image))
+        if "evolution" in plots and strips and strips.get((view.sample, view.layer), ((), ()))[0]:
+            maps, labels = strips[(view.sample, view.layer)]
+            image = evolution(
+                maps, labels, mean_visible, f"{view.layer} · sample {view.sample} · head mean", view.note
+            )
+            pictures.append(Picture("evolution", view.sample, view.layer, image))
     if "atlas" in plots:
         for sample in sorted({v.sample for v in views}):
             of_sample = [v for v in views if v.sample == sample]

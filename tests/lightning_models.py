@@ -126,7 +126,9 @@ def make_trainer(tmp_path, callbacks=(), logger=True, **kwargs) -> pl.Trainer:
 
 def read_events(log_dir) -> EventAccumulator:
     """All events, with nothing sampled away (TensorBoard keeps 10 images per tag by default)."""
-    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events = EventAccumulator(
+        str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0, "histograms": 0}
+    )
     events.Reload()
     return events
 
