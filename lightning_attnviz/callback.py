@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,9 +21,15 @@ from lightning_attnviz.capture import AttentionCapture, AttentionMap
 from lightning_attnviz.discover import ModuleSelector, find_attention
 from lightning_attnviz.reduce import AttentionView, History, LayerStats, layer_stats, make_views
 from lightning_attnviz.render import PLOT_KINDS, render_views
+from lightning_attnviz.render_vision import VISION_PLOTS, render_vision
+from lightning_attnviz.vision import HEAD_FUSIONS, HeadFusion, PatchGrid, find_grid, unnormalize
 
 ForwardFn = Callable[[LightningModule, Any], Any]
 _UNIFORM_CAPTURES = 3  # a head uniform at this many captures in a row gets a warning
+ALL_PLOTS = (*PLOT_KINDS, *VISION_PLOTS)
+TEXT_DEFAULT_PLOTS = PLOT_KINDS
+# arrows between 197 patch tokens say little; the image overlays say it better
+VISION_DEFAULT_PLOTS = (*VISION_PLOTS, "heatmap", "heads", "atlas", "evolution")
 Tokens = None | Sequence[str] | Mapping[int, str] | Callable[[list[int]], Sequence[str]] | Any
 
 
@@ -50,7 +56,9 @@ class AttentionMonitor(Callback):
         heads: heads that also get a heatmap of their own (every head is always in the grid).
         tokens: how to label token ids: a tokenizer (``convert_ids_to_tokens``), a vocabulary
             (list or dict id → str), or a function ``ids -> labels``; ``None``: positions.
-        plots: which pictures: ``"heatmap"``, ``"heads"``, ``"arrows"``, ``"atlas"``.
+        plots: which pictures: ``"heatmap"``, ``"heads"``, ``"arrows"``, ``"atlas"``, ``"evolution"``,
+            and for images ``"overlay"``, ``"overlay_heads"``, ``"rollout"``. ``None``: all token
+            pictures, or for a vision model the image ones plus heatmap, heads, atlas and evolution.
         max_tokens: longer sequences are block-pooled to this many rows/columns (noted on the image).
         top_k: keys per query in the arrow view.
         log_sanity_check: also capture during the sanity check.
@@ -60,9 +68,17 @@ class AttentionMonitor(Callback):
         histograms: log a histogram of each layer's weights.
         save_captures: save each capture's drawn maps to ``<log_dir>/attention_captures/`` (re-render
             them with ``python -m lightning_attnviz``).
-        sink_tokens: how many leading keys count as the attention sink (1; the prefix tokens of a ViT).
+        sink_tokens: how many leading keys count as the attention sink; default 1, or a ViT's prefix
+            tokens (CLS, registers).
         entropy_collapse: warn once per layer when its mean normalised entropy falls below this.
         uniform_entropy: warn once per head whose normalised entropy stays above this for 3 captures.
+        image_grid: the patch grid of image inputs: ``"auto"`` finds a timm or Hugging Face ViT in the
+            model; a :class:`~lightning_attnviz.vision.PatchGrid` for hand-written ViTs (grid, prefix
+            tokens, patch size); ``None``: no image pictures.
+        image_mean, image_std: the normalisation of the images, undone before drawing them (without
+            them each image is min-max scaled).
+        rollout_fusion: how attention rollout fuses heads: ``"mean"``, ``"max"`` or ``"min"``.
+        rollout_discard: fraction of the weakest patch entries rollout zeroes per layer.
 
     Raises:
         ValueError: an argument is out of range; the message names it and what is allowed.
@@ -84,7 +100,7 @@ class AttentionMonitor(Callback):
         layers: Sequence[int | str] | None = None,
         heads: Sequence[int] = (),
         tokens: Tokens = None,
-        plots: Sequence[str] = PLOT_KINDS,
+        plots: Sequence[str] | None = None,
         max_tokens: int = 64,
         top_k: int = 3,
         log_sanity_check: bool = False,
@@ -92,9 +108,14 @@ class AttentionMonitor(Callback):
         stats: bool = True,
         histograms: bool = True,
         save_captures: bool = True,
-        sink_tokens: int = 1,
+        sink_tokens: int | None = None,
         entropy_collapse: float = 0.02,
         uniform_entropy: float = 0.99,
+        image_grid: PatchGrid | Literal["auto"] | None = "auto",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        rollout_fusion: HeadFusion = "mean",
+        rollout_discard: float = 0.0,
     ) -> None:
         _check_int("every_n_epochs", every_n_epochs, minimum=0)
         if every_n_steps is not None:
@@ -103,7 +124,18 @@ class AttentionMonitor(Callback):
         _check_int("max_tokens", max_tokens, minimum=2)
         _check_int("top_k", top_k, minimum=1)
         _check_int("strip_length", strip_length, minimum=2)
-        _check_int("sink_tokens", sink_tokens, minimum=1)
+        if sink_tokens is not None:
+            _check_int("sink_tokens", sink_tokens, minimum=1)
+        if not (image_grid is None or image_grid == "auto" or isinstance(image_grid, PatchGrid)):
+            raise TypeError(f"`image_grid` must be 'auto', None or a PatchGrid, got {image_grid!r}")
+        if rollout_fusion not in HEAD_FUSIONS:
+            raise ValueError(f"`rollout_fusion` must be one of {list(HEAD_FUSIONS)}, got {rollout_fusion!r}")
+        if (
+            isinstance(rollout_discard, bool)
+            or not isinstance(rollout_discard, (int, float))
+            or not (0 <= rollout_discard < 1)
+        ):
+            raise ValueError(f"`rollout_discard` must be a fraction in [0, 1), got {rollout_discard!r}")
         for name, value in (("entropy_collapse", entropy_collapse), ("uniform_entropy", uniform_entropy)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ValueError(f"`{name}` must be a number in [0, 1] (normalised entropy), got {value!r}")
@@ -112,8 +144,8 @@ class AttentionMonitor(Callback):
                 raise TypeError(f"`{name}` must be True or False, got {value!r}")
         if forward_fn is not None and not callable(forward_fn):
             raise TypeError(f"`forward_fn` must be a callable (pl_module, inputs) -> Any, got {forward_fn!r}")
-        if isinstance(plots, str) or not all(p in PLOT_KINDS for p in plots):
-            raise ValueError(f"`plots` must be a list drawn from {list(PLOT_KINDS)}, got {plots!r}")
+        if plots is not None and (isinstance(plots, str) or not all(p in ALL_PLOTS for p in plots)):
+            raise ValueError(f"`plots` must be None or a list drawn from {list(ALL_PLOTS)}, got {plots!r}")
         if isinstance(heads, (str, int)) or not all(isinstance(h, int) and h >= 0 for h in heads):
             raise ValueError(f"`heads` must be a list of head indices >= 0, got {heads!r}")
         if layers is not None and (
@@ -130,7 +162,7 @@ class AttentionMonitor(Callback):
         self.layers = None if layers is None else list(layers)
         self.heads = list(heads)
         self.label_tokens = _token_labeller(tokens)
-        self.plots = tuple(plots)
+        self.plots = None if plots is None else tuple(plots)  # None: chosen in setup (text or vision)
         self.max_tokens = max_tokens
         self.top_k = top_k
         self.log_sanity_check = log_sanity_check
@@ -140,6 +172,14 @@ class AttentionMonitor(Callback):
         self.sink_tokens = sink_tokens
         self.entropy_collapse = entropy_collapse
         self.uniform_entropy = uniform_entropy
+        self.image_grid = image_grid
+        self.image_mean = image_mean
+        self.image_std = image_std
+        self.rollout_fusion = rollout_fusion
+        self.rollout_discard = rollout_discard
+        self._grid: PatchGrid | None = None
+        self._plots: tuple[str, ...] = ()
+        self._warned_grid = False
 
         self._fixed: Any = None if sample_input is None else _first_rows(sample_input, samples)
         self._train_fixed: Any = None  # fallback samples when no validation batch ever runs
@@ -183,6 +223,9 @@ class AttentionMonitor(Callback):
             rank_zero_warn(f"AttentionMonitor: {err}. Nothing will be captured.", category=RuntimeWarning)
             self._enabled = False
             return
+        self._grid = find_grid(pl_module) if self.image_grid == "auto" else self.image_grid
+        default = VISION_DEFAULT_PLOTS if self._grid is not None else TEXT_DEFAULT_PLOTS
+        self._plots = self.plots if self.plots is not None else default
         if not sites:
             rank_zero_warn(
                 f"AttentionMonitor found no attention modules in {type(pl_module).__name__}: it looks for "
@@ -268,7 +311,12 @@ class AttentionMonitor(Callback):
         first = not self._modules_logged
         self._modules_logged = True
         selected = self._select_layers(records)
-        stats = [layer_stats(r, self.sink_tokens) for r in selected] if self.stats else []
+        grid = self._grid
+        sink = self.sink_tokens or (grid.prefix_tokens if grid is not None and grid.prefix_tokens else 1)
+        stats = [layer_stats(r, sink, grid) for r in selected] if self.stats else []
+        plots = self._plots
+        if grid is not None and not any(r.weights.shape[-1] == grid.length for r in selected):
+            self._warn_grid_mismatch(grid, selected)
         self._diagnose(stats, step)
         epoch = trainer.current_epoch
 
@@ -285,18 +333,47 @@ class AttentionMonitor(Callback):
             if self.histograms:
                 log.write_histograms(writer, selected, step)
             strips = (
-                {(v.sample, v.layer): self._history.strip(v) for v in views}
-                if "evolution" in self.plots
-                else {}
+                {(v.sample, v.layer): self._history.strip(v) for v in views} if "evolution" in plots else {}
             )
-            log.write_pictures(
-                writer, render_views(views, step, self.plots, self.heads, self.top_k, strips), step
-            )
+            pictures = render_views(views, step, plots, self.heads, self.top_k, strips)
+            images = self._images() if grid is not None else []
+            if images:
+                pictures += render_vision(
+                    selected, grid, images, step, plots, self.rollout_fusion, self.rollout_discard
+                )
+            log.write_pictures(writer, pictures, step)
             writer.flush()
             if self.save_captures and self._captures_dir is not None and views:
                 log.save_capture(self._captures_dir, views, step, epoch)
 
         worker.submit(draw)
+
+    def _images(self) -> list[np.ndarray]:
+        """The fixed samples' images as the user sees them: ``pixel_values`` of a dict, else the first
+        float tensor shaped ``(N, C, H, W)``, un-normalised with ``image_mean``/``image_std``."""
+        fixed = self._fixed
+        found: list[Tensor] = []
+        if isinstance(fixed, Mapping) and isinstance(fixed.get("pixel_values"), Tensor):
+            found.append(fixed["pixel_values"])
+        apply_to_collection(
+            fixed, Tensor, lambda t: found.append(t) if t.is_floating_point() and t.dim() == 4 else None
+        )
+        if not found:
+            return []
+        return [unnormalize(image, self.image_mean, self.image_std) for image in found[0].float()]
+
+    def _warn_grid_mismatch(self, grid: PatchGrid, records: list[AttentionMap]) -> None:
+        if self._warned_grid or not records:
+            return
+        self._warned_grid = True
+        try:
+            grid.split(records[0].weights.shape[-1])
+        except ValueError as err:
+            rank_zero_warn(
+                "AttentionMonitor draws no image overlays: no captured layer matches the patch grid "
+                f"({err}). Pass `image_grid=PatchGrid(...)` for the images you feed.",
+                category=RuntimeWarning,
+            )
 
     def _update_history(self, views: list[AttentionView], label: str) -> dict[str, np.ndarray]:
         """Record the views; the drift since the previous capture per layer, averaged over samples."""

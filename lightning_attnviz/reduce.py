@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from lightning_attnviz.capture import AttentionMap
+from lightning_attnviz.vision import PatchGrid, mean_attention_distance
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,10 @@ class LayerStats:
         entropy: mean entropy of the query rows, in nats.
         entropy_norm: the same, each row divided by log(number of visible keys): 0 = one key, 1 = uniform.
             Rows with fewer than two visible keys are left out (they have no choice).
-        distance: mean attention distance in positions, Σ_j a_ij·|i−j| averaged over rows (self-attention
-            only: NaN when queries and keys are different sequences).
+        distance: mean attention distance: in positions for sequences, Σ_j a_ij·|i−j| averaged over
+            rows (self-attention only: NaN when queries and keys are different sequences); in pixels
+            between patch centres for a layer on an image's patch grid (the ViT paper's measure, see
+            :func:`~lightning_attnviz.vision.mean_attention_distance`).
         sink: mean weight on the first ``sink_tokens`` keys (the attention-sink share).
         max_weight: the largest weight.
     """
@@ -161,8 +165,10 @@ class LayerStats:
     METRICS = ("entropy", "entropy_norm", "distance", "sink", "max_weight")
 
 
-def layer_stats(record: AttentionMap, sink_tokens: int = 1) -> LayerStats:
+def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | None = None) -> LayerStats:
     """Per-head scalars of one captured layer, computed on the full-resolution maps.
+
+    With ``grid`` and a layer whose queries and keys are the grid's tokens, the distance is in pixels.
 
     Shape:
         record.weights: ``(samples, heads, q, k)``; every array of the result: ``(heads,)``.
@@ -180,17 +186,21 @@ def layer_stats(record: AttentionMap, sink_tokens: int = 1) -> LayerStats:
     n_visible = visible.expand(samples, heads, q_len, k_len).sum(-1)
     choice = live & (n_visible > 1)
     norm = entropy / n_visible.clamp_min(2).double().log()
-    if q_len == k_len:
+    if grid is not None and q_len == k_len == grid.length:  # pixels between patch centres
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN head stays NaN
+            distance = np.nanmean([mean_attention_distance(w[i], grid) for i in range(samples)], axis=0)
+    elif q_len == k_len:  # positions
         pos = torch.arange(q_len, dtype=w.dtype)
-        distance = (w * (pos[:, None] - pos[None, :]).abs()).sum(-1)
+        distance = _row_mean((w * (pos[:, None] - pos[None, :]).abs()).sum(-1), live)
     else:
-        distance = torch.full_like(entropy, float("nan"))
+        distance = np.full(heads, np.nan)
     sink = w[..., :sink_tokens].sum(-1)
     return LayerStats(
         layer=record.key,
         entropy=_row_mean(entropy, live),
         entropy_norm=_row_mean(norm, choice),
-        distance=_row_mean(distance, live),
+        distance=np.asarray(distance, dtype=np.float32),
         sink=_row_mean(sink, live),
         max_weight=w.amax(dim=(0, 2, 3)).float().numpy(),
     )

@@ -172,3 +172,38 @@ class LitBert(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def image_loader(n: int = 12, size: tuple[int, int] = (32, 32), batch_size: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, *size, generator=g)
+    return DataLoader(TensorDataset(images, torch.randint(0, 3, (n,), generator=g)), batch_size=batch_size)
+
+
+class LitViT(pl.LightningModule):
+    """Wraps a timm or Hugging Face ViT (built from a small config) as an image classifier."""
+
+    def __init__(self, kind: str = "timm") -> None:
+        super().__init__()
+        from models import hf_pair, timm_vit
+
+        self.kind = kind
+        if kind == "timm":
+            self.vit = timm_vit(fused=True, reg_tokens=4)
+        else:
+            self.vit = hf_pair("vit")[0]
+            self.classifier = nn.Linear(32, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.kind == "timm":
+            return self.vit(images)
+        return self.classifier(self.vit(pixel_values=images).last_hidden_state[:, 0])
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)

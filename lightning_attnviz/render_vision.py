@@ -1,0 +1,238 @@
+"""Draw patch attention over the image it was computed on, as ``uint8`` RGB arrays ``(H, W, 3)``.
+
+The heat is upsampled by whole patches (every patch tints exactly the pixels it was cut from), blended
+with the viridis lookup table of :mod:`lightning_attnviz.render` and pasted into a matplotlib
+``Figure`` that draws only the text, as ``render`` does for its grids: no pyplot, no resampling by
+``imshow``, and one array per picture however many heads there are.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from lightning_attnviz.capture import AttentionMap
+from lightning_attnviz.render import _DPI, _LUT, Picture, _footnote, _tiled_figure, _to_array
+from lightning_attnviz.vision import HeadFusion, PatchGrid, cls_to_patches, mean_received, rollout
+
+VISION_PLOTS: tuple[str, ...] = ("overlay", "overlay_heads", "rollout")
+ALPHA = 0.6  # opacity of the heat at its maximum; it fades with the weight so the image shows through
+ALPHA_MIN = 0.15  # opacity at zero weight: enough tint that "ignored" reads differently from "no data"
+SATURATION = 0.35  # colour kept in the image under the heat: enough to recognise it, little enough that
+# the tint reads as the colorbar says (yellow heat over a red object would otherwise look orange)
+_SIDE = 400  # pixels the longest image side is scaled towards in a single overlay
+_GRID_WIDTH = 480  # pixels a row of overlay tiles is scaled towards
+
+
+def upsample(
+    heat: np.ndarray, image_size: tuple[int, int], patch_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Repeat each patch's value over the pixels of that patch (nearest, never interpolated across
+    patches, so a one-patch peak stays one patch wide).
+
+    Args:
+        heat: one value per patch.
+        image_size: ``(H, W)`` of the image the heat is drawn on.
+        patch_size: ``(h, w)`` of a patch in pixels (``PatchGrid.patch_size``). Given, patch ``(i, j)``
+            covers rows ``i*h … (i+1)*h - 1`` and columns ``j*w … (j+1)*w - 1``, as the model cut it; pixels
+            no patch covers (a remainder the model dropped) are NaN. ``None``: the patches split the
+            image evenly (exact when ``H`` and ``W`` are multiples of the grid).
+
+    Shape:
+        heat: ``(rows, cols)``; returns ``(H, W)`` float64.
+    """
+    heat = np.asarray(heat, dtype=np.float64)
+    if heat.ndim != 2:
+        raise ValueError(f"`heat` must be (rows, cols), got shape {heat.shape}")
+    rows, cols = heat.shape
+    height, width = (int(v) for v in image_size)
+    if patch_size is None:
+        return heat[(np.arange(height) * rows) // height][:, (np.arange(width) * cols) // width]
+    ph, pw = (int(v) for v in patch_size)
+    up = heat.repeat(ph, axis=0).repeat(pw, axis=1)[:height, :width]
+    out = np.full((height, width), np.nan)
+    out[: up.shape[0], : up.shape[1]] = up
+    return out
+
+
+def blend(image: np.ndarray, heat: np.ndarray, patch_size: tuple[int, int] | None = None) -> np.ndarray:
+    """The image under the heat on its own ``0..max`` scale, at the image's resolution.
+
+    Opacity grows with the weight, from :data:`ALPHA_MIN` to :data:`ALPHA`, so the patches the model
+    reads are tinted yellow and the rest stay visible under a thin violet veil. The image is partly
+    desaturated (:data:`SATURATION`) so the tint matches the colorbar; pixels no patch covers (NaN heat)
+    get no tint.
+
+    Shape:
+        image: ``(H, W, 3)`` float in ``[0, 1]`` (see ``vision.unnormalize``); heat: ``(rows, cols)``;
+        returns ``(H, W, 3)`` uint8.
+    """
+    image = _check_image(image)
+    gray = image @ np.array([0.299, 0.587, 0.114])  # (H, W) luma
+    image = (1 - SATURATION) * gray[..., None] + SATURATION * image
+    up = upsample(heat, image.shape[:2], patch_size)
+    level = np.clip(np.nan_to_num(up / _heat_max(up)), 0.0, 1.0)  # (H, W) in 0..1
+    color = _LUT[(level * 255).astype(np.uint8)] / 255.0
+    alpha = np.where(np.isfinite(up), ALPHA_MIN + (ALPHA - ALPHA_MIN) * level, 0.0)[..., None]
+    return np.round(((1 - alpha) * image + alpha * color) * 255).astype(np.uint8)
+
+
+def overlay(
+    image: np.ndarray,
+    heat: np.ndarray,
+    title: str,
+    note: str = "",
+    patch_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """One heat map (a CLS row, a rollout, the mean received) over the image, with a colorbar.
+
+    Args:
+        image: the model input, displayable (``vision.unnormalize``).
+        heat: one value per patch, drawn on its ``0..max`` scale; the colorbar gives the values.
+        title: drawn above the image.
+        note: drawn at the bottom (how the heat was made).
+        patch_size: see :func:`upsample`.
+
+    Shape:
+        image: ``(H, W, 3)``; heat: ``(rows, cols)``; returns ``(height, width, 3)`` uint8, the image
+        scaled to about 400 pixels on its longest side.
+    """
+    blended = _fit(blend(image, heat, patch_size), _SIDE)
+    h, w = blended.shape[:2]
+    left, bottom, bar, labels, fontsize = 12, 22, 14, 46, 9
+    width = max(left + w + 10 + bar + labels, 320)
+    per_line = max(20, int((width - 16) / (0.56 * fontsize * _DPI / 72)))  # ~0.56 em per character
+    lines = textwrap.wrap(title, per_line) or [""]  # long layer names wrap instead of being cut off
+    top = 20 + 14 * len(lines)
+    height = top + h + bottom
+    bar_x = left + w + 10
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    fig.suptitle("\n".join(lines), fontsize=fontsize, y=1 - 6 / height, va="top")
+    vmax = _heat_max(np.asarray(heat, dtype=np.float64))
+    for frac in (0.0, 0.5, 1.0):
+        y = top + (1 - frac) * (h - 1)
+        fig.text((bar_x + bar + 4) / width, 1 - y / height, f"{vmax * frac:.2g}", fontsize=7, va="center")
+    _footnote(
+        fig,
+        "; ".join(t for t in (note, "0..max scale, more opaque where higher") if t),
+        False,
+    )
+    picture = _to_array(fig)
+    picture[top : top + h, left : left + w] = blended
+    ramp = _LUT[np.linspace(255, 0, h).round().astype(np.uint8)]  # (h, 3), max at the top
+    picture[top : top + h, bar_x : bar_x + bar] = ramp[:, None, :]
+    return picture
+
+
+def overlay_grid(
+    image: np.ndarray,
+    heats: np.ndarray,
+    title: str,
+    note: str = "",
+    patch_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Every head's heat over the image, plus the head mean as the last tile; each tile on its own
+    ``0..max`` scale, so a weak head still shows where it looks.
+
+    Shape:
+        image: ``(H, W, 3)``; heats: ``(heads, rows, cols)``; returns ``(height, width, 3)`` uint8.
+    """
+    heats = np.asarray(heats, dtype=np.float64)
+    if heats.ndim != 3:
+        raise ValueError(f"`heats` must be (heads, rows, cols), got shape {heats.shape}")
+    maps = [*heats, heats.mean(axis=0)]
+    names = [f"head {h}" for h in range(len(heats))] + ["mean"]
+    cols = math.ceil(math.sqrt(len(maps)))
+    rows = math.ceil(len(maps) / cols)
+    side = int(np.clip(_GRID_WIDTH // cols, 64, 160))
+    tiles = [_fit(blend(image, m, patch_size), side) for m in maps]
+    return _tiled_figure(tiles, names, rows, cols, title, note, masked=False)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(
+            f"`image` must be (H, W, 3) RGB in [0, 1] (use vision.unnormalize), got shape {image.shape}"
+        )
+    return np.clip(image, 0.0, 1.0)
+
+
+def _heat_max(heat: np.ndarray) -> float:
+    finite = heat[np.isfinite(heat)]
+    return max(float(finite.max()) if finite.size else 0.0, 1e-6)
+
+
+def _fit(rgb: np.ndarray, side: int) -> np.ndarray:
+    """Scale by a whole factor towards ``side`` pixels on the longest side: repeat pixels to enlarge
+    (patch edges stay sharp), average blocks to shrink."""
+    longest = max(rgb.shape[:2])
+    if longest < side:
+        k = max(1, round(side / longest))
+        return rgb.repeat(k, axis=0).repeat(k, axis=1)
+    k = math.ceil(longest / side)
+    if k == 1:
+        return rgb
+    h, w = rgb.shape[:2]
+    padded = np.pad(rgb.astype(np.float64), ((0, -h % k), (0, -w % k), (0, 0)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // k, k, padded.shape[1] // k, k, 3)
+    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+def render_vision(
+    records: Sequence[AttentionMap],
+    grid: PatchGrid,
+    images: Sequence[np.ndarray],
+    step: int,
+    plots: Sequence[str] = ("overlay", "overlay_heads", "rollout"),
+    head_fusion: HeadFusion = "mean",
+    discard_ratio: float = 0.0,
+) -> list[Picture]:
+    """Attention on the image for every fixed sample: per layer the head mean and every head, and the
+    rollout across layers.
+
+    Layers whose queries and keys are not the grid's tokens are left out. With a prefix (CLS) token the
+    heat is its attention to the patches; without one, the mean attention each patch receives.
+
+    Args:
+        records: captured maps in forward order.
+        grid: the patch grid of the model's input.
+        images: one displayable ``(H, W, 3)`` image per sample (see ``vision.unnormalize``).
+        step: the training step, shown in titles.
+        plots: which of ``"overlay"``, ``"overlay_heads"``, ``"rollout"``.
+        head_fusion, discard_ratio: rollout options, see :func:`~lightning_attnviz.vision.rollout`.
+    """
+    on_grid = [r for r in records if r.weights.shape[-2] == r.weights.shape[-1] == grid.length]
+    what = "CLS → patches" if grid.prefix_tokens else "mean attention received"
+    heat_of = cls_to_patches if grid.prefix_tokens else mean_received
+    pictures = []
+    for sample, image in enumerate(images):
+        if sample >= min((r.weights.shape[0] for r in on_grid), default=0):
+            break
+        for record in on_grid:
+            heats = heat_of(record.weights[sample], grid)  # (heads, rows, cols)
+            where = f"{record.key} · sample {sample} · step {step}"
+            if "overlay" in plots:
+                image_out = overlay(image, heats.mean(axis=0), f"{where} · head mean", what, grid.patch_size)
+                pictures.append(Picture("overlay", sample, record.key, image_out))
+            if "overlay_heads" in plots:
+                image_out = overlay_grid(image, heats, where, what, grid.patch_size)
+                pictures.append(Picture("overlay_heads", sample, record.key, image_out))
+        if "rollout" in plots and on_grid:
+            rolled = rollout(
+                [r.weights[sample] for r in on_grid], head_fusion, discard_ratio, grid.prefix_tokens
+            )
+            heat = heat_of(rolled[None], grid)[0]
+            note = f"{len(on_grid)} layers, {head_fusion} over heads"
+            note += f", {discard_ratio:.0%} discarded" if discard_ratio else ""
+            title = f"attention rollout · sample {sample} · step {step}"
+            pictures.append(
+                Picture(
+                    "rollout", sample, None, overlay(image, heat, title, f"{note}; {what}", grid.patch_size)
+                )
+            )
+    return pictures
