@@ -59,7 +59,12 @@ class AttentionMonitor(Callback):
         plots: which pictures: ``"heatmap"``, ``"heads"``, ``"arrows"``, ``"atlas"``, ``"evolution"``,
             and for images ``"overlay"``, ``"overlay_heads"``, ``"rollout"``. ``None``: all token
             pictures, or for a vision model the image ones plus heatmap, heads, atlas and evolution.
-        max_tokens: longer sequences are block-pooled to this many rows/columns (noted on the image).
+        max_tokens: pictures of longer sequences are block-pooled to this many rows/columns (noted on
+            the image).
+        store_tokens: maps longer than this are block-pooled while they are captured, a block of
+            query rows at a time, so capture memory stays bounded for any sequence length (one warning
+            says so); scalars still use every row at full resolution. Vision overlays need the exact
+            map: keep it above the number of image tokens.
         top_k: keys per query in the arrow view.
         log_sanity_check: also capture during the sanity check.
         strip_length: how many past captures the evolution strip shows (the image grows to this width).
@@ -102,6 +107,7 @@ class AttentionMonitor(Callback):
         tokens: Tokens = None,
         plots: Sequence[str] | None = None,
         max_tokens: int = 64,
+        store_tokens: int = 512,
         top_k: int = 3,
         log_sanity_check: bool = False,
         strip_length: int = 8,
@@ -122,6 +128,7 @@ class AttentionMonitor(Callback):
             _check_int("every_n_steps", every_n_steps, minimum=1)
         _check_int("samples", samples, minimum=1)
         _check_int("max_tokens", max_tokens, minimum=2)
+        _check_int("store_tokens", store_tokens, minimum=2)
         _check_int("top_k", top_k, minimum=1)
         _check_int("strip_length", strip_length, minimum=2)
         if sink_tokens is not None:
@@ -164,6 +171,8 @@ class AttentionMonitor(Callback):
         self.label_tokens = _token_labeller(tokens)
         self.plots = None if plots is None else tuple(plots)  # None: chosen in setup (text or vision)
         self.max_tokens = max_tokens
+        self.store_tokens = store_tokens
+        self._warned_pooling = False
         self.top_k = top_k
         self.log_sanity_check = log_sanity_check
         self.stats = stats
@@ -311,6 +320,7 @@ class AttentionMonitor(Callback):
         first = not self._modules_logged
         self._modules_logged = True
         selected = self._select_layers(records)
+        self._warn_pooling(selected)
         grid = self._grid
         sink = self.sink_tokens or (grid.prefix_tokens if grid is not None and grid.prefix_tokens else 1)
         stats = [layer_stats(r, sink, grid) for r in selected] if self.stats else []
@@ -361,6 +371,18 @@ class AttentionMonitor(Callback):
         if not found:
             return []
         return [unnormalize(image, self.image_mean, self.image_std) for image in found[0].float()]
+
+    def _warn_pooling(self, records: list[AttentionMap]) -> None:
+        pooled = [r for r in records if r.block != (1, 1)]
+        if pooled and not self._warned_pooling:
+            self._warned_pooling = True
+            longest = max(max(r.length) for r in pooled)
+            rank_zero_warn(
+                f"AttentionMonitor: attention maps up to {longest} tokens long are block-pooled to at most "
+                f"store_tokens={self.store_tokens} per side while capturing, to bound memory (query rows "
+                "averaged, keys summed). Scalars still use every row; pictures say how they were pooled.",
+                category=RuntimeWarning,
+            )
 
     def _warn_grid_mismatch(self, grid: PatchGrid, records: list[AttentionMap]) -> None:
         if self._warned_grid or not records:
@@ -461,7 +483,9 @@ class AttentionMonitor(Callback):
             with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
                 inputs = precision.convert_input(move_data_to_device(self._fixed, device))
                 with (
-                    AttentionCapture(pl_module, self.samples, self.modules) as cap,
+                    AttentionCapture(
+                        pl_module, self.samples, self.modules, self.store_tokens, self.stats
+                    ) as cap,
                     precision.forward_context(),
                 ):
                     self.forward_fn(pl_module, inputs)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention
-from lightning_attnviz.weights import mha_weights, sdpa_weights
+from lightning_attnviz.weights import Computed, RowStats, collect_weights, mha_weights, sdpa_weights
 
 Path = Literal["sdpa", "mha", "eager_softmax"]
 
@@ -66,6 +66,10 @@ class AttentionMap:
         gqa_groups: query heads per key head (1 without grouped-query attention done by SDPA).
         scale: the scale applied to ``q·kᵀ``; ``None`` when unknown (eager softmax).
         dropout_p: dropout applied *after* these weights in train mode; it is not part of them.
+        length: ``(q_len, k_len)`` of the attention as computed.
+        block: ``(query rows, keys)`` per cell when the map was block-pooled while capturing
+            (``max_tokens``): query rows averaged, keys summed, so rows still sum to 1. ``(1, 1)``: exact.
+        stats: per-row statistics at full resolution (with ``stats=True``).
     """
 
     key: str
@@ -79,14 +83,30 @@ class AttentionMap:
     gqa_groups: int
     scale: float | None
     dropout_p: float
+    length: tuple[int, int] = (0, 0)
+    block: tuple[int, int] = (1, 1)
+    stats: RowStats | None = None
 
 
 class AttentionCapture:
     """Holds the taps and what they recorded; use it through :func:`capture_attention`."""
 
-    def __init__(self, model: nn.Module, samples: int = 2, modules: ModuleSelector = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        samples: int = 2,
+        modules: ModuleSelector = None,
+        max_tokens: int | None = None,
+        stats: bool = False,
+    ) -> None:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ValueError(f"`samples` must be an int >= 1, got {samples!r}")
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2
+        ):
+            raise ValueError(f"`max_tokens` must be None or an int >= 2, got {max_tokens!r}")
+        self.max_tokens = max_tokens
+        self.stats = stats
         self.model = _unwrap_compiled(model)
         self.samples = samples
         self.sites: list[AttentionSite] = find_attention(self.model, modules)
@@ -293,8 +313,8 @@ class AttentionCapture:
             q_weight, k_weight = mha.q_proj_weight, mha.k_proj_weight
         bias = mha.in_proj_bias
 
-        def compute() -> tuple[Tensor, Tensor | None]:
-            weights, visible = mha_weights(
+        def compute() -> Computed:
+            return mha_weights(
                 query,
                 key,
                 num_heads=mha.num_heads,
@@ -309,10 +329,10 @@ class AttentionCapture:
                 is_causal=is_causal,
                 batch_first=batch_first,
                 samples=self.samples,
+                hide_padded_queries=self_attention,
+                max_tokens=self.max_tokens,
+                stats=self.stats,
             )
-            if self_attention and key_padding_mask is not None:
-                weights, visible = _hide_padded_queries(weights, visible, key_padding_mask)
-            return weights, visible
 
         self._compute(
             name,
@@ -325,11 +345,11 @@ class AttentionCapture:
             dropout_p=mha.dropout if mha.training else 0.0,
         )
 
-    def _compute(self, name: str, compute: Callable[[], tuple[Tensor, Tensor | None]], **meta: Any) -> None:
+    def _compute(self, name: str, compute: Callable[[], Computed], **meta: Any) -> None:
         """Run ``compute`` off the autograd graph and record its result under the next key of ``name``."""
         try:
             with torch.inference_mode(False), torch.no_grad():
-                weights, visible = compute()
+                result = compute()
         except _COMPUTE_ERRORS as err:
             if name not in self._failed:
                 self._failed.add(name)
@@ -340,14 +360,19 @@ class AttentionCapture:
                     stacklevel=2,
                 )
             return
-        self._add(name, weights, visible, **meta)
-
-    def _add(self, name: str, weights: Tensor, visible: Tensor | None, **meta: Any) -> None:
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         key = name if call == 0 else f"{name}#{call}"
         self.records[key] = AttentionMap(
-            key=key, module=name, call=call, weights=weights, visible=visible, **meta
+            key=key,
+            module=name,
+            call=call,
+            weights=result.weights,
+            visible=result.visible,
+            length=result.length,
+            block=result.block,
+            stats=result.stats,
+            **meta,
         )
 
 
@@ -382,7 +407,7 @@ class _Interceptor(TorchFunctionMode):
         causal = bool(bound.get("is_causal", False))
         cap._compute(
             site.name,
-            lambda: sdpa_weights(q, k, mask, causal, scale, gqa, cap.samples),
+            lambda: sdpa_weights(q, k, mask, causal, scale, gqa, cap.samples, cap.max_tokens, cap.stats),
             path="sdpa",
             causal=causal,
             masked=mask is not None or causal,
@@ -402,14 +427,9 @@ class _Interceptor(TorchFunctionMode):
         if out.dim() != 4:
             return
 
-        def compute() -> tuple[Tensor, Tensor | None]:
-            weights = out[: cap.samples].detach().to("cpu", torch.float32, copy=True)
-            zeros = weights == 0
-            return weights, ~zeros if bool(zeros.any()) else None
-
         cap._compute(
             site.name,
-            compute,
+            lambda: collect_weights(out[: cap.samples].detach(), cap.max_tokens, cap.stats),
             path="eager_softmax",
             causal=None,
             masked=None,
@@ -443,6 +463,8 @@ class _Interceptor(TorchFunctionMode):
                 attn_mask=mask,
                 is_causal=causal,
                 samples=cap.samples,
+                max_tokens=cap.max_tokens,
+                stats=cap.stats,
             ),
             path="mha",
             causal=bool(causal),
@@ -451,17 +473,6 @@ class _Interceptor(TorchFunctionMode):
             scale=(embed // heads) ** -0.5,
             dropout_p=float(b["dropout_p"]) if b.get("training", True) else 0.0,
         )
-
-
-def _hide_padded_queries(
-    weights: Tensor, visible: Tensor | None, padding: Tensor
-) -> tuple[Tensor, Tensor | None]:
-    """Zero and hide the rows of padded queries: under PyTorch's nested fast path they do not exist."""
-    rows = padding[: weights.shape[0]].cpu()
-    rows = (rows if rows.dtype == torch.bool else torch.isneginf(rows.float()))[:, None, :, None]
-    weights = weights.masked_fill(rows, 0.0)
-    visible = ~rows if visible is None else visible & ~rows
-    return weights, visible
 
 
 def _unnest(src: Tensor, samples: int, width: int | None) -> tuple[Tensor, Tensor]:
@@ -483,7 +494,11 @@ def _unwrap_compiled(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def capture_attention(
-    model: nn.Module, samples: int = 2, modules: ModuleSelector = None
+    model: nn.Module,
+    samples: int = 2,
+    modules: ModuleSelector = None,
+    max_tokens: int | None = None,
+    stats: bool = False,
 ) -> Iterator[AttentionCapture]:
     """Capture the attention weights ``model`` computes inside the ``with`` block.
 
@@ -494,9 +509,14 @@ def capture_attention(
         model: any ``nn.Module`` (a ``torch.compile`` wrapper is looked through).
         samples: how many leading batch rows to keep; memory is O(samples·H·L·S) per call.
         modules: which modules to watch; see :func:`~lightning_attnviz.discover.find_attention`.
+        max_tokens: ``None`` keeps exact maps. Otherwise a map longer than this is block-pooled while
+            it is computed, a block of query rows at a time, so memory stays O(samples·H·max_tokens²)
+            however long the sequence (see :attr:`AttentionMap.block`).
+        stats: also accumulate per-row statistics at full resolution (:attr:`AttentionMap.stats`).
 
     Raises:
-        ValueError: ``samples`` is not an int >= 1, or a name in ``modules`` matches no module.
+        ValueError: ``samples`` is not an int >= 1, ``max_tokens`` not None or an int >= 2, or a name in
+            ``modules`` matches no module.
 
     Example::
 
@@ -504,6 +524,6 @@ def capture_attention(
             model(x)
         cap.maps  # {"blocks.0.attn": tensor(2, heads, L, L), ...}
     """
-    cap = AttentionCapture(model, samples=samples, modules=modules)
+    cap = AttentionCapture(model, samples=samples, modules=modules, max_tokens=max_tokens, stats=stats)
     with cap:
         yield cap

@@ -12,6 +12,7 @@ import torch
 
 from lightning_attnviz.capture import AttentionMap
 from lightning_attnviz.vision import PatchGrid, mean_attention_distance
+from lightning_attnviz.weights import RowStats
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def make_views(
                 v = record.visible.reshape((1,) * (4 - record.visible.dim()) + tuple(record.visible.shape))
                 v = v[sample if v.shape[0] > 1 else 0].numpy()  # (1 | H, q | 1, k)
                 visible = np.broadcast_to(v, (v.shape[0], *weights.shape[-2:]))
-            q_len, k_len = weights.shape[-2:]
+            q_len, k_len = record.length if record.block != (1, 1) else weights.shape[-2:]
             view = pool_view(
                 AttentionView(
                     layer=record.key,
@@ -81,6 +82,8 @@ def make_views(
                     k_labels=_labels(tokens, k_len),
                 ),
                 max_tokens,
+                length=(q_len, k_len),
+                block=record.block,
             )
             # float16 precision, so that a saved capture re-renders pixel-equal to the logged image
             views.append(replace(view, weights=view.weights.astype(np.float16).astype(np.float32)))
@@ -93,18 +96,33 @@ def _labels(tokens: Sequence[str] | None, length: int) -> list[str]:
     return [str(i) for i in range(length)]
 
 
-def pool_view(view: AttentionView, max_tokens: int) -> AttentionView:
+def pool_view(
+    view: AttentionView,
+    max_tokens: int,
+    length: tuple[int, int] | None = None,
+    block: tuple[int, int] = (1, 1),
+) -> AttentionView:
     """Block-pool an axis longer than ``max_tokens``.
 
     Query rows are averaged and keys summed, so pooled rows still sum to 1 and read as "how much of
-    this block's attention goes to that block". Pooled axes are labelled with position ranges.
+    this block's attention goes to that block". Pooled axes are labelled with position ranges and the
+    note says how the map was reduced.
+
+    Args:
+        view: the view, whose labels are per row/column of its weights unless ``block`` says otherwise.
+        max_tokens: the largest side drawn.
+        length, block: the sequence lengths and the block sizes of a map already pooled while capturing.
     """
-    q_len, k_len = view.weights.shape[-2:]
-    q_block, k_block = math.ceil(q_len / max_tokens), math.ceil(k_len / max_tokens)
+    q_now, k_now = view.weights.shape[-2:]
+    q_len, k_len = length or (q_now, k_now)
+    q_more, k_more = math.ceil(q_now / max_tokens), math.ceil(k_now / max_tokens)
+    q_block, k_block = block[0] * q_more, block[1] * k_more
     if q_block == 1 and k_block == 1:
         return view
-    weights = _block_reduce(view.weights, q_block, k_block)
-    visible = None if view.visible is None else _block_reduce(view.visible, q_block, k_block)
+    weights = _block_reduce(view.weights, q_more, k_more) if (q_more, k_more) != (1, 1) else view.weights
+    visible = view.visible
+    if visible is not None and (q_more, k_more) != (1, 1):
+        visible = _block_reduce(visible, q_more, k_more)
     parts = []
     if q_block > 1:
         parts.append(f"queries {q_len}→{weights.shape[-2]} (mean of {q_block})")
@@ -166,52 +184,30 @@ class LayerStats:
 
 
 def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | None = None) -> LayerStats:
-    """Per-head scalars of one captured layer, computed on the full-resolution maps.
+    """Per-head scalars of one captured layer, from every row at full resolution.
 
-    With ``grid`` and a layer whose queries and keys are the grid's tokens, the distance is in pixels.
+    Uses the statistics accumulated while capturing when the map was captured with ``stats=True``
+    (necessarily so when it was pooled), else computes them from the exact map. With ``grid`` and an
+    exact map whose queries and keys are the grid's tokens, the distance is in pixels.
 
     Shape:
         record.weights: ``(samples, heads, q, k)``; every array of the result: ``(heads,)``.
     """
-    w = record.weights.double()  # (s, H, q, k)
-    samples, heads, q_len, k_len = w.shape
-    visible = (
-        torch.ones(1, 1, q_len, k_len, dtype=torch.bool)
-        if record.visible is None
-        else record.visible.expand(samples, heads, q_len, k_len)
-    )
-    live = w.sum(-1) > 0  # rows with weight (fully masked rows have none)
-    plogp = torch.where(w > 0, w * w.clamp_min(1e-300).log(), torch.zeros((), dtype=w.dtype))
-    entropy = -plogp.sum(-1)  # (s, H, q)
-    n_visible = visible.expand(samples, heads, q_len, k_len).sum(-1)
-    choice = live & (n_visible > 1)
-    norm = entropy / n_visible.clamp_min(2).double().log()
-    if grid is not None and q_len == k_len == grid.length:  # pixels between patch centres
+    stats = record.stats
+    if stats is None:
+        if record.block != (1, 1):
+            raise ValueError(f"{record.key!r} was pooled while capturing without `stats=True`")
+        samples, heads, q_len, k_len = record.weights.shape
+        stats = RowStats.empty(samples, heads, q_len == k_len)
+        stats.update(0, record.weights, record.visible)
+    values = stats.per_head(sink_tokens)
+    q_len, k_len = record.weights.shape[-2:]
+    if grid is not None and record.block == (1, 1) and q_len == k_len == grid.length:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN head stays NaN
-            distance = np.nanmean([mean_attention_distance(w[i], grid) for i in range(samples)], axis=0)
-    elif q_len == k_len:  # positions
-        pos = torch.arange(q_len, dtype=w.dtype)
-        distance = _row_mean((w * (pos[:, None] - pos[None, :]).abs()).sum(-1), live)
-    else:
-        distance = np.full(heads, np.nan)
-    sink = w[..., :sink_tokens].sum(-1)
-    return LayerStats(
-        layer=record.key,
-        entropy=_row_mean(entropy, live),
-        entropy_norm=_row_mean(norm, choice),
-        distance=np.asarray(distance, dtype=np.float32),
-        sink=_row_mean(sink, live),
-        max_weight=w.amax(dim=(0, 2, 3)).float().numpy(),
-    )
-
-
-def _row_mean(values: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
-    """Mean over samples and the selected rows, per head: ``(s, H, q)`` → ``(H,)`` (NaN if no row)."""
-    rows = rows.expand_as(values)
-    total = torch.where(rows, values, torch.zeros((), dtype=values.dtype)).sum(dim=(0, 2))
-    count = rows.sum(dim=(0, 2))
-    return (total / count.clamp_min(1)).masked_fill(count == 0, float("nan")).float().numpy()
+            per_sample = [mean_attention_distance(w, grid) for w in record.weights]
+            values["distance"] = np.nanmean(per_sample, axis=0).astype(np.float32)
+    return LayerStats(layer=record.key, **values)
 
 
 def js_divergence(previous: np.ndarray, current: np.ndarray) -> np.ndarray:

@@ -8,7 +8,9 @@ that memory stays O(samples·H·chunk·S) while computing and the user's fused k
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -44,7 +46,9 @@ def sdpa_weights(
     scale: float | None = None,
     enable_gqa: bool = False,
     samples: int = 1,
-) -> tuple[Tensor, Tensor | None]:
+    max_tokens: int | None = None,
+    stats: bool = False,
+) -> Computed:
     """The weights ``F.scaled_dot_product_attention`` applies, for the first ``samples`` batch rows.
 
     Follows SDPA's documented semantics: a bool ``attn_mask`` marks positions that *may* be attended,
@@ -53,12 +57,12 @@ def sdpa_weights(
     get zero weight (SDPA's output there is undefined).
 
     Returns:
-        ``(weights, visible)``: float32 CPU weights and a bool CPU mask of attendable positions, or
-        ``None`` when nothing was masked.
+        :class:`Computed`: float32 CPU weights (block-pooled beyond ``max_tokens``), the bool mask of
+        attendable positions (``None`` when nothing was masked) and, with ``stats``, row statistics.
 
     Shape:
         - query: ``(N, ..., Hq, L, E)``; key: ``(N, ..., Hk, S, E)``.
-        - weights: ``(samples, Hq, L, S)``; visible: broadcastable to it.
+        - weights: ``(samples, Hq, L, S)`` unpooled; visible: broadcastable to it.
     """
     ndim = query.dim()
     q = _batch_dims_to_heads(query[:samples].detach())
@@ -75,7 +79,171 @@ def sdpa_weights(
             visible = mask
         else:
             bias = mask.float()
-    return _softmax_in_chunks(q, k, scale, bias, visible, causal=is_causal)
+    return _softmax_in_chunks(
+        q, k, scale, bias, visible, causal=is_causal, max_tokens=max_tokens, stats=stats
+    )
+
+
+@dataclass
+class RowStats:
+    """Per-row statistics of attention weights, summed per ``(sample, head)`` as rows stream by, so
+    they use every row at full resolution even when the stored map is pooled.
+
+    Finalise with :meth:`per_head` (means over samples and rows).
+    """
+
+    rows: Tensor  # rows with any weight
+    entropy: Tensor  # Σ over those rows of -Σ_j a log a (nats)
+    choice_rows: Tensor  # rows with at least two visible keys
+    entropy_norm: Tensor  # Σ over those rows of entropy / log(visible keys)
+    distance: Tensor | None  # Σ over rows of Σ_j a_ij·|i−j| (square maps only)
+    sink: Tensor  # Σ over rows of the weight on each of the first SINK_KEYS keys, (s, H, SINK_KEYS)
+    max_weight: Tensor
+
+    SINK_KEYS = 16
+
+    @classmethod
+    def empty(cls, samples: int, heads: int, square: bool) -> RowStats:
+        zeros = torch.zeros(samples, heads, dtype=torch.float64)
+        return cls(
+            zeros.clone(),
+            zeros.clone(),
+            zeros.clone(),
+            zeros.clone(),
+            zeros.clone() if square else None,
+            torch.zeros(samples, heads, cls.SINK_KEYS, dtype=torch.float64),
+            zeros.clone(),
+        )
+
+    def update(self, start: int, weights: Tensor, visible: Tensor | None) -> None:
+        """Add rows ``start : start + rows`` of ``weights`` ``(s, H, rows, S)``; ``visible`` broadcastable."""
+        w = weights.float()  # float32 per row, float64 sums across rows
+        live = w.sum(-1) > 0  # (s, H, rows)
+        entropy = -torch.special.xlogy(w, w).sum(-1)  # 0·log 0 = 0
+        n_visible = torch.full_like(entropy, w.shape[-1])
+        if visible is not None:  # count on the (small, broadcast) mask, then broadcast the counts
+            n_visible = visible.sum(-1).float().expand_as(entropy)
+        choice = live & (n_visible > 1)
+        f64 = torch.float64
+        self.rows += live.sum(-1)
+        self.entropy += torch.where(live, entropy, 0.0).sum(-1, dtype=f64)
+        self.choice_rows += choice.sum(-1)
+        self.entropy_norm += torch.where(choice, entropy / n_visible.clamp_min(2).log(), 0.0).sum(
+            -1, dtype=f64
+        )
+        if self.distance is not None:
+            rows = torch.arange(start, start + w.shape[-2], device=w.device, dtype=w.dtype)
+            cols = torch.arange(w.shape[-1], device=w.device, dtype=w.dtype)
+            self.distance += (w * (rows[:, None] - cols[None, :]).abs()).sum(dim=(-2, -1), dtype=f64)
+        self.sink[..., : min(self.SINK_KEYS, w.shape[-1])] += w[..., : self.SINK_KEYS].sum(-2, dtype=f64)
+        self.max_weight = torch.maximum(self.max_weight, w.amax(dim=(-2, -1)).double())
+
+    def to(self, device: str) -> RowStats:
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return RowStats(**{f: None if v is None else v.to(device) for f, v in fields.items()})
+
+    def per_head(self, sink_tokens: int = 1) -> dict[str, np.ndarray]:
+        """Means over samples and rows, per head: entropy, entropy_norm, distance, sink, max_weight
+        (NaN where no row counts, e.g. distance of a cross-attention)."""
+
+        def mean(total: Tensor | None, count: Tensor) -> np.ndarray:
+            if total is None:
+                return np.full(count.shape[-1], np.nan, dtype=np.float32)
+            n = count.sum(0)
+            return (total.sum(0) / n.clamp_min(1)).masked_fill(n == 0, float("nan")).float().numpy()
+
+        return {
+            "entropy": mean(self.entropy, self.rows),
+            "entropy_norm": mean(self.entropy_norm, self.choice_rows),
+            "distance": mean(self.distance, self.rows),
+            "sink": mean(self.sink[..., :sink_tokens].sum(-1), self.rows),
+            "max_weight": self.max_weight.amax(0).float().numpy(),
+        }
+
+
+@dataclass
+class Computed:
+    """What a weight computation returns.
+
+    Attributes:
+        weights: float32 CPU ``(s, H, q', k')``: the full map, or block-pooled when longer than
+            ``max_tokens`` (query rows averaged, keys summed: pooled rows still sum to 1).
+        visible: bool CPU, broadcastable to ``weights``; ``None`` when nothing was masked.
+        block: ``(query rows, keys)`` per pooled cell; ``(1, 1)`` when not pooled.
+        length: ``(q, k)`` before pooling.
+        stats: row statistics at full resolution, when asked for.
+    """
+
+    weights: Tensor
+    visible: Tensor | None
+    block: tuple[int, int]
+    length: tuple[int, int]
+    stats: RowStats | None
+
+
+class _Collector:
+    """Takes weight rows block by block: keeps them whole, or pooled to ≤ ``max_tokens`` per side."""
+
+    def __init__(
+        self,
+        samples: int,
+        heads: int,
+        length: int,
+        width: int,
+        max_tokens: int | None,
+        stats: bool,
+        device: torch.device,
+    ) -> None:
+        limit = max_tokens or max(length, width)
+        self.qb, self.kb = math.ceil(length / limit), math.ceil(width / limit)
+        self.length, self.width = length, width
+        self.pooled = (self.qb, self.kb) != (1, 1)
+        shape = (samples, heads, math.ceil(length / self.qb), math.ceil(width / self.kb))
+        self.out = torch.zeros(shape, dtype=torch.float32) if self.pooled else torch.empty(shape)
+        self.seen = torch.zeros(shape, dtype=torch.int32) if self.pooled else None  # visible counts
+        self.masked = False
+        self.stats = RowStats.empty(samples, heads, length == width).to(device) if stats else None
+
+    def add(self, start: int, weights: Tensor, visible: Tensor | None) -> None:
+        """Rows ``start:start + rows``: ``weights`` ``(s, H, rows, keys)``, keys beyond ``keys`` are zero
+        (and hidden when ``visible`` is given); ``visible`` broadcastable to ``weights``."""
+        if self.stats is not None:
+            self.stats.update(start, weights, visible)
+        stop, keys = start + weights.shape[-2], weights.shape[-1]
+        if not self.pooled:
+            self.out[..., start:stop, :keys] = weights
+            self.out[..., start:stop, keys:] = 0.0
+            return
+        index = torch.arange(start, stop) // self.qb
+        pooled = self._key_blocks(weights).cpu()  # (s, H, rows, K')
+        self.out.index_add_(2, index, pooled)
+        if visible is None:
+            seen = torch.ones(1, dtype=torch.int32).expand(pooled.shape)
+        else:
+            self.masked = True
+            seen = self._key_blocks(visible.int()).int().cpu()  # as small as the mask broadcasts
+            seen = seen.reshape((1,) * (4 - seen.dim()) + tuple(seen.shape)).expand(pooled.shape)
+        self.seen.index_add_(2, index, seen.contiguous())
+
+    def _key_blocks(self, t: Tensor) -> Tensor:
+        """Sum ``(..., keys)`` over key blocks, padded with zeros to the pooled width."""
+        pad = -t.shape[-1] % self.kb
+        t = F.pad(t, (0, pad)) if pad else t
+        t = t.reshape(*t.shape[:-1], t.shape[-1] // self.kb, self.kb).sum(-1)
+        missing = self.out.shape[-1] - t.shape[-1]
+        return F.pad(t, (0, missing)) if missing else t
+
+    def result(self, visible: Tensor | None) -> Computed:
+        """``visible``: the full-resolution mask (used when not pooled)."""
+        stats = None if self.stats is None else self.stats.to("cpu")
+        if not self.pooled:
+            return Computed(self.out, visible, (1, 1), (self.length, self.width), stats)
+        rows = torch.full((self.out.shape[-2],), self.qb, dtype=torch.float32)
+        rows[-1] = self.length - self.qb * (self.out.shape[-2] - 1)  # the last block may be short
+        pooled_visible = (self.seen > 0) if self.masked else None
+        return Computed(
+            self.out / rows[:, None], pooled_visible, (self.qb, self.kb), (self.length, self.width), stats
+        )
 
 
 def _softmax_in_chunks(
@@ -85,43 +253,99 @@ def _softmax_in_chunks(
     bias: Tensor | None,
     visible: Tensor | None,
     causal: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """softmax(q kᵀ · scale + bias) over keys, ``visible`` and ``causal`` applied, a block of rows at a time.
+    hidden_rows: Tensor | None = None,
+    max_tokens: int | None = None,
+    stats: bool = False,
+) -> Computed:
+    """softmax(q kᵀ · scale + bias) over keys, with ``visible``, ``causal`` and ``hidden_rows`` applied,
+    a block of rows at a time.
 
     Blocks of about 4 MiB keep the intermediates in cache, so the cost is close to one write of the
-    result; with ``causal`` only the keys left of the block's last row are computed.
+    result; with ``causal`` only the keys left of the block's last row are computed. ``hidden_rows``
+    (``(s, q)`` bool) marks query rows that get no weight (padded queries).
     """
     samples, heads, length, _ = q.shape
     width = k.shape[-2]
-    out = torch.empty(samples, heads, length, width, dtype=torch.float32)
+    collector = _Collector(samples, heads, length, width, max_tokens, stats, q.device)
     rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
     kt = k.float().transpose(-2, -1)
-    tril = torch.ones(length, width, dtype=torch.bool, device=q.device).tril() if causal else None
+    cols = torch.arange(width, device=q.device)
+    masked = visible is not None or bias is not None or causal or hidden_rows is not None
+    # causal alone never leaves a row without keys (row i sees keys 0..i); other masks may
+    may_empty = visible is not None or bias is not None or hidden_rows is not None
     with torch.autocast(q.device.type, enabled=False):
         for start in range(0, length, rows):
             stop = min(length, start + rows)
             keys = min(width, stop) if causal else width  # keys right of the last row are all masked
+            # keys right of the block's last row are all masked under `causal`: computed as zeros later
             scores = (q[..., start:stop, :].float() * scale) @ kt[..., :keys]  # (s, H, rows, keys)
             if bias is not None:
                 scores += _rows(bias, start, stop)[..., :keys]
+            allowed = None  # structural masks, kept as small as broadcasting allows: (…, rows | 1, keys)
             if visible is not None:
-                scores.masked_fill_(~_rows(visible, start, stop)[..., :keys], float("-inf"))
-            if tril is not None:
-                scores.masked_fill_(~tril[start:stop, :keys], float("-inf"))
+                allowed = _rows(visible, start, stop)[..., :keys]
+            if causal:
+                tri = cols[None, :keys] <= torch.arange(start, stop, device=q.device)[:, None]
+                allowed = tri if allowed is None else allowed & tri
+            if hidden_rows is not None:
+                shown = ~hidden_rows[:, start:stop, None][:, None]  # (s, 1, rows, 1)
+                allowed = shown if allowed is None else allowed & shown
+            if allowed is not None:
+                scores.masked_fill_(~allowed, float("-inf"))
+            if bias is not None:  # a float mask can hide positions too
+                allowed = ~torch.isneginf(scores)
             weights = scores.softmax(dim=-1)
-            if visible is not None or bias is not None:
-                # A row with no visible key is NaN after softmax; we define its weights as zero.
-                weights.masked_fill_(torch.isneginf(scores).all(dim=-1, keepdim=True), 0.0)
-            out[..., start:stop, :keys] = weights
-            out[..., start:stop, keys:] = 0.0
-    if tril is not None:
-        visible = tril if visible is None else visible & tril
-    if visible is not None:
-        visible = visible.to("cpu", copy=True)
+            if may_empty:  # a row with no visible key is NaN after softmax; we define it as zero
+                weights.masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
+            collector.add(start, weights, allowed)  # (s, H, rows, keys ≤ S): the rest is zero
+    full_visible = None
+    if masked and not collector.pooled:
+        full_visible = _full_visible(q, k, bias, visible, causal, hidden_rows)
+    return collector.result(full_visible)
+
+
+def _full_visible(
+    q: Tensor,
+    k: Tensor,
+    bias: Tensor | None,
+    visible: Tensor | None,
+    causal: bool,
+    hidden_rows: Tensor | None,
+) -> Tensor | None:
+    """The mask of attendable positions at full resolution, as small as broadcasting allows."""
+    length, width = q.shape[-2], k.shape[-2]
+    out = None if visible is None else visible.to("cpu", copy=True)
+    if causal:
+        tri = torch.ones(length, width, dtype=torch.bool).tril()
+        out = tri if out is None else out & tri
     if bias is not None:
         finite = ~torch.isneginf(bias).cpu()
-        visible = finite if visible is None else visible & finite
-    return out, visible
+        out = finite if out is None else out & finite
+    if hidden_rows is not None:
+        shown = ~hidden_rows.cpu()[:, None, :, None]
+        out = shown if out is None else out & shown
+    return out
+
+
+def collect_weights(weights: Tensor, max_tokens: int | None = None, stats: bool = False) -> Computed:
+    """Pass weights a model computed itself (eager softmax) through the same pooling and statistics,
+    a block of rows at a time. Exact zeros are taken as masked positions.
+
+    Shape:
+        weights: ``(s, H, q, k)``.
+    """
+    samples, heads, length, width = weights.shape
+    collector = _Collector(samples, heads, length, width, max_tokens, stats, weights.device)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
+    any_zero = False
+    for start in range(0, length, rows):
+        chunk = weights[..., start : start + rows, :].float()
+        nonzero = chunk != 0
+        any_zero = any_zero or not bool(nonzero.all())
+        collector.add(start, chunk, nonzero)
+    full = (weights != 0).cpu() if any_zero and not collector.pooled else None
+    collector.masked = collector.masked and any_zero
+    return collector.result(full)
 
 
 def _rows(mask: Tensor, start: int, stop: int) -> Tensor:
@@ -145,12 +369,17 @@ def mha_weights(
     is_causal: bool = False,
     batch_first: bool = False,
     samples: int = 1,
-) -> tuple[Tensor, Tensor | None]:
+    hide_padded_queries: bool = False,
+    max_tokens: int | None = None,
+    stats: bool = False,
+) -> Computed:
     """The per-head weights of ``nn.MultiheadAttention``, recomputed from its projection weights.
 
     Mirrors ``F.multi_head_attention_forward``: bool masks mean *masked* when True (the opposite of
     SDPA), ``bias_k`` and ``add_zero_attn`` append one key each, a 3-D ``attn_mask`` is per
-    ``batch·head``. Only the first ``samples`` batch rows are projected.
+    ``batch·head``. Only the first ``samples`` batch rows are projected. With ``hide_padded_queries``
+    (self-attention), rows of padded queries get no weight: on PyTorch's nested fast path they do not
+    exist.
 
     Shape:
         - query: ``(L, N, E)``, or ``(N, L, E)`` when ``batch_first``, or unbatched ``(L, E)``.
@@ -185,6 +414,9 @@ def mha_weights(
         pad = (0, len(extra_keys))
         bias = F.pad(bias, pad) if bias is not None else None
         padding = F.pad(padding, pad) if padding is not None else None
+    hidden_rows = None
+    if hide_padded_queries and key_padding_mask is not None:
+        hidden_rows = torch.isneginf(_to_additive(key_padding_mask, masked_value=True)[:samples])  # (s, L)
     if padding is not None:
         padding = padding[:samples, None, None, :]  # (s, 1, 1, S)
         bias = padding if bias is None else bias + padding
@@ -195,7 +427,9 @@ def mha_weights(
         while bias.dim() < 4:
             bias = bias.unsqueeze(0)
     causal = is_causal and attn_mask is None  # with a mask, MHA treats is_causal as a hint only
-    return _softmax_in_chunks(q, k, 1.0 / math.sqrt(head_dim), bias, None, causal=causal)
+    return _softmax_in_chunks(
+        q, k, 1.0 / math.sqrt(head_dim), bias, None, causal, hidden_rows, max_tokens=max_tokens, stats=stats
+    )
 
 
 def _maybe_float(t: Tensor | None) -> Tensor | None:
