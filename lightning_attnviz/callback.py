@@ -173,6 +173,7 @@ class AttentionMonitor(Callback):
         self.max_tokens = max_tokens
         self.store_tokens = store_tokens
         self._warned_pooling = False
+        self._warned_nan: set[str] = set()
         self.top_k = top_k
         self.log_sanity_check = log_sanity_check
         self.stats = stats
@@ -260,6 +261,7 @@ class AttentionMonitor(Callback):
     ) -> None:
         if self._fixed is None and self._enabled:
             self._fixed = _first_rows(batch, self.samples)
+            self._warn_few_samples(self._fixed)
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
@@ -321,6 +323,7 @@ class AttentionMonitor(Callback):
         self._modules_logged = True
         selected = self._select_layers(records)
         self._warn_pooling(selected)
+        self._warn_non_finite(selected, step)
         grid = self._grid
         sink = self.sink_tokens or (grid.prefix_tokens if grid is not None and grid.prefix_tokens else 1)
         stats = [layer_stats(r, sink, grid) for r in selected] if self.stats else []
@@ -371,6 +374,27 @@ class AttentionMonitor(Callback):
         if not found:
             return []
         return [unnormalize(image, self.image_mean, self.image_std) for image in found[0].float()]
+
+    def _warn_few_samples(self, fixed: Any) -> None:
+        rows = [t.shape[0] for t in _tensors(fixed) if t.dim() > 0]
+        if rows and max(rows) < self.samples:
+            rank_zero_warn(
+                f"AttentionMonitor: the first validation batch has only {max(rows)} row(s), fewer than "
+                f"samples={self.samples}; pictures are drawn for {max(rows)}. "
+                "Pass `sample_input=` to choose.",
+                category=RuntimeWarning,
+            )
+
+    def _warn_non_finite(self, records: list[AttentionMap], step: int) -> None:
+        for record in records:
+            if record.key not in self._warned_nan and not bool(torch.isfinite(record.weights).all()):
+                self._warned_nan.add(record.key)
+                rank_zero_warn(
+                    f"AttentionMonitor: attention weights of {record.key!r} are NaN or infinite at step "
+                    f"{step} (non-finite inputs or scores). Those cells are drawn gray and left out of the "
+                    "scalars.",
+                    category=RuntimeWarning,
+                )
 
     def _warn_pooling(self, records: list[AttentionMap]) -> None:
         pooled = [r for r in records if r.block != (1, 1)]
@@ -544,6 +568,12 @@ def default_forward(pl_module: LightningModule, inputs: Any) -> Any:
 def _first_rows(batch: Any, samples: int) -> Any:
     """The first ``samples`` rows of every tensor in ``batch``, detached, cloned, on the CPU."""
     return apply_to_collection(batch, Tensor, lambda t: t[:samples].detach().to("cpu", copy=True))
+
+
+def _tensors(inputs: Any) -> list[Tensor]:
+    found: list[Tensor] = []
+    apply_to_collection(inputs, Tensor, found.append)
+    return found
 
 
 def _token_ids(inputs: Any) -> Tensor | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lightning_attnviz.capture import AttentionMap
 from lightning_attnviz.reduce import AttentionView, LayerStats
@@ -106,6 +107,9 @@ def write_histograms(
         if record.visible is not None:
             values = values[record.visible.expand_as(values)]
         values = values.flatten()
+        values = values[torch.isfinite(values)]
+        if not values.numel():
+            continue
         stride = max(1, values.numel() // max_values)
         writer.add_histogram(f"{HIST_PREFIX}/{_clean(record.key)}", values[::stride].numpy(), step)
 

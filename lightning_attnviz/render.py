@@ -52,7 +52,8 @@ def heatmap(
     height = max(bottom + q_len * cell + top, 2.6)
     fig = Figure(figsize=(width, height), dpi=_DPI)
     ax = fig.add_axes((left / width, bottom / height, k_len * cell / width, q_len * cell / height))
-    data = np.ma.masked_array(weights, mask=None if visible is None else ~visible)
+    hidden = ~np.isfinite(weights) if visible is None else ~visible | ~np.isfinite(weights)
+    data = np.ma.masked_array(weights, mask=hidden)
     cmap = matplotlib.colormaps[CMAP].with_extremes(bad=np.array(MASKED_RGB) / 255)
     ax.imshow(data, cmap=cmap, vmin=0.0, vmax=_vmax(weights, visible), aspect="auto", interpolation="nearest")
     # Labels as plain text, not ticks: matplotlib's Tick objects cost ~3 ms per token.
@@ -193,6 +194,7 @@ def arrows(
 
 def _vmax(weights: np.ndarray, visible: np.ndarray | None) -> float:
     shown = weights if visible is None else weights[visible]
+    shown = shown[np.isfinite(shown)]
     return max(float(shown.max()) if shown.size else 0.0, 1e-6)
 
 
@@ -207,6 +209,7 @@ def _colorize(weights: np.ndarray, visible: np.ndarray | None, vmax: float | Non
     hidden cells gray."""
     index = np.clip(weights / (vmax or _vmax(weights, visible)) * 255, 0, 255)
     rgb = _LUT[np.nan_to_num(index).astype(np.uint8)]
+    rgb[~np.isfinite(weights)] = MASKED_RGB  # NaN/inf (non-finite inputs): no weight to show
     if visible is not None:
         rgb[~visible] = MASKED_RGB
     return rgb

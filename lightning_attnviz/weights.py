@@ -118,6 +118,9 @@ class RowStats:
     def update(self, start: int, weights: Tensor, visible: Tensor | None) -> None:
         """Add rows ``start : start + rows`` of ``weights`` ``(s, H, rows, S)``; ``visible`` broadcastable."""
         w = weights.float()  # float32 per row, float64 sums across rows
+        finite = torch.isfinite(w).all(-1, keepdim=True)
+        if not bool(finite.all()):  # rows with NaN/inf (non-finite inputs) are left out
+            w = torch.where(finite, w, 0.0)
         live = w.sum(-1) > 0  # (s, H, rows)
         entropy = -torch.special.xlogy(w, w).sum(-1)  # 0·log 0 = 0
         n_visible = torch.full_like(entropy, w.shape[-1])
