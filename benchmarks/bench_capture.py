@@ -24,14 +24,17 @@ from torch import nn
 VARIANTS = {
     "plain": "fused SDPA, no capture",
     "capture": "fused SDPA + capture_attention(samples=2)",
+    "capture_pooled": "fused SDPA + capture_attention(samples=2, max_tokens=512, stats=True)",
+    "fused_off": "fusion turned off (timm's `fused_attn=False` way), weights not kept",
     "eager_all": "eager softmax, all B·H·L² weights kept (HF output_attentions style)",
 }
 
 
 class Attention(nn.Module):
-    def __init__(self, d: int, heads: int, eager: bool) -> None:
+    def __init__(self, d: int, heads: int, eager: bool, keep: bool = True) -> None:
         super().__init__()
         self.qkv, self.proj, self.heads, self.eager = nn.Linear(d, 3 * d), nn.Linear(d, d), heads, eager
+        self.keep = keep
         self.kept: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +44,8 @@ class Attention(nn.Module):
             att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
             mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             att = att.masked_fill(~mask, float("-inf")).softmax(-1)
-            self.kept.append(att)  # what output_attentions returns
+            if self.keep:
+                self.kept.append(att)  # what output_attentions returns
             y = att @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -49,10 +53,10 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d: int, heads: int, eager: bool) -> None:
+    def __init__(self, d: int, heads: int, eager: bool, keep: bool = True) -> None:
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = Attention(d, heads, eager)
+        self.attn = Attention(d, heads, eager, keep)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,15 +69,17 @@ def run_variant(name: str, seq: int, batch: int, layers: int, repeats: int) -> d
 
     torch.manual_seed(0)
     d, heads = 256, 8
-    model = nn.Sequential(*[Block(d, heads, eager=name == "eager_all") for _ in range(layers)]).eval()
+    eager = name in ("eager_all", "fused_off")
+    model = nn.Sequential(*[Block(d, heads, eager, keep=name == "eager_all") for _ in range(layers)]).eval()
     x = torch.randn(batch, seq, d)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     with torch.no_grad():
         for i in range(repeats + 1):
             start = time.perf_counter()
-            if name == "capture":
-                with capture_attention(model, samples=2) as cap:
+            if name.startswith("capture"):
+                pooled = dict(max_tokens=512, stats=True) if name == "capture_pooled" else {}
+                with capture_attention(model, samples=2, **pooled) as cap:
                     model(x)
                 kept = sum(w.numel() * 4 for w in cap.maps.values())
                 del cap  # release this capture's maps before the next one is timed

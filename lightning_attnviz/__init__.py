@@ -3,12 +3,14 @@
 from lightning_attnviz.callback import AttentionMonitor
 from lightning_attnviz.capture import AttentionCapture, AttentionMap, capture_attention
 from lightning_attnviz.discover import AttentionSite, find_attention
+from lightning_attnviz.vision import PatchGrid
 
 __all__ = [
     "AttentionCapture",
     "AttentionMap",
     "AttentionMonitor",
     "AttentionSite",
+    "PatchGrid",
     "capture_attention",
     "find_attention",
 ]

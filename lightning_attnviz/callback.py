@@ -330,7 +330,8 @@ class AttentionMonitor(Callback):
         plots = self._plots
         if grid is not None and not any(r.weights.shape[-1] == grid.length for r in selected):
             self._warn_grid_mismatch(grid, selected)
-        self._diagnose(stats, step)
+        if not trainer.sanity_checking:  # an untrained model's uniform heads are no news
+            self._diagnose(stats, step)
         epoch = trainer.current_epoch
 
         def draw() -> None:  # on the writer thread: labels, pictures, PNG encoding, event records, files
