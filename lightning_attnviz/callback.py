@@ -190,6 +190,7 @@ class AttentionMonitor(Callback):
         self._grid: PatchGrid | None = None
         self._plots: tuple[str, ...] = ()
         self._warned_grid = False
+        self._capture_everywhere = False
 
         self._fixed: Any = None if sample_input is None else _first_rows(sample_input, samples)
         self._train_fixed: Any = None  # fallback samples when no validation batch ever runs
@@ -223,6 +224,9 @@ class AttentionMonitor(Callback):
             )
             self._enabled = False
             return
+        # sharded strategies need every rank in the forward; under DDP rank 0 captures alone
+        strategy = type(trainer.strategy).__name__.lower()
+        self._capture_everywhere = "fsdp" in strategy or "deepspeed" in strategy
         if trainer.is_global_zero:
             self._writer = loggers[0].experiment
             self._captures_dir = Path(loggers[0].log_dir) / log.CAPTURE_DIR
@@ -309,7 +313,8 @@ class AttentionMonitor(Callback):
 
     def _capture(self, trainer: Trainer, pl_module: LightningModule) -> None:
         worker = self._worker
-        if not self._enabled or not trainer.is_global_zero or worker is None:
+        everywhere = self._capture_everywhere and trainer.world_size > 1
+        if not self._enabled or (worker is None and not everywhere):
             return
         step = trainer.global_step
         if self._fixed is None:
@@ -318,6 +323,8 @@ class AttentionMonitor(Callback):
             return  # a step capture and a validation capture at the same step: log once
         records = self._run_capture(trainer, pl_module)
         self._last_step = step
+        if worker is None:
+            return  # a rank that only takes part in the forward (FSDP): rank 0 draws
         modules = [] if self._modules_logged else self._module_rows(pl_module, records)
         first = not self._modules_logged
         self._modules_logged = True

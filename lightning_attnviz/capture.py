@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention
+from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention, named_modules
 from lightning_attnviz.weights import Computed, RowStats, collect_weights, mha_weights, sdpa_weights
 
 Path = Literal["sdpa", "mha", "eager_softmax"]
@@ -143,7 +143,7 @@ class AttentionCapture:
                 stacklevel=3,
             )
         try:
-            named = dict(self.model.named_modules())
+            named = named_modules(self.model)
             for site in self.sites:
                 self._install(site, named)
         except BaseException:

@@ -55,7 +55,7 @@ def find_attention(model: nn.Module, modules: ModuleSelector = None) -> list[Att
         ValueError: a name or pattern in ``modules`` matches no module.
         TypeError: ``modules`` is none of the above.
     """
-    named = dict(model.named_modules())
+    named = named_modules(model)
     if modules is None:
         # A training wrapper (a LightningModule named "LitAttention", say) is never an attention site.
         root_ok = not callable(getattr(model, "training_step", None))
@@ -72,6 +72,16 @@ def find_attention(model: nn.Module, modules: ModuleSelector = None) -> list[Att
             f"(name, module) -> bool; got {type(modules).__name__}"
         )
     return [_site(name, named[name], named) for name in chosen]
+
+
+def named_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """``model.named_modules()`` with ``torch.compile`` wrappers looked through: a compiled submodule
+    keeps the names of the uncompiled model (``model.h.0.attn``, not ``model._orig_mod.h.0.attn``)."""
+    named: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        clean = ".".join(part for part in name.split(".") if part != "_orig_mod")
+        named[clean] = module  # the wrapper comes first and is replaced by the module it runs
+    return named
 
 
 def _looks_like_attention(module: nn.Module) -> bool:
