@@ -243,7 +243,7 @@ class AttentionCapture:
         def before(args: tuple, kwargs: dict) -> None:
             self._entered.add(site.name)
             bound = _MHA_FORWARD_SIG.bind(mha, *args, **kwargs).arguments
-            self._record_mha(
+            self._record_module(
                 site.name,
                 mha,
                 bound["query"],
@@ -269,7 +269,7 @@ class AttentionCapture:
             if layer.norm_first:
                 norm = layer.norm1
                 src = F.layer_norm(src, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-            self._record_mha(
+            self._record_module(
                 site.name,
                 layer.self_attn,
                 src,
@@ -295,35 +295,44 @@ class AttentionCapture:
     def _record_mha(
         self,
         name: str,
-        mha: nn.MultiheadAttention,
         query: Tensor,
         key: Tensor,
         *,
-        key_padding_mask: Tensor | None,
-        attn_mask: Tensor | None,
-        is_causal: bool,
-        batch_first: bool,
+        num_heads: int,
+        in_proj_weight: Tensor | None,
+        in_proj_bias: Tensor | None,
+        q_proj_weight: Tensor | None = None,
+        k_proj_weight: Tensor | None = None,
+        bias_k: Tensor | None = None,
+        add_zero_attn: bool = False,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        batch_first: bool = False,
+        dropout_p: float = 0.0,
         self_attention: bool = False,
     ) -> None:
-        """Record ``mha``'s weights; with ``self_attention``, padded query rows are hidden too."""
-        embed = mha.embed_dim
-        if mha._qkv_same_embed_dim:
-            q_weight, k_weight = mha.in_proj_weight[:embed], mha.in_proj_weight[embed : 2 * embed]
+        """Record multi-head attention weights from ``nn.MultiheadAttention``'s parameters (or
+        ``F.multi_head_attention_forward``'s arguments); with ``self_attention``, padded query rows
+        are hidden too. Separate q/k projections are used when ``in_proj_weight`` is ``None``."""
+        embed = query.shape[-1] if in_proj_weight is None else in_proj_weight.shape[0] // 3
+        if in_proj_weight is None:
+            q_weight, k_weight = q_proj_weight, k_proj_weight
         else:
-            q_weight, k_weight = mha.q_proj_weight, mha.k_proj_weight
-        bias = mha.in_proj_bias
-
-        def compute() -> Computed:
-            return mha_weights(
+            q_weight, k_weight = in_proj_weight[:embed], in_proj_weight[embed : 2 * embed]
+        bias = in_proj_bias
+        self._compute(
+            name,
+            lambda: mha_weights(
                 query,
                 key,
-                num_heads=mha.num_heads,
+                num_heads=num_heads,
                 q_weight=q_weight,
                 k_weight=k_weight,
                 q_bias=None if bias is None else bias[:embed],
                 k_bias=None if bias is None else bias[embed : 2 * embed],
-                bias_k=mha.bias_k,
-                add_zero_attn=mha.add_zero_attn,
+                bias_k=bias_k,
+                add_zero_attn=add_zero_attn,
                 key_padding_mask=key_padding_mask,
                 attn_mask=attn_mask,
                 is_causal=is_causal,
@@ -332,17 +341,32 @@ class AttentionCapture:
                 hide_padded_queries=self_attention,
                 max_tokens=self.max_tokens,
                 stats=self.stats,
-            )
-
-        self._compute(
-            name,
-            compute,
+            ),
             path="mha",
             causal=bool(is_causal),
             masked=key_padding_mask is not None or attn_mask is not None or bool(is_causal),
             gqa_groups=1,
-            scale=(embed // mha.num_heads) ** -0.5,
+            scale=(q_weight.shape[0] // num_heads) ** -0.5,
+            dropout_p=dropout_p,
+        )
+
+    def _record_module(
+        self, name: str, mha: nn.MultiheadAttention, query: Tensor, key: Tensor, **kw: Any
+    ) -> None:
+        """:meth:`_record_mha` with the parameters of an ``nn.MultiheadAttention`` instance."""
+        self._record_mha(
+            name,
+            query,
+            key,
+            num_heads=mha.num_heads,
+            in_proj_weight=mha.in_proj_weight if mha._qkv_same_embed_dim else None,
+            in_proj_bias=mha.in_proj_bias,
+            q_proj_weight=mha.q_proj_weight,
+            k_proj_weight=mha.k_proj_weight,
+            bias_k=mha.bias_k,
+            add_zero_attn=mha.add_zero_attn,
             dropout_p=mha.dropout if mha.training else 0.0,
+            **kw,
         )
 
     def _compute(self, name: str, compute: Callable[[], Computed], **meta: Any) -> None:
@@ -440,37 +464,21 @@ class _Interceptor(TorchFunctionMode):
 
     def _mha_functional(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
         b = _MHA_FUNCTIONAL_SIG.bind(*args, **kwargs).arguments
-        embed, heads = b["embed_dim_to_check"], b["num_heads"]
-        if b.get("use_separate_proj_weight", False):
-            q_weight, k_weight = b["q_proj_weight"], b["k_proj_weight"]
-        else:
-            q_weight, k_weight = b["in_proj_weight"][:embed], b["in_proj_weight"][embed : 2 * embed]
-        bias = b["in_proj_bias"]
-        mask, padding, causal = b.get("attn_mask"), b.get("key_padding_mask"), b.get("is_causal", False)
-        cap._compute(
+        separate = b.get("use_separate_proj_weight", False)
+        cap._record_mha(
             site.name,
-            lambda: mha_weights(
-                b["query"],
-                b["key"],
-                num_heads=heads,
-                q_weight=q_weight,
-                k_weight=k_weight,
-                q_bias=None if bias is None else bias[:embed],
-                k_bias=None if bias is None else bias[embed : 2 * embed],
-                bias_k=b["bias_k"],
-                add_zero_attn=b["add_zero_attn"],
-                key_padding_mask=padding,
-                attn_mask=mask,
-                is_causal=causal,
-                samples=cap.samples,
-                max_tokens=cap.max_tokens,
-                stats=cap.stats,
-            ),
-            path="mha",
-            causal=bool(causal),
-            masked=mask is not None or padding is not None or bool(causal),
-            gqa_groups=1,
-            scale=(embed // heads) ** -0.5,
+            b["query"],
+            b["key"],
+            num_heads=b["num_heads"],
+            in_proj_weight=None if separate else b["in_proj_weight"],
+            in_proj_bias=b["in_proj_bias"],
+            q_proj_weight=b.get("q_proj_weight"),
+            k_proj_weight=b.get("k_proj_weight"),
+            bias_k=b["bias_k"],
+            add_zero_attn=b["add_zero_attn"],
+            key_padding_mask=b.get("key_padding_mask"),
+            attn_mask=b.get("attn_mask"),
+            is_causal=b.get("is_causal", False),
             dropout_p=float(b["dropout_p"]) if b.get("training", True) else 0.0,
         )
 

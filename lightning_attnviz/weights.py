@@ -122,7 +122,7 @@ class RowStats:
         if not bool(finite.all()):  # rows with NaN/inf (non-finite inputs) are left out
             w = torch.where(finite, w, 0.0)
         live = w.sum(-1) > 0  # (s, H, rows)
-        entropy = -torch.special.xlogy(w, w).sum(-1)  # 0·log 0 = 0
+        entropy = -(w * w.clamp_min(1e-30).log()).sum(-1)  # 0·log 0 = 0 (and faster than xlogy)
         n_visible = torch.full_like(entropy, w.shape[-1])
         if visible is not None:  # count on the (small, broadcast) mask, then broadcast the counts
             n_visible = visible.sum(-1).float().expand_as(entropy)
@@ -137,7 +137,8 @@ class RowStats:
         if self.distance is not None:
             rows = torch.arange(start, start + w.shape[-2], device=w.device, dtype=w.dtype)
             cols = torch.arange(w.shape[-1], device=w.device, dtype=w.dtype)
-            self.distance += (w * (rows[:, None] - cols[None, :]).abs()).sum(dim=(-2, -1), dtype=f64)
+            gap = (rows[:, None] - cols[None, :]).abs()  # (rows, S)
+            self.distance += torch.einsum("shrk,rk->sh", w, gap).double()
         self.sink[..., : min(self.SINK_KEYS, w.shape[-1])] += w[..., : self.SINK_KEYS].sum(-2, dtype=f64)
         self.max_weight = torch.maximum(self.max_weight, w.amax(dim=(-2, -1)).double())
 
