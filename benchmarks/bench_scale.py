@@ -136,16 +136,17 @@ def main() -> None:
     print("|---|---|---|---|")
     print(f"| fit time (s) | {plain:.2f} | {monitor:.2f} | {monitor / plain:.3f}x |\n")
     print(
-        "| validation epoch that captures (4 layers, 4 heads, d=128, B=16, 2 batches, samples=2) "
+        "| validation epoch that captures (4 layers, 4 heads, d=128, B=16, samples=2) "
         "| plain (s) | with capture (s) | ratio | writer thread afterwards (s) |"
     )
     print("|---|---|---|---|---|")
-    for seq in args.seqs:
-        r = validation_epoch(seq, args.repeats)
-        print(
-            f"| L={seq} | {r['plain']:.2f} | {r['monitor']:.2f} | {r['monitor'] / r['plain']:.2f}x | "
-            f"{r['writer']:.2f} |"
-        )
+    for batches in args.val_batches:
+        for seq in args.seqs:
+            r = validation_epoch(seq, args.repeats, batches)
+            print(
+                f"| L={seq}, {batches} batches | {r['plain']:.2f} | {r['monitor']:.2f} | "
+                f"{r['monitor'] / r['plain']:.2f}x | {r['writer']:.2f} |"
+            )
 
 
 if __name__ == "__main__":

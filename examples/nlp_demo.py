@@ -87,7 +87,7 @@ def main() -> None:
     tensorboard = Path(sys.executable).parent / "tensorboard"  # the one installed beside this Python
     print(
         f"\nTensorBoard logs: {logger.log_dir}\nOpen them with:\n"
-        f"  {tensorboard} --logdir {args.logdir} --samples_per_plugin images=1000\n"
+        f"  {tensorboard} --logdir {args.logdir} --samples_per_plugin images=1000,attnviz=1000\n"
     )
 
 

@@ -176,7 +176,7 @@ def main() -> None:
     print(
         f"\nValidation accuracy: {trainer.callback_metrics['val/acc']:.3f}\n"
         f"TensorBoard logs: {logger.log_dir}\nOpen them with:\n"
-        f"  {tensorboard} --logdir {args.logdir} --samples_per_plugin images=1000\n"
+        f"  {tensorboard} --logdir {args.logdir} --samples_per_plugin images=1000,attnviz=1000\n"
     )
 
 

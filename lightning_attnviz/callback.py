@@ -84,6 +84,9 @@ class AttentionMonitor(Callback):
             them each image is min-max scaled).
         rollout_fusion: how attention rollout fuses heads: ``"mean"``, ``"max"`` or ``"min"``.
         rollout_discard: fraction of the weakest patch entries rollout zeroes per layer.
+        dashboard: write the maps for TensorBoard's interactive Attention tab.
+        dashboard_tokens: the tab's maps are block-pooled to this many rows/columns (image maps are
+            kept whole).
 
     Raises:
         ValueError: an argument is out of range; the message names it and what is allowed.
@@ -122,6 +125,8 @@ class AttentionMonitor(Callback):
         image_std: Sequence[float] | None = None,
         rollout_fusion: HeadFusion = "mean",
         rollout_discard: float = 0.0,
+        dashboard: bool = True,
+        dashboard_tokens: int = 128,
     ) -> None:
         _check_int("every_n_epochs", every_n_epochs, minimum=0)
         if every_n_steps is not None:
@@ -129,6 +134,7 @@ class AttentionMonitor(Callback):
         _check_int("samples", samples, minimum=1)
         _check_int("max_tokens", max_tokens, minimum=2)
         _check_int("store_tokens", store_tokens, minimum=2)
+        _check_int("dashboard_tokens", dashboard_tokens, minimum=2)
         _check_int("top_k", top_k, minimum=1)
         _check_int("strip_length", strip_length, minimum=2)
         if sink_tokens is not None:
@@ -146,7 +152,13 @@ class AttentionMonitor(Callback):
         for name, value in (("entropy_collapse", entropy_collapse), ("uniform_entropy", uniform_entropy)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ValueError(f"`{name}` must be a number in [0, 1] (normalised entropy), got {value!r}")
-        for name, value in (("stats", stats), ("histograms", histograms), ("save_captures", save_captures)):
+        flags = (
+            ("stats", stats),
+            ("histograms", histograms),
+            ("save_captures", save_captures),
+            ("dashboard", dashboard),
+        )
+        for name, value in flags:
             if not isinstance(value, bool):
                 raise TypeError(f"`{name}` must be True or False, got {value!r}")
         if forward_fn is not None and not callable(forward_fn):
@@ -187,6 +199,8 @@ class AttentionMonitor(Callback):
         self.image_std = image_std
         self.rollout_fusion = rollout_fusion
         self.rollout_discard = rollout_discard
+        self.dashboard = dashboard
+        self.dashboard_tokens = dashboard_tokens
         self._grid: PatchGrid | None = None
         self._plots: tuple[str, ...] = ()
         self._warned_grid = False
@@ -347,7 +361,8 @@ class AttentionMonitor(Callback):
                 log.write_modules(writer, modules, step)
             if first and stats:
                 log.write_layout(writer, [st.layer for st in stats])
-            views = make_views(selected, self._labels(), self.max_tokens)
+            labels = self._labels()
+            views = make_views(selected, labels, self.max_tokens)
             drift = self._update_history(views, f"step {step} · ep {epoch}")
             if stats:
                 log.write_stats(writer, stats, drift, step)
@@ -363,11 +378,31 @@ class AttentionMonitor(Callback):
                     selected, grid, images, step, plots, self.rollout_fusion, self.rollout_discard
                 )
             log.write_pictures(writer, pictures, step)
+            if self.dashboard:
+                self._write_dashboard(selected, labels, images, grid, step)
             writer.flush()
             if self.save_captures and self._captures_dir is not None and views:
                 log.save_capture(self._captures_dir, views, step, epoch)
 
         worker.submit(draw)
+
+    def _write_dashboard(
+        self,
+        records: list[AttentionMap],
+        labels: list[list[str] | None],
+        images: list[np.ndarray],
+        grid: PatchGrid | None,
+        step: int,
+    ) -> None:
+        """The Attention tab's records: maps pooled to ``dashboard_tokens`` (image maps kept whole, so
+        patches stay patches) and, for images, the picture itself."""
+        limit = max(self.dashboard_tokens, grid.length if grid is not None else 0)
+        maps = []
+        for view in make_views(records, labels, limit):
+            on_grid = grid is not None and not view.note and view.weights.shape[-1] == grid.length
+            image = images[view.sample] if on_grid and view.sample < len(images) else None
+            maps.append((log.map_tag(view), log.encode_map(view, step, image, grid if on_grid else None)))
+        log.write_plugin_maps(self._writer, maps, step)
 
     def _images(self) -> list[np.ndarray]:
         """The fixed samples' images as the user sees them: ``pixel_values`` of a dict, else the first

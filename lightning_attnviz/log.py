@@ -41,6 +41,8 @@ STATS_PREFIX = "attention_stats"
 HIST_PREFIX = "attention_hist"
 CAPTURE_DIR = "attention_captures"
 CAPTURE_FORMAT = "lightning_attnviz.capture/1"
+PLUGIN_NAME = "attnviz"  # the Attention tab (tb_plugin.py) reads summaries written under this name
+MAP_FORMAT = "attnviz/1"
 
 
 def picture_tag(picture: Picture) -> str:
@@ -173,6 +175,75 @@ def load_capture(path: str | Path) -> tuple[list[AttentionView], int, int]:
             for n, v in enumerate(meta["views"])
         ]
     return views, meta["step"], meta["epoch"]
+
+
+def encode_map(view: AttentionView, step: int, image: np.ndarray | None = None, grid: Any = None) -> bytes:
+    """One step of one sample and layer for the Attention tab, compactly.
+
+    Little-endian: a uint32 header length ``n``, ``n`` bytes of UTF-8 JSON (format, step, layer,
+    sample, heads, q, k, per-head ``scale``, ``q_labels``, ``k_labels``, note, and for images
+    ``{"height", "width", "grid": [rows, cols], "prefix"}``), then ``heads·q·k`` uint8 weights
+    (weight = byte / 255 · scale[head]; masked positions are 0), then for images ``h·w·3`` uint8 RGB.
+    """
+    weights = np.nan_to_num(view.weights, nan=0.0, posinf=0.0, neginf=0.0)
+    if view.visible is not None:
+        weights = np.where(view.visible, weights, 0.0)
+    scale = weights.reshape(len(weights), -1).max(axis=1)
+    quantised = np.round(weights / np.maximum(scale, 1e-12)[:, None, None] * 255).astype(np.uint8)
+    header: dict[str, Any] = {
+        "format": MAP_FORMAT,
+        "step": step,
+        "layer": view.layer,
+        "sample": view.sample,
+        "heads": int(weights.shape[0]),
+        "q": int(weights.shape[1]),
+        "k": int(weights.shape[2]),
+        "scale": [float(x) for x in scale],
+        "q_labels": view.q_labels,
+        "k_labels": view.k_labels,
+        "note": view.note,
+        "image": None,
+    }
+    payload = [quantised.tobytes()]
+    if image is not None and grid is not None:
+        rgb = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+        header["image"] = {
+            "height": rgb.shape[0],
+            "width": rgb.shape[1],
+            "grid": list(grid.grid),
+            "prefix": grid.prefix_tokens,
+        }
+        payload.append(rgb.tobytes())
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(4, "little") + encoded + b"".join(payload)
+
+
+def map_tag(view: AttentionView) -> str:
+    """The Attention tab's tag of a view: ``sample_<i>/<layer>``."""
+    return f"sample_{view.sample}/{_clean(view.layer)}"
+
+
+def write_plugin_maps(writer: Any, maps: Sequence[tuple[str, bytes]], step: int) -> None:
+    """``(tag, encode_map(...))`` pairs as tensor summaries of the Attention tab's plugin.
+
+    The summary metadata names the plugin and sets ``data_class`` to tensor: without it TensorBoard's
+    data provider does not list the data. Per-step content (tokens) lives in the record, not in the
+    metadata, of which TensorBoard keeps only the first per tag.
+    """
+    from tensorboard.compat.proto.summary_pb2 import DATA_CLASS_TENSOR, Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.types_pb2 import DT_STRING
+
+    metadata = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=b'{"version": 1}'),
+        data_class=DATA_CLASS_TENSOR,
+    )
+    values = [
+        Summary.Value(tag=tag, metadata=metadata, tensor=TensorProto(dtype=DT_STRING, string_val=[blob]))
+        for tag, blob in maps
+    ]
+    # SummaryWriter has no public call for a prebuilt Summary; its file writer does (torch and tensorboardX)
+    writer._get_file_writer().add_summary(Summary(value=values), step)
 
 
 def _clean(name: str) -> str:
