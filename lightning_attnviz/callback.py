@@ -583,7 +583,8 @@ class AttentionMonitor(Callback):
     def _labels(self) -> list[list[str] | None]:
         ids = _token_ids(self._fixed)
         if ids is None or self.label_tokens is None:
-            return [None] * self.samples
+            grid = self._grid  # image tokens: CLS / registers, then patches by row and column
+            return [None if grid is None else grid.labels()] * self.samples
         return [list(self.label_tokens(row.tolist())) for row in ids]
 
     def _module_rows(self, pl_module: LightningModule, records: list[AttentionMap]) -> list[tuple]:

@@ -96,6 +96,12 @@ class PatchGrid:
             )
         return slice(0, self.prefix_tokens), slice(self.prefix_tokens, self.length)
 
+    def labels(self) -> list[str]:
+        """A label per token: ``CLS`` and ``pre<i>`` (registers, distillation) for the prefix, ``r,c`` for
+        the patch at row r, column c."""
+        prefix = ["CLS"] + [f"pre{i}" for i in range(1, self.prefix_tokens)] if self.prefix_tokens else []
+        return prefix + [f"{r},{c}" for r in range(self.rows) for c in range(self.cols)]
+
     def centers(self) -> np.ndarray:
         """Pixel centre ``(y, x)`` of every patch, in token order.
 

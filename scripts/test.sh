@@ -14,6 +14,6 @@ if [ ! -x /usr/bin/chromium ]; then
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
   $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null
 fi
-npm --prefix tests/e2e install --silent --no-audit --no-fund
+npm --prefix tests/e2e ci --silent --no-audit --no-fund
 .venv/bin/ruff check .
 ATTNVIZ_BROWSER_TEST=required .venv/bin/python -m pytest -q

@@ -84,6 +84,7 @@ def fitted(tmp_path_factory):
 
 def test_listing_steps_one_step_and_404s(fitted):
     base = _tensorboard(fitted)
+    _wait_for(lambda: json.loads(_get(f"{base}/runs")[1]))  # the first load runs in the background
     status, body, _ = _get(f"{base}/runs")
     assert status == 200
     runs = json.loads(body)
