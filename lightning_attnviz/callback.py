@@ -335,28 +335,30 @@ class AttentionMonitor(Callback):
             self._fixed = self._train_fixed  # a step capture before any validation batch
         if self._fixed is None or step == self._last_step:
             return  # a step capture and a validation capture at the same step: log once
-        records = self._run_capture(trainer, pl_module)
+        cap = self._run_capture(trainer, pl_module)  # deferred: weights are computed in draw()
         self._last_step = step
         if worker is None:
             return  # a rank that only takes part in the forward (FSDP): rank 0 draws
-        modules = [] if self._modules_logged else self._module_rows(pl_module, records)
+        modules = [] if self._modules_logged else self._module_rows(pl_module, cap.planned)
         first = not self._modules_logged
         self._modules_logged = True
-        selected = self._select_layers(records)
-        self._warn_pooling(selected)
-        self._warn_non_finite(selected, step)
-        grid = self._grid
+        keys = self._select_layers(list(cap.planned))
+        grid, plots, epoch = self._grid, self._plots, trainer.current_epoch
         sink = self.sink_tokens or (grid.prefix_tokens if grid is not None and grid.prefix_tokens else 1)
-        stats = [layer_stats(r, sink, grid) for r in selected] if self.stats else []
-        plots = self._plots
-        if grid is not None and not any(r.weights.shape[-1] == grid.length for r in selected):
-            self._warn_grid_mismatch(grid, selected)
-        if not trainer.sanity_checking:  # an untrained model's uniform heads are no news
-            self._diagnose(stats, step)
-        epoch = trainer.current_epoch
+        diagnose = not trainer.sanity_checking  # an untrained model's uniform heads are no news
 
-        def draw() -> None:  # on the writer thread: labels, pictures, PNG encoding, event records, files
-            writer = self._writer
+        def draw() -> None:
+            """On the writer thread: the weights themselves, scalars, pictures, PNG encoding, files."""
+            writer, warn = self._writer, worker.warn
+            records = cap.records
+            selected = [records[k] for k in keys if k in records]
+            self._warn_pooling(selected, warn)
+            self._warn_non_finite(selected, step, warn)
+            if grid is not None and not any(r.weights.shape[-1] == grid.length for r in selected):
+                self._warn_grid_mismatch(grid, selected, warn)
+            stats = [layer_stats(r, sink, grid) for r in selected] if self.stats else []
+            if diagnose:
+                self._diagnose(stats, step, warn)
             if modules:
                 log.write_modules(writer, modules, step)
             if first and stats:
@@ -428,40 +430,39 @@ class AttentionMonitor(Callback):
                 category=RuntimeWarning,
             )
 
-    def _warn_non_finite(self, records: list[AttentionMap], step: int) -> None:
+    def _warn_non_finite(self, records: list[AttentionMap], step: int, warn: Callable[[str], None]) -> None:
         for record in records:
             if record.key not in self._warned_nan and not bool(torch.isfinite(record.weights).all()):
                 self._warned_nan.add(record.key)
-                rank_zero_warn(
+                warn(
                     f"AttentionMonitor: attention weights of {record.key!r} are NaN or infinite at step "
                     f"{step} (non-finite inputs or scores). Those cells are drawn gray and left out of the "
                     "scalars.",
-                    category=RuntimeWarning,
                 )
 
-    def _warn_pooling(self, records: list[AttentionMap]) -> None:
+    def _warn_pooling(self, records: list[AttentionMap], warn: Callable[[str], None]) -> None:
         pooled = [r for r in records if r.block != (1, 1)]
         if pooled and not self._warned_pooling:
             self._warned_pooling = True
             longest = max(max(r.length) for r in pooled)
-            rank_zero_warn(
+            warn(
                 f"AttentionMonitor: attention maps up to {longest} tokens long are block-pooled to at most "
                 f"store_tokens={self.store_tokens} per side while capturing, to bound memory (query rows "
                 "averaged, keys summed). Scalars still use every row; pictures say how they were pooled.",
-                category=RuntimeWarning,
             )
 
-    def _warn_grid_mismatch(self, grid: PatchGrid, records: list[AttentionMap]) -> None:
+    def _warn_grid_mismatch(
+        self, grid: PatchGrid, records: list[AttentionMap], warn: Callable[[str], None]
+    ) -> None:
         if self._warned_grid or not records:
             return
         self._warned_grid = True
         try:
             grid.split(records[0].weights.shape[-1])
         except ValueError as err:
-            rank_zero_warn(
+            warn(
                 "AttentionMonitor draws no image overlays: no captured layer matches the patch grid "
                 f"({err}). Pass `image_grid=PatchGrid(...)` for the images you feed.",
-                category=RuntimeWarning,
             )
 
     def _update_history(self, views: list[AttentionView], label: str) -> dict[str, np.ndarray]:
@@ -473,30 +474,28 @@ class AttentionMonitor(Callback):
                 per_layer.setdefault(view.layer, []).append(drift)
         return {layer: np.mean(values, axis=0) for layer, values in per_layer.items()}
 
-    def _diagnose(self, stats: list[LayerStats], step: int) -> None:
+    def _diagnose(self, stats: list[LayerStats], step: int, warn: Callable[[str], None]) -> None:
         """Warn once per layer on entropy collapse, and once per head that stays uniform."""
         for st in stats:
             norm = st.entropy_norm
             finite = norm[np.isfinite(norm)]
             if finite.size and finite.mean() < self.entropy_collapse and st.layer not in self._warned_layers:
                 self._warned_layers.add(st.layer)
-                rank_zero_warn(
+                warn(
                     f"AttentionMonitor: attention entropy collapsed in {st.layer!r} at step {step}: "
                     f"normalised entropy {finite.mean():.3f} < entropy_collapse={self.entropy_collapse} "
                     "(each query attends to about one key). Entropy collapse is a known sign of unstable "
                     "training.",
-                    category=RuntimeWarning,
                 )
             for head, value in enumerate(norm):
                 key = (st.layer, head)
                 runs = self._uniform_runs.get(key, 0)
                 self._uniform_runs[key] = runs + 1 if value > self.uniform_entropy else 0
                 if self._uniform_runs[key] == _UNIFORM_CAPTURES:
-                    rank_zero_warn(
+                    warn(
                         f"AttentionMonitor: head {head} of {st.layer!r} has stayed uniform for "
                         f"{_UNIFORM_CAPTURES} captures (normalised entropy {value:.3f} > "
                         f"uniform_entropy={self.uniform_entropy}): it attends to everything equally.",
-                        category=RuntimeWarning,
                     )
 
     # -- state ------------------------------------------------------------------------------------
@@ -539,8 +538,9 @@ class AttentionMonitor(Callback):
             self._worker.close()
             self._worker = None
 
-    def _run_capture(self, trainer: Trainer, pl_module: LightningModule) -> list[AttentionMap]:
-        """One extra forward on the fixed samples, leaving the model and RNG as they were."""
+    def _run_capture(self, trainer: Trainer, pl_module: LightningModule) -> AttentionCapture:
+        """One extra forward on the fixed samples, leaving the model and RNG as they were. Capture is
+        deferred: the taps keep copies of the sampled rows' q/k, the weights are computed on reading."""
         modes = {m: m.training for m in pl_module.modules()}
         device = pl_module.device
         rng_devices = [device.index or 0] if device.type == "cuda" else []
@@ -559,23 +559,24 @@ class AttentionMonitor(Callback):
         finally:
             for module, training in modes.items():
                 module.training = training
-        return list(cap.records.values())
+        return cap
 
-    def _select_layers(self, records: list[AttentionMap]) -> list[AttentionMap]:
+    def _select_layers(self, keys: list[str]) -> list[str]:
+        """The captured layers ``layers=`` asks to draw, by index (negative from the end) or name/glob."""
         if self.layers is None:
-            return records
-        chosen = []
-        for i, record in enumerate(records):
-            for sel in self.layers:
-                if (isinstance(sel, int) and sel in (i, i - len(records))) or (
-                    isinstance(sel, str) and fnmatch.fnmatchcase(record.key, sel)
-                ):
-                    chosen.append(record)
-                    break
+            return keys
+        chosen = [
+            key
+            for i, key in enumerate(keys)
+            if any(
+                (isinstance(sel, int) and sel in (i, i - len(keys)))
+                or (isinstance(sel, str) and fnmatch.fnmatchcase(key, sel))
+                for sel in self.layers
+            )
+        ]
         if not chosen:
             rank_zero_warn(
-                f"AttentionMonitor: `layers={self.layers}` matches none of the captured layers "
-                f"{[r.key for r in records]}.",
+                f"AttentionMonitor: `layers={self.layers}` matches none of the captured layers {keys}.",
                 category=RuntimeWarning,
             )
         return chosen
@@ -587,11 +588,11 @@ class AttentionMonitor(Callback):
             return [None if grid is None else grid.labels()] * self.samples
         return [list(self.label_tokens(row.tolist())) for row in ids]
 
-    def _module_rows(self, pl_module: LightningModule, records: list[AttentionMap]) -> list[tuple]:
+    def _module_rows(self, pl_module: LightningModule, planned: dict[str, tuple[str, str]]) -> list[tuple]:
         """name, type, heads and capture path of every attention module, for the text table."""
         paths: dict[str, set[str]] = {}
-        for record in records:
-            paths.setdefault(record.module, set()).add(record.path)
+        for module, path in planned.values():
+            paths.setdefault(module, set()).add(path)
         rows = []
         for site in find_attention(pl_module, self.modules):
             via = ", ".join(sorted(paths.get(site.name, ()))) or "not called"

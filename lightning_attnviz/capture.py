@@ -98,6 +98,7 @@ class AttentionCapture:
         modules: ModuleSelector = None,
         max_tokens: int | None = None,
         stats: bool = False,
+        defer: bool = False,
     ) -> None:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ValueError(f"`samples` must be an int >= 1, got {samples!r}")
@@ -107,10 +108,15 @@ class AttentionCapture:
             raise ValueError(f"`max_tokens` must be None or an int >= 2, got {max_tokens!r}")
         self.max_tokens = max_tokens
         self.stats = stats
+        # defer: taps keep detached copies of their inputs (sampled rows only) and the weights are
+        # computed when `records` is first read, e.g. on a writer thread while training goes on
+        self.defer = defer
+        self._pending: list[tuple[str, str, int, Callable[[], Computed], dict[str, Any]]] = []
         self.model = _unwrap_compiled(model)
         self.samples = samples
         self.sites: list[AttentionSite] = find_attention(self.model, modules)
-        self.records: dict[str, AttentionMap] = {}
+        self._records: dict[str, AttentionMap] = {}
+        self.planned: dict[str, tuple[str, str]] = {}  # key -> (module, path), in forward order
         self._calls: dict[str, int] = {}
         self._entered: set[str] = set()
         self._restore: list[Callable[[], None]] = []
@@ -121,15 +127,29 @@ class AttentionCapture:
         self._failed: set[str] = set()
 
     @property
+    def records(self) -> dict[str, AttentionMap]:
+        """``{key: AttentionMap}`` in forward order (computing what ``defer`` left pending)."""
+        while self._pending:
+            key, name, call, compute, meta = self._pending.pop(0)
+            self._run(key, name, call, compute, meta)
+        return self._records
+
+    @property
     def maps(self) -> dict[str, Tensor]:
         """``{key: weights}`` in forward order; see :class:`AttentionMap` for the keys."""
         return {key: record.weights for key, record in self.records.items()}
 
     def clear(self) -> None:
         """Forget what was recorded, keeping the taps (call counts restart at 0)."""
-        self.records.clear()
+        self._records.clear()
+        self._pending.clear()
+        self.planned.clear()
         self._calls.clear()
         self._entered.clear()
+
+    def keep(self, t: Tensor | None) -> Tensor | None:
+        """``t`` itself, or with ``defer`` a detached copy that later training cannot change."""
+        return t if t is None or not self.defer else t.detach().clone()
 
     # -- install / remove -------------------------------------------------------------------------
 
@@ -154,7 +174,7 @@ class AttentionCapture:
     def __exit__(self, *exc: object) -> None:
         self.close()
         if exc[0] is None:
-            silent = sorted(self._entered - {r.module for r in self.records.values()} - self._failed)
+            silent = sorted(self._entered - {module for module, _ in self.planned.values()} - self._failed)
             if silent:
                 warnings.warn(
                     f"These modules ran but computed no attention that could be captured: {silent}. "
@@ -315,6 +335,21 @@ class AttentionCapture:
         """Record multi-head attention weights from ``nn.MultiheadAttention``'s parameters (or
         ``F.multi_head_attention_forward``'s arguments); with ``self_attention``, padded query rows
         are hidden too. Separate q/k projections are used when ``in_proj_weight`` is ``None``."""
+        if self.defer:  # keep only the sampled rows, and the weights as they are now
+            s = self.samples
+            if query.dim() == 3:
+                rows = (slice(None, s),) if batch_first else (slice(None), slice(None, s))
+                query, key = query[rows], key[rows]
+                if key_padding_mask is not None:
+                    key_padding_mask = key_padding_mask[:s]
+                if attn_mask is not None and attn_mask.dim() == 3:  # (N·H, L, S)
+                    attn_mask = attn_mask[: s * num_heads]
+            query, key, key_padding_mask, attn_mask = map(
+                self.keep, (query, key, key_padding_mask, attn_mask)
+            )
+            in_proj_weight, in_proj_bias, q_proj_weight, k_proj_weight, bias_k = map(
+                self.keep, (in_proj_weight, in_proj_bias, q_proj_weight, k_proj_weight, bias_k)
+            )
         embed = query.shape[-1] if in_proj_weight is None else in_proj_weight.shape[0] // 3
         if in_proj_weight is None:
             q_weight, k_weight = q_proj_weight, k_proj_weight
@@ -370,24 +405,33 @@ class AttentionCapture:
         )
 
     def _compute(self, name: str, compute: Callable[[], Computed], **meta: Any) -> None:
-        """Run ``compute`` off the autograd graph and record its result under the next key of ``name``."""
+        """Record ``compute``'s result under the next key of ``name``: now, or when ``records`` is read."""
+        call = self._calls.get(name, 0)
+        self._calls[name] = call + 1
+        key = name if call == 0 else f"{name}#{call}"
+        self.planned[key] = (name, meta["path"])
+        if self.defer:
+            self._pending.append((key, name, call, compute, meta))
+        else:
+            self._run(key, name, call, compute, meta)
+
+    def _run(self, key: str, name: str, call: int, compute: Callable[[], Computed], meta: dict) -> None:
+        """Run ``compute`` off the autograd graph; a failure is a warning, never the user's exception."""
         try:
             with torch.inference_mode(False), torch.no_grad():
                 result = compute()
         except _COMPUTE_ERRORS as err:
+            self.planned.pop(key, None)
             if name not in self._failed:
                 self._failed.add(name)
                 warnings.warn(
                     f"Could not compute attention weights for {name!r} ({type(err).__name__}: {err}); "
                     "the model's own output is unaffected.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             return
-        call = self._calls.get(name, 0)
-        self._calls[name] = call + 1
-        key = name if call == 0 else f"{name}#{call}"
-        self.records[key] = AttentionMap(
+        self._records[key] = AttentionMap(
             key=key,
             module=name,
             call=call,
@@ -425,7 +469,11 @@ class _Interceptor(TorchFunctionMode):
 
     def _sdpa(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
         bound = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
-        q, k, mask = bound["query"], bound["key"], bound.get("attn_mask")
+        q, k, mask = (
+            cap.keep(bound["query"][: cap.samples]),
+            cap.keep(bound["key"][: cap.samples]),
+            bound.get("attn_mask"),
+        )
         gqa = bool(bound.get("enable_gqa", False))
         scale = bound.get("scale")
         causal = bool(bound.get("is_causal", False))
@@ -450,10 +498,10 @@ class _Interceptor(TorchFunctionMode):
             out = out.view(-1, site.num_heads, *out.shape[-2:])  # (B·H, L, S) -> (B, H, L, S)
         if out.dim() != 4:
             return
-
+        kept = cap.keep(out[: cap.samples]).detach()
         cap._compute(
             site.name,
-            lambda: collect_weights(out[: cap.samples].detach(), cap.max_tokens, cap.stats),
+            lambda: collect_weights(kept, cap.max_tokens, cap.stats),
             path="eager_softmax",
             causal=None,
             masked=None,
@@ -507,6 +555,7 @@ def capture_attention(
     modules: ModuleSelector = None,
     max_tokens: int | None = None,
     stats: bool = False,
+    defer: bool = False,
 ) -> Iterator[AttentionCapture]:
     """Capture the attention weights ``model`` computes inside the ``with`` block.
 
@@ -521,6 +570,9 @@ def capture_attention(
             it is computed, a block of query rows at a time, so memory stays O(samples·H·max_tokens²)
             however long the sequence (see :attr:`AttentionMap.block`).
         stats: also accumulate per-row statistics at full resolution (:attr:`AttentionMap.stats`).
+        defer: keep detached copies of the sampled rows' inputs (and projection weights) and compute
+            the weights only when :attr:`AttentionCapture.records` is first read — e.g. on another
+            thread while training goes on. :attr:`AttentionCapture.planned` lists the keys at once.
 
     Raises:
         ValueError: ``samples`` is not an int >= 1, ``max_tokens`` not None or an int >= 2, or a name in
@@ -532,6 +584,6 @@ def capture_attention(
             model(x)
         cap.maps  # {"blocks.0.attn": tensor(2, heads, L, L), ...}
     """
-    cap = AttentionCapture(model, samples=samples, modules=modules, max_tokens=max_tokens, stats=stats)
+    cap = AttentionCapture(model, samples, modules, max_tokens=max_tokens, stats=stats, defer=defer)
     with cap:
         yield cap

@@ -256,19 +256,25 @@ class BackgroundWriter:
     Matplotlib (object API only), PNG encoding and TensorBoard's pure-Python CRC32C then overlap with
     training instead of stalling it. A full queue blocks :meth:`submit` (back-pressure, bounded
     memory). A job that raises becomes a ``RuntimeWarning`` on the next call from the training
-    thread, never an exception in training. :meth:`close` drains the queue and is safe to repeat.
+    thread, never an exception in training; so do the warnings a job asks for with :meth:`warn`.
+    :meth:`close` drains the queue and is safe to repeat.
     """
 
     def __init__(self, max_pending: int = 4) -> None:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=max_pending)
-        self._errors: list[str] = []
+        self._messages: list[str] = []  # warnings raised on the training thread, in order
         self._thread = threading.Thread(target=self._run, name="lightning_attnviz-writer", daemon=True)
         self._thread.start()
 
     def submit(self, job: Callable[[], None]) -> None:
         self._raise_warnings()
-        if not self._thread.is_alive():
-            raise RuntimeError("BackgroundWriter is closed")
+        if not self._thread.is_alive():  # closed: drop the job rather than fail the training step
+            warnings.warn(
+                "lightning_attnviz: the picture writer is closed; a capture was dropped.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
         self._queue.put(job)
 
     def flush(self) -> None:
@@ -291,15 +297,17 @@ class BackgroundWriter:
                     return
                 job()
             except Exception as err:
-                self._errors.append(f"{type(err).__name__}: {err}")
+                self._messages.append(
+                    f"lightning_attnviz could not render or write attention pictures ({type(err).__name__}: "
+                    f"{err}); training goes on."
+                )
             finally:
                 self._queue.task_done()
 
+    def warn(self, message: str) -> None:
+        """From a job: a ``RuntimeWarning`` to raise on the training thread at its next call."""
+        self._messages.append(message)
+
     def _raise_warnings(self) -> None:
-        while self._errors:
-            warnings.warn(
-                f"lightning_attnviz could not render or write attention pictures ({self._errors.pop(0)}); "
-                "training goes on.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        while self._messages:
+            warnings.warn(self._messages.pop(0), RuntimeWarning, stacklevel=3)

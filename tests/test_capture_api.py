@@ -194,3 +194,29 @@ def test_maps_are_freed_as_soon_as_the_capture_is_dropped(gpt):
         assert ref() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("kind", ["sdpa", "eager", "encoder_padding", "mha_3d_mask"])
+def test_deferred_capture_equals_immediate_even_if_the_model_changes_after(kind):
+    """`defer=True` keeps copies of the sampled inputs and computes the weights when read."""
+    if kind in ("sdpa", "eager"):
+        model = GPT(GPTConfig(flash=kind == "sdpa")).eval()
+        args = (torch.randint(0, 32, (4, 9)),)
+    elif kind == "encoder_padding":
+        model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 2).eval()
+        padding = torch.arange(7)[None, :] >= torch.tensor([7, 5, 3])[:, None]
+        args = (torch.randn(3, 7, 16), None, padding)
+    else:
+        model = nn.MultiheadAttention(16, 4)  # sequence first
+        x = torch.randn(6, 3, 16)
+        args = (x, x, x, None, True, torch.randn(3 * 4, 6, 6))
+    with torch.no_grad():
+        with capture_attention(model) as now:
+            model(*args)
+        with capture_attention(model, defer=True) as later:
+            model(*args)
+        for p in model.parameters():  # training goes on before the writer thread reads the maps
+            p.mul_(0.5)
+    assert list(later.planned) == list(now.maps)
+    for (key, weights), deferred in zip(now.maps.items(), later.maps.values(), strict=True):
+        assert torch.equal(weights, deferred), key
