@@ -551,7 +551,7 @@ class AttentionMonitor(Callback):
                 inputs = precision.convert_input(move_data_to_device(self._fixed, device))
                 with (
                     AttentionCapture(
-                        pl_module, self.samples, self.modules, self.store_tokens, self.stats
+                        pl_module, self.samples, self.modules, self.store_tokens, self.stats, defer=True
                     ) as cap,
                     precision.forward_context(),
                 ):
