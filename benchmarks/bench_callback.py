@@ -133,7 +133,8 @@ def main() -> None:
         f"{whole['monitor_s']:.2f} | {whole['monitor_s'] / whole['plain_s']:.2f}x |"
     )
     print(
-        f"| event-file bytes added per capture (2 samples × 2 layers, 14 images) | | "
+        "| event-file bytes added per capture (2 samples × 2 layers: 16 images + 2 atlases, scalars, "
+        "histograms, Attention-tab maps) | | "
         f"{whole['bytes_per_capture'] / 1024:.0f} KiB | |"
     )
     print("\n| rendering (best of repeats) | ms |\n|---|---|")
