@@ -71,3 +71,19 @@ def test_hover_a_token_and_slide_through_training(tmp_path):
     assert screenshot.stat().st_size > 10_000
     if os.environ.get("ATTNVIZ_SCREENSHOT"):  # refresh the README's picture: ATTNVIZ_SCREENSHOT=docs/...
         shutil.copy(screenshot, os.environ["ATTNVIZ_SCREENSHOT"])
+
+
+def test_an_empty_logdir_says_no_data_yet(tmp_path):
+    _browser_or_skip()
+    base = _tensorboard(tmp_path)
+    root = base.rsplit("/data/plugin/", 1)[0]
+    result = subprocess.run(
+        ["node", str(E2E / "attention_tab.mjs"), root, str(tmp_path / "empty.png"), "--empty"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=E2E,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert "No attention data yet" in summary["topkeys"]

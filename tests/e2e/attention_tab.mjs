@@ -1,6 +1,7 @@
 // End-to-end check of the Attention tab in a real browser (Debian's Chromium driven by playwright-core).
 //
 //   node tests/e2e/attention_tab.mjs <tensorboard base url> <screenshot path> <expected top key line>
+//   node tests/e2e/attention_tab.mjs <tensorboard base url> <screenshot path> --empty
 //
 // Opens TensorBoard on the Attention tab, hovers query token 1 in the plugin's iframe, checks that the
 // top-keys panel lists <expected top key line> (e.g. "c  0.812"), moves the step slider to its first
@@ -45,6 +46,9 @@ const summary = {
   screenshot: null,
   failures: [],
 };
+
+/** Ends the empty-log-dir check early: not a failure. */
+class EmptyDone extends Error {}
 
 function fail(message) {
   summary.failures.push(message);
@@ -99,6 +103,17 @@ try {
   if (!frame) throw new Error("the plugin iframe has no frame");
   summary.frame = frame.url();
 
+  if (expectedLine === "--empty") {
+    // an empty log dir: the tab says so instead of drawing nothing
+    const empty = frame.locator("#attnviz-empty");
+    await empty.waitFor({ state: "visible" });
+    summary.topkeys = (await empty.textContent()) || "";
+    if (!summary.topkeys.includes("No attention data yet")) fail(`unexpected empty message: ${summary.topkeys}`);
+    await page.screenshot({ path: screenshotPath, fullPage: true });
+    summary.screenshot = screenshotPath;
+    throw new EmptyDone();
+  }
+
   const token = frame.locator(`.attnviz-token[data-index="1"]`);
   await token.waitFor({ state: "visible" });
   const stepLabel = frame.locator("#attnviz-step-label");
@@ -137,7 +152,7 @@ try {
   const errorBox = frame.locator("#attnviz-error");
   if (await errorBox.isVisible()) fail(`the tab shows an error: ${await errorBox.textContent()}`);
 } catch (error) {
-  fail(`${error.name}: ${error.message}`);
+  if (!(error instanceof EmptyDone)) fail(`${error.name}: ${error.message}`);
   if (page && !summary.screenshot) {
     // what the page showed when it failed, for whoever reads the log
     await page
