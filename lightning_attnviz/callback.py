@@ -223,7 +223,11 @@ class AttentionMonitor(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(samples=self.samples, modules=repr(self.modules))
+        # a predicate's repr holds a memory address: name it by its qualified name so a resumed run matches
+        modules = (
+            getattr(self.modules, "__qualname__", None) if callable(self.modules) else repr(self.modules)
+        )
+        return self._generate_state_key(samples=self.samples, modules=modules)
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -343,7 +347,7 @@ class AttentionMonitor(Callback):
         first = not self._modules_logged
         self._modules_logged = True
         keys = self._select_layers(list(cap.planned))
-        grid, plots, epoch = self._grid, self._plots, trainer.current_epoch
+        grid, plots, epoch, fixed = self._grid, self._plots, trainer.current_epoch, self._fixed
         sink = self.sink_tokens or (grid.prefix_tokens if grid is not None and grid.prefix_tokens else 1)
         diagnose = not trainer.sanity_checking  # an untrained model's uniform heads are no news
 
@@ -363,7 +367,7 @@ class AttentionMonitor(Callback):
                 log.write_modules(writer, modules, step)
             if first and stats:
                 log.write_layout(writer, [st.layer for st in stats])
-            labels = self._labels()
+            labels = self._labels(fixed, grid)
             views = make_views(selected, labels, self.max_tokens)
             drift = self._update_history(views, f"step {step} · ep {epoch}")
             if stats:
@@ -374,7 +378,7 @@ class AttentionMonitor(Callback):
                 {(v.sample, v.layer): self._history.strip(v) for v in views} if "evolution" in plots else {}
             )
             pictures = render_views(views, step, plots, self.heads, self.top_k, strips)
-            images = self._images() if grid is not None else []
+            images = self._images(fixed) if grid is not None else []
             if images:
                 pictures += render_vision(
                     selected, grid, images, step, plots, self.rollout_fusion, self.rollout_discard
@@ -406,10 +410,9 @@ class AttentionMonitor(Callback):
             maps.append((log.map_tag(view), log.encode_map(view, step, image, grid if on_grid else None)))
         log.write_plugin_maps(self._writer, maps, step)
 
-    def _images(self) -> list[np.ndarray]:
+    def _images(self, fixed: Any) -> list[np.ndarray]:
         """The fixed samples' images as the user sees them: ``pixel_values`` of a dict, else the first
         float tensor shaped ``(N, C, H, W)``, un-normalised with ``image_mean``/``image_std``."""
-        fixed = self._fixed
         found: list[Tensor] = []
         if isinstance(fixed, Mapping) and isinstance(fixed.get("pixel_values"), Tensor):
             found.append(fixed["pixel_values"])
@@ -581,10 +584,10 @@ class AttentionMonitor(Callback):
             )
         return chosen
 
-    def _labels(self) -> list[list[str] | None]:
-        ids = _token_ids(self._fixed)
+    def _labels(self, fixed: Any, grid: PatchGrid | None) -> list[list[str] | None]:
+        """Token labels of the fixed samples; image tokens: CLS / prefix, then patches by row and column."""
+        ids = _token_ids(fixed)
         if ids is None or self.label_tokens is None:
-            grid = self._grid  # image tokens: CLS / registers, then patches by row and column
             return [None if grid is None else grid.labels()] * self.samples
         return [list(self.label_tokens(row.tolist())) for row in ids]
 

@@ -111,6 +111,7 @@ class AttentionCapture:
         # defer: taps keep detached copies of their inputs (sampled rows only) and the weights are
         # computed when `records` is first read, e.g. on a writer thread while training goes on
         self.defer = defer
+        self._on_cuda = False
         self._pending: list[tuple[str, str, int, Callable[[], Computed], dict[str, Any]]] = []
         self.model = _unwrap_compiled(model)
         self.samples = samples
@@ -129,9 +130,13 @@ class AttentionCapture:
     @property
     def records(self) -> dict[str, AttentionMap]:
         """``{key: AttentionMap}`` in forward order (computing what ``defer`` left pending)."""
+        if self._pending and self._on_cuda:
+            torch.cuda.synchronize()  # the copies were made on the training thread's stream
         while self._pending:
             key, name, call, compute, meta = self._pending.pop(0)
             self._run(key, name, call, compute, meta)
+        if self._on_cuda:
+            torch.cuda.synchronize()  # done reading the copies before their memory is reused
         return self._records
 
     @property
@@ -149,7 +154,10 @@ class AttentionCapture:
 
     def keep(self, t: Tensor | None) -> Tensor | None:
         """``t`` itself, or with ``defer`` a detached copy that later training cannot change."""
-        return t if t is None or not self.defer else t.detach().clone()
+        if t is None or not self.defer:
+            return t
+        self._on_cuda = self._on_cuda or t.is_cuda
+        return t.detach().clone()
 
     # -- install / remove -------------------------------------------------------------------------
 
@@ -469,11 +477,10 @@ class _Interceptor(TorchFunctionMode):
 
     def _sdpa(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
         bound = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
-        q, k, mask = (
-            cap.keep(bound["query"][: cap.samples]),
-            cap.keep(bound["key"][: cap.samples]),
-            bound.get("attn_mask"),
-        )
+        q, k, mask = bound["query"], bound["key"], bound.get("attn_mask")
+        if mask is not None and mask.dim() == q.dim() and mask.shape[0] > 1:
+            mask = mask[: cap.samples]  # a learned bias passed as the mask may change after this step
+        q, k, mask = cap.keep(q[: cap.samples]), cap.keep(k[: cap.samples]), cap.keep(mask)
         gqa = bool(bound.get("enable_gqa", False))
         scale = bound.get("scale")
         causal = bool(bound.get("is_causal", False))

@@ -272,3 +272,12 @@ def test_hugging_face_model_fed_dicts_with_several_loggers(tmp_path):
     )
     text = events.Tensors(MODULES_TAG + "/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| bert.encoder.layer.0.attention.self | BertSelfAttention | 4 | sdpa |" in text
+
+
+def test_state_key_is_stable_across_processes_for_a_predicate():
+    def is_attention(name, module):
+        return name.endswith("attn")
+
+    key = AttentionMonitor(modules=is_attention).state_key
+    assert "0x" not in key and "is_attention" in key  # a memory address would never match on resume
+    assert AttentionMonitor(modules=is_attention).state_key == key

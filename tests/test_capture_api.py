@@ -196,10 +196,24 @@ def test_maps_are_freed_as_soon_as_the_capture_is_dropped(gpt):
         gc.enable()
 
 
-@pytest.mark.parametrize("kind", ["sdpa", "eager", "encoder_padding", "mha_3d_mask"])
+class BiasAttention(nn.Module):
+    """SDPA with a learned additive bias passed as the mask: it changes in place with training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(3, 2, 5, 5))
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias)
+
+
+@pytest.mark.parametrize("kind", ["sdpa", "eager", "encoder_padding", "mha_3d_mask", "learned_bias"])
 def test_deferred_capture_equals_immediate_even_if_the_model_changes_after(kind):
     """`defer=True` keeps copies of the sampled inputs and computes the weights when read."""
-    if kind in ("sdpa", "eager"):
+    if kind == "learned_bias":
+        model = BiasAttention()
+        args = (torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4))
+    elif kind in ("sdpa", "eager"):
         model = GPT(GPTConfig(flash=kind == "sdpa")).eval()
         args = (torch.randint(0, 32, (4, 9)),)
     elif kind == "encoder_padding":
