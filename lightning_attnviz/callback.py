@@ -343,6 +343,7 @@ class AttentionMonitor(Callback):
         self._last_step = step
         if worker is None:
             return  # a rank that only takes part in the forward (FSDP): rank 0 draws
+        cap.on_warning = worker.warn  # deferred failures surface on the training thread
         modules = [] if self._modules_logged else self._module_rows(pl_module, cap.planned)
         first = not self._modules_logged
         self._modules_logged = True

@@ -112,6 +112,8 @@ class AttentionCapture:
         # computed when `records` is first read, e.g. on a writer thread while training goes on
         self.defer = defer
         self._on_cuda = False
+        # where a failed computation is reported; the callback routes deferred ones to the training thread
+        self.on_warning: Callable[[str], None] | None = None
         self._pending: list[tuple[str, str, int, Callable[[], Computed], dict[str, Any]]] = []
         self.model = _unwrap_compiled(model)
         self.samples = samples
@@ -432,12 +434,14 @@ class AttentionCapture:
             self.planned.pop(key, None)
             if name not in self._failed:
                 self._failed.add(name)
-                warnings.warn(
+                message = (
                     f"Could not compute attention weights for {name!r} ({type(err).__name__}: {err}); "
-                    "the model's own output is unaffected.",
-                    UserWarning,
-                    stacklevel=3,
+                    "the model's own output is unaffected."
                 )
+                if self.on_warning is not None:
+                    self.on_warning(message)
+                else:
+                    warnings.warn(message, UserWarning, stacklevel=3)
             return
         self._records[key] = AttentionMap(
             key=key,
