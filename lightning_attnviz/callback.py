@@ -9,12 +9,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning_fabric.utilities.apply_func import apply_to_collection, move_data_to_device
+from lightning_fabric.utilities.apply_func import move_data_to_device
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
-from torch import Tensor
 
 from lightning_attnviz import log
 from lightning_attnviz.capture import AttentionCapture, AttentionMap
@@ -22,7 +21,9 @@ from lightning_attnviz.discover import ModuleSelector, find_attention
 from lightning_attnviz.reduce import AttentionView, History, LayerStats, layer_stats, make_views
 from lightning_attnviz.render import PLOT_KINDS, render_views
 from lightning_attnviz.render_vision import VISION_PLOTS, render_vision
-from lightning_attnviz.vision import HEAD_FUSIONS, HeadFusion, PatchGrid, find_grid, unnormalize
+from lightning_attnviz.samples import default_forward, first_rows, tensors, token_labeller, token_labels
+from lightning_attnviz.samples import images as sample_images
+from lightning_attnviz.vision import HEAD_FUSIONS, HeadFusion, PatchGrid, find_grid
 
 ForwardFn = Callable[[LightningModule, Any], Any]
 _UNIFORM_CAPTURES = 3  # a head uniform at this many captures in a row gets a warning
@@ -180,7 +181,7 @@ class AttentionMonitor(Callback):
         self.modules = modules
         self.layers = None if layers is None else list(layers)
         self.heads = list(heads)
-        self.label_tokens = _token_labeller(tokens)
+        self.label_tokens = token_labeller(tokens)
         self.plots = None if plots is None else tuple(plots)  # None: chosen in setup (text or vision)
         self.max_tokens = max_tokens
         self.store_tokens = store_tokens
@@ -206,7 +207,7 @@ class AttentionMonitor(Callback):
         self._warned_grid = False
         self._capture_everywhere = False
 
-        self._fixed: Any = None if sample_input is None else _first_rows(sample_input, samples)
+        self._fixed: Any = None if sample_input is None else first_rows(sample_input, samples)
         self._train_fixed: Any = None  # fallback samples when no validation batch ever runs
         self._writer: Any = None
         self._worker: log.BackgroundWriter | None = None
@@ -282,14 +283,14 @@ class AttentionMonitor(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self._fixed is None and self._enabled:
-            self._fixed = _first_rows(batch, self.samples)
+            self._fixed = first_rows(batch, self.samples)
             self._warn_few_samples(self._fixed)
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._train_fixed is None and self._enabled:
-            self._train_fixed = _first_rows(batch, self.samples)
+            self._train_fixed = first_rows(batch, self.samples)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -368,7 +369,7 @@ class AttentionMonitor(Callback):
                 log.write_modules(writer, modules, step)
             if first and stats:
                 log.write_layout(writer, [st.layer for st in stats])
-            labels = self._labels(fixed, grid)
+            labels = token_labels(fixed, self.label_tokens, grid, self.samples)
             views = make_views(selected, labels, self.max_tokens)
             drift = self._update_history(views, f"step {step} · ep {epoch}")
             if stats:
@@ -379,7 +380,7 @@ class AttentionMonitor(Callback):
                 {(v.sample, v.layer): self._history.strip(v) for v in views} if "evolution" in plots else {}
             )
             pictures = render_views(views, step, plots, self.heads, self.top_k, strips)
-            images = self._images(fixed) if grid is not None else []
+            images = sample_images(fixed, self.image_mean, self.image_std) if grid is not None else []
             if images:
                 pictures += render_vision(
                     selected, grid, images, step, plots, self.rollout_fusion, self.rollout_discard
@@ -411,21 +412,8 @@ class AttentionMonitor(Callback):
             maps.append((log.map_tag(view), log.encode_map(view, step, image, grid if on_grid else None)))
         log.write_plugin_maps(self._writer, maps, step)
 
-    def _images(self, fixed: Any) -> list[np.ndarray]:
-        """The fixed samples' images as the user sees them: ``pixel_values`` of a dict, else the first
-        float tensor shaped ``(N, C, H, W)``, un-normalised with ``image_mean``/``image_std``."""
-        found: list[Tensor] = []
-        if isinstance(fixed, Mapping) and isinstance(fixed.get("pixel_values"), Tensor):
-            found.append(fixed["pixel_values"])
-        apply_to_collection(
-            fixed, Tensor, lambda t: found.append(t) if t.is_floating_point() and t.dim() == 4 else None
-        )
-        if not found:
-            return []
-        return [unnormalize(image, self.image_mean, self.image_std) for image in found[0].float()]
-
     def _warn_few_samples(self, fixed: Any) -> None:
-        rows = [t.shape[0] for t in _tensors(fixed) if t.dim() > 0]
+        rows = [t.shape[0] for t in tensors(fixed) if t.dim() > 0]
         if rows and max(rows) < self.samples:
             rank_zero_warn(
                 f"AttentionMonitor: the first validation batch has only {max(rows)} row(s), fewer than "
@@ -585,13 +573,6 @@ class AttentionMonitor(Callback):
             )
         return chosen
 
-    def _labels(self, fixed: Any, grid: PatchGrid | None) -> list[list[str] | None]:
-        """Token labels of the fixed samples; image tokens: CLS / prefix, then patches by row and column."""
-        ids = _token_ids(fixed)
-        if ids is None or self.label_tokens is None:
-            return [None if grid is None else grid.labels()] * self.samples
-        return [list(self.label_tokens(row.tolist())) for row in ids]
-
     def _module_rows(self, pl_module: LightningModule, planned: dict[str, tuple[str, str]]) -> list[tuple]:
         """name, type, heads and capture path of every attention module, for the text table."""
         paths: dict[str, set[str]] = {}
@@ -602,54 +583,6 @@ class AttentionMonitor(Callback):
             via = ", ".join(sorted(paths.get(site.name, ()))) or "not called"
             rows.append((site.name, site.module_type, site.num_heads or "?", via))
         return rows
-
-
-def default_forward(pl_module: LightningModule, inputs: Any) -> Any:
-    """``pl_module(x)`` for a tensor, ``pl_module(batch[0])`` for a tuple/list, ``pl_module(**d)``
-    for a dict."""
-    if isinstance(inputs, Mapping):
-        return pl_module(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return pl_module(inputs[0])
-    return pl_module(inputs)
-
-
-def _first_rows(batch: Any, samples: int) -> Any:
-    """The first ``samples`` rows of every tensor in ``batch``, detached, cloned, on the CPU."""
-    return apply_to_collection(batch, Tensor, lambda t: t[:samples].detach().to("cpu", copy=True))
-
-
-def _tensors(inputs: Any) -> list[Tensor]:
-    found: list[Tensor] = []
-    apply_to_collection(inputs, Tensor, found.append)
-    return found
-
-
-def _token_ids(inputs: Any) -> Tensor | None:
-    """The token ids of the fixed samples: ``input_ids`` of a dict, else the first integer tensor."""
-    if isinstance(inputs, Mapping) and isinstance(inputs.get("input_ids"), Tensor):
-        return inputs["input_ids"]
-    found: list[Tensor] = []
-    apply_to_collection(inputs, Tensor, lambda t: found.append(t) if not t.is_floating_point() else None)
-    ids = [t for t in found if t.dim() == 2 and t.dtype not in (torch.bool,)]
-    return ids[0] if ids else None
-
-
-def _token_labeller(tokens: Tokens) -> Callable[[list[int]], Sequence[str]] | None:
-    if tokens is None:
-        return None
-    if hasattr(tokens, "convert_ids_to_tokens"):
-        return tokens.convert_ids_to_tokens
-    if isinstance(tokens, Mapping):
-        return lambda ids: [str(tokens.get(i, i)) for i in ids]
-    if isinstance(tokens, Sequence) and not isinstance(tokens, str):
-        return lambda ids: [str(tokens[i]) if 0 <= i < len(tokens) else str(i) for i in ids]
-    if callable(tokens):
-        return tokens
-    raise TypeError(
-        "`tokens` must be None, a tokenizer with convert_ids_to_tokens, a vocabulary (list or dict "
-        f"id -> str) or a function ids -> labels; got {type(tokens).__name__}"
-    )
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

@@ -1,0 +1,91 @@
+"""The fixed samples: how they are taken from a batch, run through the model, labelled and shown."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from lightning_fabric.utilities.apply_func import apply_to_collection
+from pytorch_lightning import LightningModule
+from torch import Tensor
+
+from lightning_attnviz.vision import PatchGrid, unnormalize
+
+Tokens = None | Sequence[str] | Mapping[int, str] | Callable[[list[int]], Sequence[str]] | Any
+
+
+def default_forward(pl_module: LightningModule, inputs: Any) -> Any:
+    """``pl_module(x)`` for a tensor, ``pl_module(batch[0])`` for a tuple/list, ``pl_module(**d)``
+    for a dict."""
+    if isinstance(inputs, Mapping):
+        return pl_module(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return pl_module(inputs[0])
+    return pl_module(inputs)
+
+
+def first_rows(batch: Any, samples: int) -> Any:
+    """The first ``samples`` rows of every tensor in ``batch``, detached, cloned, on the CPU."""
+    return apply_to_collection(batch, Tensor, lambda t: t[:samples].detach().to("cpu", copy=True))
+
+
+def tensors(inputs: Any) -> list[Tensor]:
+    """Every tensor in a batch (tensors, tuples, lists, dicts)."""
+    found: list[Tensor] = []
+    apply_to_collection(inputs, Tensor, found.append)
+    return found
+
+
+def token_ids(inputs: Any) -> Tensor | None:
+    """The token ids of the fixed samples: ``input_ids`` of a dict, else the first integer tensor."""
+    if isinstance(inputs, Mapping) and isinstance(inputs.get("input_ids"), Tensor):
+        return inputs["input_ids"]
+    found: list[Tensor] = []
+    apply_to_collection(inputs, Tensor, lambda t: found.append(t) if not t.is_floating_point() else None)
+    ids = [t for t in found if t.dim() == 2 and t.dtype not in (torch.bool,)]
+    return ids[0] if ids else None
+
+
+def token_labeller(tokens: Tokens) -> Callable[[list[int]], Sequence[str]] | None:
+    """``ids -> labels`` from a tokenizer, a vocabulary (list or dict) or a function; ``None``: positions.
+
+    Raises:
+        TypeError: ``tokens`` is none of these.
+    """
+    if tokens is None:
+        return None
+    if hasattr(tokens, "convert_ids_to_tokens"):
+        return tokens.convert_ids_to_tokens
+    if isinstance(tokens, Mapping):
+        return lambda ids: [str(tokens.get(i, i)) for i in ids]
+    if isinstance(tokens, Sequence) and not isinstance(tokens, str):
+        return lambda ids: [str(tokens[i]) if 0 <= i < len(tokens) else str(i) for i in ids]
+    if callable(tokens):
+        return tokens
+    raise TypeError(
+        "`tokens` must be None, a tokenizer with convert_ids_to_tokens, a vocabulary (list or dict "
+        f"id -> str) or a function ids -> labels; got {type(tokens).__name__}"
+    )
+
+
+def token_labels(
+    fixed: Any, labeller: Callable[[list[int]], Sequence[str]] | None, grid: PatchGrid | None, count: int
+) -> list[list[str] | None]:
+    """Labels per sample: decoded token ids, or for images CLS / prefix then patches by row and column,
+    or ``None`` (positions)."""
+    ids = token_ids(fixed)
+    if ids is None or labeller is None:
+        return [None if grid is None else grid.labels()] * count
+    return [list(labeller(row.tolist())) for row in ids]
+
+
+def images(fixed: Any, mean: Sequence[float] | None, std: Sequence[float] | None) -> list[np.ndarray]:
+    """The fixed samples' images as the user sees them: ``pixel_values`` of a dict, else the first
+    float tensor shaped ``(N, C, H, W)``, un-normalised with ``mean``/``std``."""
+    found: list[Tensor] = []
+    if isinstance(fixed, Mapping) and isinstance(fixed.get("pixel_values"), Tensor):
+        found.append(fixed["pixel_values"])
+    found += [t for t in tensors(fixed) if t.is_floating_point() and t.dim() == 4]
+    return [unnormalize(image, mean, std) for image in found[0].float()] if found else []
