@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,14 @@ from lightning_attnviz.discover import ModuleSelector, find_attention
 from lightning_attnviz.reduce import AttentionView, History, LayerStats, layer_stats, make_views
 from lightning_attnviz.render import PLOT_KINDS, render_views
 from lightning_attnviz.render_vision import VISION_PLOTS, render_vision
-from lightning_attnviz.samples import default_forward, first_rows, tensors, token_labeller, token_labels
+from lightning_attnviz.samples import (
+    Tokens,
+    default_forward,
+    first_rows,
+    tensors,
+    token_labeller,
+    token_labels,
+)
 from lightning_attnviz.samples import images as sample_images
 from lightning_attnviz.vision import HEAD_FUSIONS, HeadFusion, PatchGrid, find_grid
 
@@ -31,7 +38,6 @@ ALL_PLOTS = (*PLOT_KINDS, *VISION_PLOTS)
 TEXT_DEFAULT_PLOTS = PLOT_KINDS
 # arrows between 197 patch tokens say little; the image overlays say it better
 VISION_DEFAULT_PLOTS = (*VISION_PLOTS, "heatmap", "heads", "atlas", "evolution")
-Tokens = None | Sequence[str] | Mapping[int, str] | Callable[[list[int]], Sequence[str]] | Any
 
 
 class AttentionMonitor(Callback):
