@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import matplotlib
 import numpy as np
@@ -282,7 +281,6 @@ def _to_array(fig: Figure) -> np.ndarray:
     return array
 
 
-PlotKind = Literal["heatmap", "heads", "arrows", "atlas", "evolution"]
 PLOT_KINDS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution")
 
 
