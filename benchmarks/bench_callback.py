@@ -18,26 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from nlp_demo import VOCAB, Reverser, reversal_data
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import _trainer
+
 from lightning_attnviz import AttentionMonitor
 from lightning_attnviz.reduce import AttentionView
 from lightning_attnviz.render import atlas, head_grid, heatmap
-
-
-def _trainer(logdir: str, callbacks: list, **kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        logger=TensorBoardLogger(logdir, name="bench"),
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
 
 
 def _event_bytes(logdir: str) -> int:

@@ -38,6 +38,20 @@ def _browser_or_skip() -> None:
         pytest.skip(message)
 
 
+def _drive(plugin_base: str, screenshot: Path, expected: str) -> dict:
+    """Run tests/e2e/attention_tab.mjs against the TensorBoard serving ``plugin_base``; its JSON summary."""
+    root = plugin_base.rsplit("/data/plugin/", 1)[0]
+    result = subprocess.run(
+        ["node", str(E2E / "attention_tab.mjs"), root, str(screenshot), expected],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=E2E,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout[result.stdout.index("{") :])
+
+
 def test_hover_a_token_and_slide_through_training(tmp_path):
     _browser_or_skip()
     trainer = make_trainer(tmp_path, [AttentionMonitor(tokens=VOCAB, plots=["heatmap"])], max_epochs=3)
@@ -56,16 +70,7 @@ def test_hover_a_token_and_slide_through_training(tmp_path):
     expected = f"{header['k_labels'][top]}  {row[top]:.3f}"
 
     screenshot = tmp_path / "attention_tab.png"
-    root = base.rsplit("/data/plugin/", 1)[0]
-    result = subprocess.run(
-        ["node", str(E2E / "attention_tab.mjs"), root, str(screenshot), expected],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=E2E,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    summary = _drive(base, screenshot, expected)
     assert summary["ok"] and summary["canvas_changed"], summary
     assert expected in summary["topkeys"]
     assert screenshot.stat().st_size > 10_000
@@ -75,15 +80,5 @@ def test_hover_a_token_and_slide_through_training(tmp_path):
 
 def test_an_empty_logdir_says_no_data_yet(tmp_path):
     _browser_or_skip()
-    base = _tensorboard(tmp_path)
-    root = base.rsplit("/data/plugin/", 1)[0]
-    result = subprocess.run(
-        ["node", str(E2E / "attention_tab.mjs"), root, str(tmp_path / "empty.png"), "--empty"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=E2E,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    summary = _drive(_tensorboard(tmp_path), tmp_path / "empty.png", "--empty")
     assert "No attention data yet" in summary["topkeys"]
