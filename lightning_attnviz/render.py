@@ -1,29 +1,152 @@
 """Draw attention views as ``uint8`` RGB arrays, shape ``(H, W, 3)`` (TensorBoard's ``HWC``).
 
-Matplotlib's object API only (``Figure`` + ``FigureCanvasAgg``): no pyplot, no global state, so it is
-safe off the main thread. Grids of many maps are composed as arrays (numpy + a colormap) and shown in
-one axes: 144 axes cost about 2 s per image, one array about 20 ms.
+Pictures are composed as numpy arrays with :mod:`lightning_attnviz.layout` (text rasterised once and
+cached, no matplotlib artists), so a 64-token heatmap costs milliseconds, not the 0.4 s matplotlib's
+per-label text draws took, and nothing global is touched: safe on any thread.
+
+Colour scale: a cell shows its share of the row's weight against uniform, ``1/n`` over the row's
+``n`` visible keys, on a log scale with base ``n``: ``v = 1 + log(w) / log(n)`` is 1 for one-hot, 0 for
+uniform and -1 for ``1/n²``. Uniform sits at a fixed, calm colour (:data:`UNIFORM_RGB`), peaked rows turn
+yellow, ignored keys dark. The scale has no free parameter, so every tile of a grid, every panel of a
+strip and every frame of a GIF is on the same scale by construction, and a causal map's short early
+rows read as they should (one key of one is not "hot", one key of 64 is).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection
-from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
 
+from lightning_attnviz import layout
+from lightning_attnviz.layout import Canvas
 from lightning_attnviz.reduce import AttentionView
 
 CMAP = "viridis"
 MASKED_RGB = (215, 215, 215)  # hidden positions (padding, causal future): light gray, not a weight
-_DPI = 100
-_TILE = 72  # pixels a grid tile is scaled up towards
-_LUT = (matplotlib.colormaps[CMAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+UNIFORM_AT = 0.4  # where uniform sits on the colormap: a calm blue, clear of both ends
+MAX_CELLS = 128  # rows/columns drawn at most; longer axes are block-pooled for display
+MAX_LABEL = 16  # characters of a token label drawn
+_LUT = (matplotlib.colormaps[CMAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+_DIFF_LUT = (matplotlib.colormaps["RdBu_r"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+UNIFORM_RGB = tuple(int(c) for c in _LUT[round(UNIFORM_AT * 255)])
+TOP_RGB = tuple(int(c) for c in _LUT[255])
+TICKS = ((1.0, "1  one-hot"), (UNIFORM_AT + (1 - UNIFORM_AT) / 2, "1/√n"), (UNIFORM_AT, "1/n  uniform"),
+         (UNIFORM_AT / 2, "1/n√n"), (0.0, "≤ 1/n²"))  # fmt: skip
+SCALE_NOTE = "colour: share of the row's weight vs. uniform 1/n (n = visible keys in the row), log scale"
+_PAD, _LABEL = layout.PAD, layout.LABEL
+_BAR = (_LUT, TICKS)
+
+
+def levels(weights: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
+    """Position on the colormap, ``0..1``, of each weight; NaN where hidden or not finite.
+
+    Shape:
+        weights: ``(..., q, k)``; visible broadcastable to it.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    hidden = ~np.isfinite(w) if visible is None else ~np.isfinite(w) | ~np.asarray(visible, dtype=bool)
+    w = np.where(hidden, 0.0, np.maximum(w, 0.0))
+    n = (~hidden).sum(axis=-1, keepdims=True)
+    total = w.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):  # thread-local, unlike warnings filters
+        share = np.where(total > 0, w / total, 0.0)
+        v = np.where(n > 1, 1 + np.log(share) / np.log(np.maximum(n, 2)), np.where(share > 0, 1.0, -1.0))
+    t = np.where(v < 0, (v + 1) * UNIFORM_AT, UNIFORM_AT + v * (1 - UNIFORM_AT))
+    return np.where(hidden, np.nan, np.clip(t, 0.0, 1.0))
+
+
+def colorize(weights: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
+    """Weights → RGB on the uniform-relative scale; hidden and non-finite cells :data:`MASKED_RGB`.
+
+    Shape:
+        weights: ``(..., q, k)``; returns ``(..., q, k, 3)`` uint8.
+    """
+    t = levels(weights, visible)
+    rgb = _LUT[np.nan_to_num(t * 255).round().astype(np.uint8)]
+    rgb[np.isnan(t)] = MASKED_RGB
+    return rgb
+
+
+def _colorize_diff(diff: np.ndarray, visible: np.ndarray | None, span: float) -> np.ndarray:
+    """Signed change → RGB on a symmetric ±span scale, white at zero, hidden cells gray."""
+    rgb = _DIFF_LUT[np.clip((np.nan_to_num(diff) / span + 1) * 127.5, 0, 255).round().astype(np.uint8)]
+    if visible is not None:
+        rgb[~visible] = MASKED_RGB
+    return rgb
+
+
+def _clean(label: str) -> str:
+    """A token label as drawn: whitespace made visible, at most :data:`MAX_LABEL` characters."""
+    label = str(label)[: 4 * MAX_LABEL].replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+    return layout.shorten(label, MAX_LABEL)
+
+
+def _bound(
+    weights: np.ndarray, visible: np.ndarray | None, labels: Sequence[str], axis: int
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Block-pool ``axis`` (-2 queries: mean, -1 keys: sum, as ``reduce.pool_view``) to at most
+    :data:`MAX_CELLS`, so no input makes a picture unbounded; labels cleaned, one per kept block."""
+    size = weights.shape[axis]
+    labels = list(labels) if len(labels) == size else [str(i) for i in range(size)]
+    block = math.ceil(size / MAX_CELLS)
+    if block > 1:
+
+        def pool(a: np.ndarray, reduce) -> np.ndarray:
+            a = np.moveaxis(a, axis, -1)
+            a = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, -size % block)])
+            return np.moveaxis(reduce(a.reshape(*a.shape[:-1], -1, block), axis=-1), -1, axis)
+
+        if visible is not None:
+            visible = pool(np.broadcast_to(visible, weights.shape), np.any)
+        weights = pool(weights, np.mean if axis == -2 else np.sum)
+        labels = [f"{labels[i]}…" for i in range(0, size, block)]
+    return weights, visible, [_clean(label) for label in labels]
+
+
+def _bounded(weights, visible, q_labels, k_labels):
+    weights, visible, q_labels = _bound(np.asarray(weights, dtype=np.float32), visible, q_labels, -2)
+    weights, visible, k_labels = _bound(weights, visible, k_labels, -1)
+    return weights, visible, q_labels, k_labels
+
+
+def draw_heatmap(
+    weights: np.ndarray,
+    visible: np.ndarray | None,
+    q_labels: Sequence[str],
+    k_labels: Sequence[str],
+    title: layout.Title,
+    note: str = "",
+) -> Canvas:
+    """:func:`heatmap` with its layout: ``boxes["map"]`` is the map area, one ``cell`` per token,
+    and ``texts`` the strings as drawn."""
+    weights, visible, q_labels, k_labels = _bounded(weights, visible, q_labels, k_labels)
+    q_len, k_len = weights.shape
+    cell = int(np.clip(704 // max(q_len, k_len), 6, 28))
+    every = layout.stride(cell)
+    label_w = max((layout.width(t, _LABEL) for t in q_labels[::every] + k_labels[::every]), default=0)
+    caption = layout.line_height(_LABEL)
+    map_x = _PAD + caption + 4 + label_w + 4
+    width = max(map_x + k_len * cell + 14 + layout.colorbar_width(TICKS) + _PAD, 480)
+    top = layout.header_height(title, width)
+    foot, foot_h = layout.footer(f"{_notes(note, masked=visible is not None)}\n{SCALE_NOTE}", width)
+    map_h, bar_h = q_len * cell, max(q_len * cell, 160)
+    below = 4 + label_w + 4 + caption
+    canvas = Canvas(top + max(map_h, bar_h) + below + foot_h, width)
+    canvas.paste(layout.scale_up(colorize(weights, visible), cell), map_x, top, "map")
+    for i in range(0, q_len, every):
+        canvas.text(q_labels[i], map_x - 4, top + (i + 0.5) * cell, _LABEL, anchor="rm")
+    for j in range(0, k_len, every):
+        canvas.text(k_labels[j], map_x + (j + 0.5) * cell, top + map_h + 4, _LABEL, anchor="ct", rotate=True)
+    canvas.text("query", _PAD, top + map_h / 2, _LABEL, anchor="lm", rotate=True, color=layout.GRAY)
+    canvas.text("key", map_x + k_len * cell / 2, top + map_h + below, _LABEL, anchor="cb", color=layout.GRAY)
+    layout.colorbar(canvas, _LUT, map_x + k_len * cell + 14, top, bar_h, TICKS)
+    return layout.finish(canvas, title, foot)
 
 
 def heatmap(
@@ -31,170 +154,22 @@ def heatmap(
     visible: np.ndarray | None,
     q_labels: Sequence[str],
     k_labels: Sequence[str],
-    title: str,
+    title: layout.Title,
     note: str = "",
 ) -> np.ndarray:
     """Query rows × key columns of one map, labelled with the tokens, with a colorbar.
 
-    Shape:
-        weights, visible: ``(q, k)``.
-    """
-    q_len, k_len = weights.shape
-    longest = max(q_len, k_len)
-    cell = 0.24 if longest <= 16 else 0.16 if longest <= 40 else 0.12  # inches per token
-    fontsize = 8 if longest <= 40 else 6
-    char = fontsize / 72 * 0.62  # inches per label character
-    left = 0.45 + char * max(map(len, q_labels), default=1)
-    bottom = 0.55 + char * max(map(len, k_labels), default=1)
-    top, right = 0.45, 0.95
-    width = max(left + k_len * cell + right, 3.6)
-    height = max(bottom + q_len * cell + top, 2.6)
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    ax = fig.add_axes((left / width, bottom / height, k_len * cell / width, q_len * cell / height))
-    hidden = ~np.isfinite(weights) if visible is None else ~visible | ~np.isfinite(weights)
-    data = np.ma.masked_array(weights, mask=hidden)
-    cmap = matplotlib.colormaps[CMAP].with_extremes(bad=np.array(MASKED_RGB) / 255)
-    ax.imshow(data, cmap=cmap, vmin=0.0, vmax=_vmax(weights, visible), aspect="auto", interpolation="nearest")
-    # Labels as plain text, not ticks: matplotlib's Tick objects cost ~3 ms per token.
-    ax.set_xticks([])
-    ax.set_yticks([])
-    below, beside = ax.get_xaxis_transform(), ax.get_yaxis_transform()
-    for j, label in enumerate(k_labels):
-        ax.text(j, -0.012, label, transform=below, rotation=90, ha="center", va="top", fontsize=fontsize)
-    for i, label in enumerate(q_labels):
-        ax.text(-0.012, i, label, transform=beside, ha="right", va="center", fontsize=fontsize)
-    fig.text((left + k_len * cell / 2) / width, 0.3 / height, "key", ha="center", fontsize=8)
-    fig.text(
-        0.12 / width, (bottom + q_len * cell / 2) / height, "query", va="center", rotation=90, fontsize=8
-    )
-    fig.suptitle(title, fontsize=8, y=1 - 0.08 / height, va="top")
-    # A colorbar drawn by hand: fig.colorbar's tick machinery costs more than the map itself.
-    vmax = _vmax(weights, visible)
-    cax = fig.add_axes(
-        ((left + k_len * cell + 0.12) / width, bottom / height, 0.14 / width, q_len * cell / height)
-    )
-    cax.imshow(_LUT[::-1, None, :], aspect="auto", interpolation="nearest")
-    cax.set_xticks([])
-    cax.set_yticks([])
-    for frac in (0.0, 0.5, 1.0):
-        cax.text(1.3, frac, f"{vmax * frac:.2g}", transform=cax.transAxes, va="center", fontsize=7)
-    _footnote(fig, note, visible is not None)
-    return _to_array(fig)
-
-
-def head_grid(view: AttentionView, title: str) -> np.ndarray:
-    """Every head of one layer plus the head mean, as tiles of one image; each tile on its own scale."""
-    tiles = [_colorize(view.weights[h], _head_visible(view, h)) for h in range(view.heads)]
-    mean, mean_visible = view.head_mean()
-    tiles.append(_colorize(mean, mean_visible))
-    names = [f"head {h}" for h in range(view.heads)] + ["mean"]
-    cols = math.ceil(math.sqrt(len(tiles)))
-    rows = math.ceil(len(tiles) / cols)
-    return _tiled_figure(tiles, names, rows, cols, title, view.note, view.visible is not None)
-
-
-def atlas(views: Sequence[AttentionView], title: str) -> np.ndarray:
-    """Every layer (rows) × head (columns) of one sample, to see the whole model at a glance."""
-    heads = max(v.heads for v in views)
-    tiles: list[np.ndarray | None] = []
-    names: list[str] = []
-    for row, view in enumerate(views):
-        for h in range(heads):
-            tiles.append(_colorize(view.weights[h], _head_visible(view, h)) if h < view.heads else None)
-            names.append(f"head {h}" if row == 0 else "")
-    notes = sorted({v.note for v in views if v.note})
-    masked = any(v.visible is not None for v in views)
-    row_names = [_short(v.layer) for v in views]
-    return _tiled_figure(tiles, names, len(views), heads, title, "; ".join(notes), masked, row_names)
-
-
-def evolution(
-    maps: Sequence[np.ndarray],
-    labels: Sequence[str],
-    visible: np.ndarray | None,
-    title: str,
-    note: str = "",
-) -> np.ndarray:
-    """The same map at successive captures side by side on one shared scale, then the change since
-    the previous capture (red: more attention, blue: less).
+    Args:
+        title: a string (wrapped) or one line per item (each shortened in the middle to fit).
 
     Shape:
-        maps: each ``(q, k)``, oldest first; visible: ``(q, k)`` or ``None``.
+        weights, visible: ``(q, k)``; returns ``(H, W, 3)`` uint8.
     """
-    vmax = max(_vmax(m, visible) for m in maps)
-    tiles = [_colorize(m, visible, vmax) for m in maps]
-    names = list(labels)
-    scale = f"shared scale 0..{vmax:.2g} (viridis)"
-    if len(maps) > 1:
-        diff = maps[-1] - maps[-2]
-        tiles.append(_colorize_diff(diff, visible))
-        names.append(f"Δ since {labels[-2].split(' · ')[0]}")
-        scale += f"; Δ: red = more, blue = less (±{np.abs(diff).max():.2g})"
-    return _tiled_figure(tiles, names, 1, len(tiles), title, note, visible is not None, scale_note=scale)
+    return draw_heatmap(weights, visible, q_labels, k_labels, title, note).image
 
 
-_DIFF_LUT = (matplotlib.colormaps["RdBu_r"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
-
-
-def _colorize_diff(diff: np.ndarray, visible: np.ndarray | None) -> np.ndarray:
-    """Signed ``(q, k)`` change → RGB on a symmetric ±max scale, white at zero, hidden cells gray."""
-    span = max(float(np.abs(diff).max()), 1e-6)
-    rgb = _DIFF_LUT[np.clip((diff / span + 1) * 127.5, 0, 255).astype(np.uint8)]
-    if visible is not None:
-        rgb[~visible] = MASKED_RGB
-    return rgb
-
-
-def arrows(
-    weights: np.ndarray,
-    q_labels: Sequence[str],
-    k_labels: Sequence[str],
-    title: str,
-    top_k: int = 3,
-    note: str = "",
-) -> np.ndarray:
-    """Which token attends to which: queries left, keys right, a line from each query to its
-    ``top_k`` keys with opacity ∝ weight (bertviz's head view, as a static image).
-
-    Shape:
-        weights: ``(q, k)``.
-    """
-    q_len, k_len = weights.shape
-    height = max(3.0, max(q_len, k_len) * 0.2 + 1.4)
-    fig = Figure(figsize=(4.6, height), dpi=_DPI)
-    ax = fig.add_axes((0.2, 0.45 / height, 0.6, 1 - 1.15 / height))
-    ax.set_xlim(0, 1)
-    ax.set_ylim(max(q_len, k_len) - 0.5, -0.5)
-    ax.axis("off")
-    k = min(top_k, k_len)
-    top = np.argsort(-weights, axis=1)[:, :k]  # (q, k) key indices, strongest first
-    segments, colors = [], []
-    peak = max(float(weights.max()), 1e-12)
-    base = np.array(matplotlib.colormaps["Blues"](0.85))
-    for i in range(q_len):
-        for j in top[i]:
-            w = float(weights[i, j])
-            if w <= 0:
-                continue
-            segments.append(((0.02, i), (0.98, j)))
-            colors.append((*base[:3], min(1.0, w / peak)))
-    ax.add_collection(LineCollection(segments, colors=colors, linewidths=1.6))
-    fontsize = 8 if max(q_len, k_len) <= 40 else 6
-    for i, label in enumerate(q_labels):
-        ax.text(0.0, i, label, ha="right", va="center", fontsize=fontsize)
-    for j, label in enumerate(k_labels):
-        ax.text(1.0, j, label, ha="left", va="center", fontsize=fontsize)
-    fig.suptitle(title, fontsize=8, y=1 - 0.08 / height, va="top")
-    fig.text(0.2, 1 - 0.5 / height, "query", ha="right", va="top", fontsize=8, color="gray")
-    fig.text(0.8, 1 - 0.5 / height, "key", ha="left", va="top", fontsize=8, color="gray")
-    _footnote(fig, f"top {k} keys per query, opacity ∝ weight" + (f"; {note}" if note else ""), False)
-    return _to_array(fig)
-
-
-def _vmax(weights: np.ndarray, visible: np.ndarray | None) -> float:
-    shown = weights if visible is None else weights[visible]
-    shown = shown[np.isfinite(shown)]
-    return max(float(shown.max()) if shown.size else 0.0, 1e-6)
+def _notes(*parts: str, masked: bool = False) -> str:
+    return "; ".join([p for p in parts if p] + (["gray = masked"] if masked else []))
 
 
 def _head_visible(view: AttentionView, head: int) -> np.ndarray | None:
@@ -203,82 +178,184 @@ def _head_visible(view: AttentionView, head: int) -> np.ndarray | None:
     return view.visible[head if view.visible.shape[0] > 1 else 0]
 
 
-def _colorize(weights: np.ndarray, visible: np.ndarray | None, vmax: float | None = None) -> np.ndarray:
-    """``(q, k)`` weights → ``(q, k, 3)`` uint8 on a 0..vmax scale (default: the map's own max),
-    hidden cells gray."""
-    index = np.clip(weights / (vmax or _vmax(weights, visible)) * 255, 0, 255)
-    rgb = _LUT[np.nan_to_num(index).astype(np.uint8)]
-    rgb[~np.isfinite(weights)] = MASKED_RGB  # NaN/inf (non-finite inputs): no weight to show
-    if visible is not None:
-        rgb[~visible] = MASKED_RGB
-    return rgb
+def draw_head_grid(view: AttentionView, title: layout.Title) -> Canvas:
+    """:func:`head_grid` with its layout (``boxes[f"tile {h}"]``, the mean last)."""
+    mean, mean_visible = view.head_mean()
+    weights, visible, q_labels, k_labels = _bounded(
+        np.concatenate([view.weights, mean[None]]),
+        None if view.visible is None else np.concatenate(
+            [np.broadcast_to(view.visible, view.weights.shape), mean_visible[None]]),
+        view.q_labels, view.k_labels,
+    )  # fmt: skip
+    tiles = list(colorize(weights, visible))
+    names = [[f"head {h}"] for h in range(view.heads)] + [["mean"]]
+    cell = int(np.clip(200 // max(weights.shape[-2:]), 1, 24))
+    note = _notes(view.note, SCALE_NOTE, masked=view.visible is not None)
+    cols = math.ceil(math.sqrt(len(tiles)))
+    return layout.grid(tiles, names, cols, title, note, cell, (), q_labels, k_labels, _BAR)
 
 
-def _tiled_figure(
-    tiles: Sequence[np.ndarray | None],
-    names: Sequence[str],
-    rows: int,
-    cols: int,
-    title: str,
-    note: str,
-    masked: bool,
-    row_names: Sequence[str] = (),
-    scale_note: str = "each tile scaled 0..its max (viridis)",
-) -> np.ndarray:
-    """Lay tiles out in a grid under a title, with a name above each tile and a label left of each row.
+def head_grid(view: AttentionView, title: layout.Title) -> np.ndarray:
+    """Every head of one layer plus the head mean, labelled, all on the one uniform-relative scale."""
+    return draw_head_grid(view, title).image
 
-    Matplotlib draws only the text; the tiles are pasted into the drawn array pixel for pixel.
+
+def _common_prefix(names: Sequence[str]) -> str:
+    """The shared dotted prefix of module names (``model.bert.encoder.layer.``), whole parts only."""
+    if len(names) < 2:
+        return ""
+    prefix = names[0]
+    for name in names[1:]:
+        while not name.startswith(prefix):
+            prefix = prefix[:-1]
+    return prefix[: prefix.rfind(".") + 1]
+
+
+def draw_atlas(views: Sequence[AttentionView], title: layout.Title) -> Canvas:
+    """:func:`atlas` with its layout; row names drop the layers' common dotted prefix."""
+    heads = max(v.heads for v in views)
+    tiles: list[np.ndarray | None] = []
+    for view in views:
+        weights, visible, _, _ = _bounded(view.weights, view.visible, view.q_labels, view.k_labels)
+        tiles += [*colorize(weights, visible), *[None] * (heads - view.heads)]
+    names = [[f"head {h}"] if i < heads else [] for i, h in enumerate(list(range(heads)) * len(views))]
+    prefix = _common_prefix([v.layer for v in views])
+    rows = [layout.fit(v.layer[len(prefix) :], _LABEL, 220) for v in views]
+    notes = sorted({v.note for v in views if v.note})
+    masked = any(v.visible is not None for v in views)
+    note = _notes(f"layers {prefix}*" if prefix else "", *notes, SCALE_NOTE, masked=masked)
+    cell = int(np.clip(64 // max(t.shape[0] for t in tiles if t is not None), 1, 12))
+    return layout.grid(tiles, names, heads, title, note, cell, rows, bar=_BAR)
+
+
+def atlas(views: Sequence[AttentionView], title: layout.Title) -> np.ndarray:
+    """Every layer (rows) × head (columns) of one sample, to see the whole model at a glance."""
+    return draw_atlas(views, title).image
+
+
+@dataclass(frozen=True)
+class Strip:
+    """The evolution of one sample's layer: head-mean ``(q, k)`` float32 maps, oldest first, with the
+    step and epoch of each capture."""
+
+    maps: Sequence[np.ndarray]
+    steps: Sequence[int]
+    epochs: Sequence[int]
+
+
+MAX_STRIP = 12  # panels drawn at most (the newest)
+
+
+def draw_evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title, note: str = "") -> Canvas:
+    """:func:`evolution` with its layout; panel ``i`` at ``boxes[f"tile {i}"]``, the Δ last."""
+    maps, steps, epochs = (list(x)[-MAX_STRIP:] for x in (strip.maps, strip.steps, strip.epochs))
+    tiles, names = [], []
+    for m, step, epoch in zip(maps, steps, epochs, strict=True):
+        weights, shown, _, _ = _bounded(m, visible, [], [])
+        tiles.append(colorize(weights, shown))
+        names.append([f"step {step}", f"ep {epoch}"])
+    cell = int(np.clip(144 // max(tiles[0].shape[:2]), 2, 18))
+    scale = SCALE_NOTE
+    if len(maps) > 1:
+        diff, shown, _, _ = _bounded(maps[-1] - maps[-2], visible, [], [])
+        span = max(float(np.abs(np.nan_to_num(diff)).max()), 1e-6)
+        tiles.append(_colorize_diff(diff, shown, span))
+        names.append(["Δ step", f"{steps[-2]}→{steps[-1]}"])
+        scale += f"; Δ: weight change, red = more, blue = less, white = same (±{span:.2g})"
+    names = [[layout.fit(n, _LABEL, len(tiles[0][0]) * cell) for n in lines] for lines in names]
+    note = _notes(note, scale, masked=visible is not None)
+    return layout.grid(tiles, names, len(tiles), title, note, cell, bar=_BAR)
+
+
+def evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title, note: str = "") -> np.ndarray:
+    """The same map at successive captures on one scale, then the change since the previous capture.
+
+    Shape:
+        strip.maps: each ``(q, k)``; visible: ``(q, k)`` or ``None``.
     """
-    size_q = max(t.shape[0] for t in tiles if t is not None)
-    size_k = max(t.shape[1] for t in tiles if t is not None)
-    scale = max(1, _TILE // max(size_q, size_k))
-    th, tw, gap, label = size_q * scale, size_k * scale, 6, 14
-    margin = 10 + 5 * max(map(len, row_names), default=0)  # room for row labels, in pixels
-    top_px, bottom_px = 24, 24
-    grid_h, grid_w = rows * (th + gap + label), cols * (tw + gap)
-    height_px, width_px = grid_h + top_px + bottom_px, max(grid_w + margin + 10, 360)
-    fig = Figure(figsize=(width_px / _DPI, height_px / _DPI), dpi=_DPI)
+    return draw_evolution(strip, visible, title, note).image
 
-    def origin(index: int) -> tuple[int, int]:  # top-left pixel of a tile
-        r, c = divmod(index, cols)
-        return top_px + r * (th + gap + label) + label, margin + c * (tw + gap)
 
-    for index, name in enumerate(names):
-        if name and tiles[index] is not None:
-            y, x = origin(index)
-            fig.text(x / width_px, 1 - (y - 3) / height_px, name, fontsize=7, va="bottom")
-    for r, name in enumerate(row_names):
-        y, _ = origin(r * cols)
-        fig.text(
-            (margin - 6) / width_px, 1 - (y + th / 2) / height_px, name, fontsize=7, ha="right", va="center"
+def draw_arrows(
+    weights: np.ndarray,
+    q_labels: Sequence[str],
+    k_labels: Sequence[str],
+    title: layout.Title,
+    top_k: int = 3,
+    note: str = "",
+    visible: np.ndarray | None = None,
+) -> Canvas:
+    """:func:`arrows` with its layout (``boxes["lines"]`` is the band the lines cross)."""
+    weights, visible, q_labels, k_labels = _bounded(weights, visible, q_labels, k_labels)
+    q_len, k_len = weights.shape
+    row = int(np.clip(768 // max(q_len, k_len), 6, 24))
+    every = layout.stride(row)
+    q_w = max((layout.width(t, _LABEL) for t in q_labels[::every]), default=0)
+    k_w = max((layout.width(t, _LABEL) for t in k_labels[::every]), default=0)
+    band = 300
+    x0 = max(_PAD + q_w + 6, 60)
+    width = max(x0 + band + 6 + k_w + _PAD, 480)
+    k = min(top_k, k_len)
+    foot, foot_h = layout.footer(
+        _notes(
+            f"top {k} keys per query; opacity = how far above uniform (1/n) the weight is, none at uniform",
+            note,
+        ),
+        width,
+    )
+    top = layout.header_height(title, width) + layout.line_height(_LABEL)
+    height = top + max(q_len, k_len) * row + foot_h + 4
+    canvas = Canvas(height, width)
+    # opacity: how far above uniform the weight is, so a uniform row draws no line at all
+    level = np.nan_to_num((levels(weights, visible) - UNIFORM_AT) / (1 - UNIFORM_AT))
+    order = np.argsort(-np.where(np.isfinite(weights), weights, -1), axis=1, kind="stable")[:, :k]
+    ends = sorted(
+        (float(level[i, j]), i, int(j)) for i in range(q_len) for j in order[i] if level[i, j] > 0.02
+    )
+    mask = Image.new("L", (2 * band, 2 * max(q_len, k_len) * row))  # drawn at 2x, averaged: antialiased
+    draw = ImageDraw.Draw(mask)
+    for alpha, i, j in ends:  # weakest first: where lines cross, the stronger one shows
+        draw.line(
+            [(0, (2 * i + 1) * row), (2 * band - 1, (2 * j + 1) * row)], fill=round(255 * alpha), width=3
         )
-    fig.suptitle(title, fontsize=9, y=1 - 4 / height_px, va="top")
-    _footnote(fig, "; ".join(n for n in (scale_note, note) if n), masked)
-    image = _to_array(fig)
-    for index, tile in enumerate(tiles):
-        if tile is not None:
-            y, x = origin(index)
-            up = tile.repeat(scale, axis=0).repeat(scale, axis=1)
-            image[y : y + up.shape[0], x : x + up.shape[1]] = up
-    return image
+    canvas.blend(np.asarray(mask.reduce(2)), x0, top, (31, 90, 170))
+    canvas.boxes["lines"] = layout.Box(x0, top, band, mask.height)
+    for i in range(0, q_len, every):
+        canvas.text(q_labels[i], x0 - 6, top + (i + 0.5) * row, _LABEL, anchor="rm")
+    for j in range(0, k_len, every):
+        canvas.text(k_labels[j], x0 + band + 6, top + (j + 0.5) * row, _LABEL, anchor="lm")
+    canvas.text("query", x0 - 6, top - 2, _LABEL, anchor="rb", color=layout.GRAY)
+    canvas.text("key", x0 + band + 6, top - 2, _LABEL, anchor="lb", color=layout.GRAY)
+    return layout.finish(canvas, title, foot)
 
 
-def _footnote(fig: Figure, note: str, masked: bool) -> None:
-    text = "; ".join(t for t in (note, "gray = masked" if masked else "") if t)
-    if text:
-        fig.text(0.01, 0.005, text, fontsize=7, color="dimgray", ha="left", va="bottom")
+def arrows(
+    weights: np.ndarray,
+    q_labels: Sequence[str],
+    k_labels: Sequence[str],
+    title: layout.Title,
+    top_k: int = 3,
+    note: str = "",
+) -> np.ndarray:
+    """Which token attends to which: queries left, keys right, a line from each query to its
+    ``top_k`` keys, more opaque the more it exceeds uniform (bertviz's head view, as a static image).
+
+    Shape:
+        weights: ``(q, k)``.
+    """
+    return draw_arrows(weights, q_labels, k_labels, title, top_k, note).image
 
 
-def _short(name: str, width: int = 28) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1) :]
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an ``(H, W, 3)`` uint8 picture.
 
-
-def _to_array(fig: Figure) -> np.ndarray:
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    array = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    fig.clear()
-    return array
+    zlib level 1 without PIL's ``optimize``: our pictures are flat colour and white space, which even
+    the fastest level compresses to within ~20 % of level 6 at a fifth of the time (see
+    ``benchmarks/bench_render.py``); level 0 would make event files several times larger.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB").save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 PLOT_KINDS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution")
@@ -302,48 +379,51 @@ def render_views(
     plots: Sequence[str] = PLOT_KINDS,
     heads: Sequence[int] = (),
     top_k: int = 3,
-    strips: Mapping[tuple[int, str], tuple[Sequence[np.ndarray], Sequence[str]]] | None = None,
+    strips: Mapping[tuple[int, str], Strip] | None = None,
 ) -> list[Picture]:
     """Every requested picture of every view, in sample then forward order.
 
     Args:
         views: reduced maps of the fixed samples.
         step: the training step, shown in titles.
-        plots: which of ``"heatmap"`` (head mean), ``"heads"`` (grid), ``"arrows"``, ``"atlas"``.
+        plots: which of :data:`PLOT_KINDS`.
         heads: heads that also get their own token-labelled heatmap.
         top_k: keys per query in the arrow view.
-        strips: for ``"evolution"``, per ``(sample, layer)`` the past head-mean maps and their labels.
+        strips: for ``"evolution"``, per ``(sample, layer)`` the past head-mean maps with their steps.
     """
     pictures = []
     for view in views:
         mean, mean_visible = view.head_mean()
-        where = f"{view.layer} · sample {view.sample} · step {step}"
+        where = f"sample {view.sample} · step {step}"
         if "heatmap" in plots:
             image = heatmap(
-                mean, mean_visible, view.q_labels, view.k_labels, f"{where} · head mean", view.note
+                mean,
+                mean_visible,
+                view.q_labels,
+                view.k_labels,
+                (view.layer, f"{where} · head mean"),
+                view.note,
             )
             pictures.append(Picture("heatmap", view.sample, view.layer, image))
         for h in heads:
             if h < view.heads:
+                title = (view.layer, f"{where} · head {h}")
                 image = heatmap(
-                    view.weights[h],
-                    _head_visible(view, h),
-                    view.q_labels,
-                    view.k_labels,
-                    f"{where} · head {h}",
-                    view.note,
+                    view.weights[h], _head_visible(view, h), view.q_labels, view.k_labels, title, view.note
                 )
                 pictures.append(Picture("heatmap", view.sample, view.layer, image, head=h))
         if "heads" in plots:
-            pictures.append(Picture("heads", view.sample, view.layer, head_grid(view, where)))
+            image = head_grid(view, (view.layer, f"{where} · {view.heads} heads and their mean"))
+            pictures.append(Picture("heads", view.sample, view.layer, image))
         if "arrows" in plots:
-            image = arrows(mean, view.q_labels, view.k_labels, f"{where} · head mean", top_k, view.note)
-            pictures.append(Picture("arrows", view.sample, view.layer, image))
-        if "evolution" in plots and strips and strips.get((view.sample, view.layer), ((), ()))[0]:
-            maps, labels = strips[(view.sample, view.layer)]
-            image = evolution(
-                maps, labels, mean_visible, f"{view.layer} · sample {view.sample} · head mean", view.note
+            image = arrows(
+                mean, view.q_labels, view.k_labels, (view.layer, f"{where} · head mean"), top_k, view.note
             )
+            pictures.append(Picture("arrows", view.sample, view.layer, image))
+        strip = (strips or {}).get((view.sample, view.layer))
+        if "evolution" in plots and strip is not None and len(strip.maps):
+            title = (view.layer, f"sample {view.sample} · head mean over the last {len(strip.maps)} captures")
+            image = evolution(strip, mean_visible, title, view.note)
             pictures.append(Picture("evolution", view.sample, view.layer, image))
     if "atlas" in plots:
         for sample in sorted({v.sample for v in views}):

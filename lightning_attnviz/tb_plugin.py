@@ -22,7 +22,6 @@ keeps more); the tab offers every step kept.
 
 from __future__ import annotations
 
-import mimetypes
 import posixpath
 from importlib import resources
 from typing import Any
@@ -102,7 +101,7 @@ class AttentionPlugin(base_plugin.TBPlugin):
         name = posixpath.normpath(wanted)
         if wanted.startswith("/") or "\\" in wanted or name.startswith((".", "/")) or "/" in name:
             raise errors.NotFoundError(f"no static file {wanted!r}")
-        content_type = _TYPES.get(posixpath.splitext(name)[1]) or mimetypes.guess_type(name)[0]
+        content_type = _TYPES.get(posixpath.splitext(name)[1])
         source = resources.files("lightning_attnviz").joinpath(_STATIC, name)
         if content_type is None or not source.is_file():
             raise errors.NotFoundError(f"no static file {wanted!r}")

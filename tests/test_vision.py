@@ -14,8 +14,7 @@ import torch
 from models import hf_pair, timm_vit
 
 from lightning_attnviz import capture_attention
-from lightning_attnviz.render import _LUT
-from lightning_attnviz.render_vision import ALPHA, blend, overlay, overlay_grid, upsample
+from lightning_attnviz.render_vision import blend, upsample
 from lightning_attnviz.vision import (
     PatchGrid,
     cls_to_patches,
@@ -309,35 +308,4 @@ def test_unnormalize_without_statistics_scales_min_max():
         unnormalize(torch.rand(3, 8, 8), mean=(0.5, 0.5), std=(0.5, 0.5))
 
 
-# -- pictures --------------------------------------------------------------------------------------
-
-
-def picture_checks(picture: np.ndarray, low: int = 250, high: int = 720) -> None:
-    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
-    assert low <= picture.shape[0] <= high and low <= picture.shape[1] <= high, picture.shape
-    assert (picture != 255).any(axis=-1).mean() > 0.3  # mostly drawn, not a blank canvas
-    assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 20
-
-
-def test_overlay_draws_the_heat_on_the_image():
-    image = np.zeros((32, 32, 3))  # black: a blended pixel is alpha × the colormap colour
-    heat = np.zeros((4, 4))
-    heat[1, 2] = 1.0
-    picture = overlay(image, heat, "CLS → patches", note="test", patch_size=(8, 8))
-    picture_checks(picture)
-    peak = np.round(ALPHA * _LUT[255]).astype(np.uint8)  # full opacity at the maximum, over black
-    ys, xs = np.nonzero((picture == peak).all(axis=-1))
-    assert ys.size and ys.max() - ys.min() == xs.max() - xs.min()  # one square patch, scaled up
-    assert ys.size == (ys.max() - ys.min() + 1) ** 2  # ... and nothing else at the peak colour
-    bar = picture[:, xs.max() + 1 :]  # the colorbar right of the image runs the colormap, max at the top
-    assert (bar == _LUT[255]).all(axis=-1).any() and (bar == _LUT[0]).all(axis=-1).any()
-
-
-def test_overlay_grid_has_a_tile_per_head_and_the_mean():
-    rng = np.random.default_rng(9)
-    picture = overlay_grid(rng.random((32, 32, 3)), rng.random((4, 4, 4)), "4 heads")
-    picture_checks(picture)
-    big = overlay_grid(rng.random((224, 224, 3)), rng.random((12, 14, 14)), "12 heads", patch_size=(16, 16))
-    picture_checks(big)
-    with pytest.raises(ValueError, match=r"`heats` must be \(heads, rows, cols\)"):
-        overlay_grid(rng.random((32, 32, 3)), rng.random((4, 4)), "no heads")
+# Overlay pictures (overlay, overlay_grid) are tested in test_render.py with the other pictures.

@@ -1,0 +1,39 @@
+// The tab decodes what the Python encoder wrote exactly as the Python decoder does.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { expected, recordBytes, STATIC } from "./helpers.mjs";
+
+const { decodeRecord, isVisible, weightOf } = await import(new URL("record.js", STATIC).href);
+const want = expected();
+
+for (const name of ["causal", "per_head", "vision"]) {
+  test(`${name}: header, weights, mask and image match Python's decode_map`, () => {
+    const record = decodeRecord(recordBytes(name));
+    const w = want[name];
+    const { heads, q, k } = record.header;
+    assert.deepEqual([record.header.step, record.header.layer, heads, q, k], [w.step, w.layer, w.heads, w.q, w.k]);
+    assert.deepEqual(record.header.q_labels, w.q_labels);
+    for (let h = 0; h < heads; h++) {
+      for (let i = 0; i < q * k; i++) {
+        const expectedWeight = w.weights[h * q * k + i];
+        const got = weightOf(record, h, i);
+        if (expectedWeight === null) assert.ok(Number.isNaN(got), `head ${h} cell ${i} is NaN`);
+        else assert.ok(Math.abs(got - expectedWeight) < 1e-6, `head ${h} cell ${i}: ${got} vs ${expectedWeight}`);
+        const visible = w.visible === null ? 1 : w.visible[(w.visible.length === q * k ? 0 : h) * q * k + i];
+        assert.equal(isVisible(record, h, i), visible === 1);
+      }
+    }
+    if (w.image === null) assert.equal(record.image, null);
+    else assert.deepEqual([...record.image], w.image);
+  });
+}
+
+test("a record of another format or length is refused with a reason", () => {
+  const bytes = new Uint8Array(recordBytes("causal"));
+  assert.throws(() => decodeRecord(bytes.slice(0, bytes.length - 1).buffer), /bytes, its header describes/);
+  const other = bytes.slice();
+  const at = Buffer.from(other).indexOf("attnviz/2") + "attnviz/".length;
+  other[at] = "1".charCodeAt(0);
+  assert.throws(() => decodeRecord(other.buffer), /format "attnviz\/1"/);
+  assert.throws(() => decodeRecord(new ArrayBuffer(2)), /too short/);
+});
