@@ -1,4 +1,10 @@
-"""What users browse: the real `tensorboard` server on 127.0.0.1 serving what the callback wrote."""
+"""END-TO-END: a real tiny Lightning fit with AttentionMonitor, served by the real `tensorboard` command.
+
+The one test here that depends on the callback: the rest of the tab's tests (test_tb_plugin.py,
+test_attention_tab_browser.py) write their event files with the record encoder directly. This one
+checks that what the callback writes is what users browse: the pictures in the images plugin and the
+Attention tab's routes, under TensorBoard's default (Rust) data server.
+"""
 
 import json
 import socket
@@ -13,6 +19,7 @@ from lightning_models import VOCAB, LitGPT, make_trainer, read_events, token_loa
 from matplotlib.image import imread
 
 from lightning_attnviz import AttentionMonitor
+from lightning_attnviz.record import decode_map
 
 
 def _free_port() -> int:
@@ -35,7 +42,7 @@ def logdir(tmp_path):
     return tmp_path
 
 
-def test_tensorboard_serves_the_attention_images(logdir, tmp_path):
+def test_end_to_end_real_fit_images_and_attention_tab(logdir, tmp_path):
     port = _free_port()
     cmd = [
         sys.executable,
@@ -75,6 +82,18 @@ def test_tensorboard_serves_the_attention_images(logdir, tmp_path):
         logged = read_events(logdir / "tb" / "version_0").Images(tag)[-1]
         assert image.shape[:2] == (logged.height, logged.width)  # the image the callback wrote
         assert image[..., :3].std() > 0.05
+
+        # the Attention tab's routes on the same server
+        tab = f"http://127.0.0.1:{port}/data/plugin/attnviz"
+        tab_tags = json.loads(_get(f"{tab}/runs"))["tb/version_0"]
+        assert "sample_0/model.h.1.attn" in tab_tags
+        query = urllib.parse.urlencode({"run": "tb/version_0", "tag": "sample_0/model.h.1.attn"})
+        steps = json.loads(_get(f"{tab}/steps?{query}"))
+        assert steps == [3, 6]
+        record = decode_map(_get(f"{tab}/map?{query}&step=6"))
+        assert (record.step, record.layer, record.q, record.k) == (6, "model.h.1.attn", 10, 10)
+        assert record.visible is not None and not record.visible[0, 0, 1]  # causal: the future is masked
+        assert abs(float(record.weights.mean(axis=0).sum(-1).mean()) - 1) < 0.05
     finally:
         server.terminate()
         server.wait(timeout=20)

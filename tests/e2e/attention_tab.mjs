@@ -1,12 +1,14 @@
 // End-to-end check of the Attention tab in a real browser (Debian's Chromium driven by playwright-core).
 //
-//   node tests/e2e/attention_tab.mjs <tensorboard base url> <screenshot path> <expected top key line>
+//   node tests/e2e/attention_tab.mjs <tensorboard base url> <screenshot path> <checks JSON>
 //   node tests/e2e/attention_tab.mjs <tensorboard base url> <screenshot path> --empty
 //
-// Opens TensorBoard on the Attention tab, hovers query token 1 in the plugin's iframe, checks that the
-// top-keys panel lists <expected top key line> (e.g. "c  0.812"), moves the step slider to its first
-// step and checks that the heatmap changed, and checks that nothing logged a console error. Saves a
-// screenshot of the page, prints a JSON summary on stdout, and exits 1 on any failure (2 on bad usage).
+// The checks JSON (tests/test_attention_tab_browser.py writes it) names a query to hover and the top
+// key line expected for it, a masked and a visible heatmap cell to probe, and a vision run to open.
+// The script reports what the tab shows (layer menu, top keys, cell colours, token text, the vision
+// layout and caption), moves the step slider and checks the heatmap changed, and checks that nothing
+// logged a console error. Saves screenshots (<path> and <path>-vision.png), prints a JSON summary on
+// stdout, and exits 1 on any failure (2 on bad usage).
 
 import { chromium } from "playwright-core";
 
@@ -22,20 +24,27 @@ const CHROMIUM_ARGS = [
   "--disable-quic",
 ];
 
-const [base, screenshotPath, expectedLine] = process.argv.slice(2);
-if (!base || !screenshotPath || expectedLine === undefined) {
-  console.error(
-    "usage: node attention_tab.mjs <tensorboard base url> <screenshot path> <expected top key line>",
-  );
+const [base, screenshotPath, checksArg] = process.argv.slice(2);
+if (!base || !screenshotPath || checksArg === undefined) {
+  console.error("usage: node attention_tab.mjs <tensorboard base url> <screenshot path> <checks JSON>|--empty");
   process.exit(2);
 }
+const empty = checksArg === "--empty";
+const checks = empty ? {} : JSON.parse(checksArg);
+const expectedLine = checks.expected_topkey;
 
 const summary = {
   ok: false,
   url: `${base.replace(/\/+$/, "")}/#${PLUGIN}`,
   frame: null,
-  expected: expectedLine,
+  expected: expectedLine ?? null,
   topkeys: null,
+  layer: null, // the layer menu: the chosen value and every option's value, text and title
+  layer_options: [],
+  cells: {}, // probed heatmap cells: "r,c" -> [r, g, b]
+  token_text: null, // the strip's text of the token named in checks.bidi_index
+  token_unicode_bidi: null,
+  vision: null, // the vision run's layout and caption
   step_before: null,
   step_after: null,
   canvas_changed: null,
@@ -103,7 +112,7 @@ try {
   if (!frame) throw new Error("the plugin iframe has no frame");
   summary.frame = frame.url();
 
-  if (expectedLine === "--empty") {
+  if (empty) {
     // an empty log dir: the tab says so instead of drawing nothing
     const empty = frame.locator("#attnviz-empty");
     await empty.waitFor({ state: "visible" });
@@ -116,12 +125,40 @@ try {
 
   const token = frame.locator(`.attnviz-token[data-index="1"]`);
   await token.waitFor({ state: "visible" });
+  await until(async () => (await frame.locator("#attnviz-map").getAttribute("data-cell")) !== null, TIMEOUT_MS);
   const stepLabel = frame.locator("#attnviz-step-label");
   await until(async () => /^step \d+$/.test((await stepLabel.textContent()) || ""), TIMEOUT_MS);
   summary.step_before = await stepLabel.textContent();
 
-  // hover query token 1: its top keys appear
-  await token.hover();
+  // the layer menu: the last layer is chosen, long names are shortened, the title holds the full name
+  const layerSelect = frame.locator("#attnviz-layer");
+  summary.layer = await layerSelect.inputValue();
+  summary.layer_options = await layerSelect.evaluate((select) =>
+    [...select.options].map((o) => ({ value: o.value, text: o.text, title: o.title })),
+  );
+  // heatmap cells, read back from the canvas at their centres (the canvas says where cells are)
+  const map = frame.locator("#attnviz-map");
+  for (const [r, c] of checks.probe_cells || []) {
+    summary.cells[`${r},${c}`] = await map.evaluate(
+      (canvas, [row, col]) => {
+        const { left, top, cell } = canvas.dataset;
+        const ratio = canvas.width / canvas.clientWidth;
+        const x = Math.floor((Number(left) + (col + 0.5) * Number(cell)) * ratio);
+        const y = Math.floor((Number(top) + (row + 0.5) * Number(cell)) * ratio);
+        return [...canvas.getContext("2d").getImageData(x, y, 1, 1).data.slice(0, 3)];
+      },
+      [r, c],
+    );
+  }
+  if (checks.bidi_index !== undefined) {
+    const bidi = frame.locator(`.attnviz-token[data-index="${checks.bidi_index}"] > b`);
+    summary.token_text = await bidi.textContent();
+    summary.token_unicode_bidi = await bidi.evaluate((b) => getComputedStyle(b).unicodeBidi);
+  }
+
+  // hover a query token: its top keys appear
+  const hovered = frame.locator(`.attnviz-token[data-index="${checks.hover_index ?? 1}"]`);
+  await hovered.hover();
   const topkeys = frame.locator("#attnviz-topkeys");
   await until(async () => ((await topkeys.textContent()) || "").trim().length > 0);
   summary.topkeys = (await topkeys.textContent()) || "";
@@ -130,6 +167,9 @@ try {
       `#attnviz-topkeys does not list ${JSON.stringify(expectedLine)}: ${JSON.stringify(summary.topkeys)}`,
     );
   }
+
+  await page.screenshot({ path: screenshotPath, fullPage: true });
+  summary.screenshot = screenshotPath;
 
   // move the step slider to its first step: the heatmap redraws
   const pixels = () => frame.locator("#attnviz-map").evaluate((canvas) => canvas.toDataURL("image/png"));
@@ -147,8 +187,25 @@ try {
   summary.canvas_changed = Boolean(await until(async () => (await pixels()) !== before));
   if (!summary.canvas_changed) fail("the heatmap canvas did not change after moving the step slider");
 
-  await page.screenshot({ path: screenshotPath, fullPage: true });
-  summary.screenshot = screenshotPath;
+  if (checks.vision_run) {
+    // a vision run: the picture leads the plot column, above the token heatmap
+    await page.mouse.move(1, 1); // off the tab: nothing hovered, the default caption
+    await frame.locator("#attnviz-run").selectOption(checks.vision_run);
+    const panel = frame.locator("#attnviz-image-panel");
+    await panel.waitFor({ state: "visible" });
+    const caption = frame.locator("#attnviz-image-caption");
+    await until(async () => ((await caption.textContent()) || "").includes("patches"), TIMEOUT_MS);
+    const box = async (selector) => frame.locator(selector).boundingBox();
+    const [image, heatmap, plot] = [await box("#attnviz-image"), await box("#attnviz-map"), await box(".attnviz-plot")];
+    summary.vision = {
+      caption: await caption.textContent(),
+      image,
+      heatmap,
+      in_plot: image.x >= plot.x && image.x + image.width <= plot.x + plot.width + 1,
+      leads: image.y + image.height <= heatmap.y && image.width >= heatmap.width,
+    };
+    await page.screenshot({ path: screenshotPath.replace(/\.png$/, "") + "-vision.png", fullPage: true });
+  }
   const errorBox = frame.locator("#attnviz-error");
   if (await errorBox.isVisible()) fail(`the tab shows an error: ${await errorBox.textContent()}`);
 } catch (error) {
