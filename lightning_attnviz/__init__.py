@@ -1,10 +1,29 @@
-"""lightning_attnviz: see what your transformer attends to while it trains."""
+"""lightning_attnviz: see what your transformer attends to while it trains.
 
-from lightning_attnviz.callback import AttentionMonitor
-from lightning_attnviz.capture import AttentionCapture, AttentionMap, capture_attention
-from lightning_attnviz.discover import AttentionSite, find_attention
-from lightning_attnviz.vision import PatchGrid
+Public names are imported on first use, so the drawing process and the command line never pay for
+importing Lightning.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_attnviz.callback import AttentionMonitor
+    from lightning_attnviz.capture import AttentionCapture, AttentionMap, capture_attention
+    from lightning_attnviz.discover import AttentionSite, find_attention
+    from lightning_attnviz.vision import PatchGrid
+
+_WHERE = {
+    "AttentionMonitor": "callback",
+    "AttentionCapture": "capture",
+    "AttentionMap": "capture",
+    "capture_attention": "capture",
+    "AttentionSite": "discover",
+    "find_attention": "discover",
+    "PatchGrid": "vision",
+}
 __all__ = [
     "AttentionCapture",
     "AttentionMap",
@@ -14,4 +33,10 @@ __all__ = [
     "capture_attention",
     "find_attention",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"lightning_attnviz.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'lightning_attnviz' has no attribute {name!r}")

@@ -3,52 +3,129 @@
     python -m lightning_attnviz render LOGDIR/attention_captures/step_00000384.npz --out pictures/
     python -m lightning_attnviz gif LOGDIR/attention_captures --layer encoder.layers.1.self_attn --out a.gif
 
-``render`` writes the pictures the callback logged for that capture (all but the evolution strip,
-which needs the captures before it), named after their TensorBoard tags with ``/`` → ``__``.
-``gif`` draws the head-mean heatmap of one sample and layer at every saved capture, in step order.
+``render`` draws the token pictures of one saved capture (all but the evolution strip, which needs the
+captures before it) and, for vision runs, the overlays and rollout from the image saved with it;
+``--format svg|pdf`` embeds each picture in a vector file for papers. Files are named after their
+TensorBoard tags (``/`` → ``__``, long names shortened with a hash). ``gif`` draws the head-mean heatmap
+of one sample and layer at every saved capture, in step order, on one colour scale.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.image import imsave
 from PIL import Image
 
-from lightning_attnviz.log import load_capture, picture_tag
-from lightning_attnviz.render import PLOT_KINDS, heatmap, render_views
+from lightning_attnviz.formats import CaptureFileError, SavedCapture, load_capture
+from lightning_attnviz.reduce_vision import cls_to_patches, mean_received, rollout
+from lightning_attnviz.render import PLOT_KINDS, Picture, heatmap, render_views
+from lightning_attnviz.render_vision import overlay
+from lightning_attnviz.tags import Tags
+
+_VISION = ("overlay", "rollout")
 
 
-def render_file(path: Path, out: Path, plots: Sequence[str]) -> list[Path]:
-    """Write the pictures of one saved capture as PNGs; returns their paths."""
-    views, step, _ = load_capture(path)
+def _file_name(tag: str, suffix: str) -> str:
+    name = re.sub(r"[^\w.\-]", "_", tag.replace("/", "__"))
+    if len(name) > 120:  # file systems refuse names over 255 bytes; keep them readable and unique
+        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
+    return name + suffix
+
+
+def _vision_pictures(saved: SavedCapture, plots: Sequence[str]) -> list[Picture]:
+    grid = saved.grid
+    if grid is None or not saved.images:
+        return []
+    heat_of = cls_to_patches if grid.prefix_tokens else mean_received
+    pictures = []
+    for sample, image in enumerate(saved.images):
+        views = [
+            v for v in saved.views if v.sample == sample and not v.note and v.weights.shape[-1] == grid.length
+        ]
+        picture = image.astype(np.float64) / 255
+        if "overlay" in plots:
+            for v in views:
+                title = (v.layer, f"sample {sample} · step {saved.step}")
+                pictures.append(
+                    Picture(
+                        "overlay",
+                        sample,
+                        v.layer,
+                        overlay(
+                            picture,
+                            heat_of(v.weights, grid).mean(axis=0),
+                            title,
+                            "head mean",
+                            grid.patch_size,
+                        ),
+                    )
+                )
+        if "rollout" in plots and views:
+            heat = heat_of(rollout([v.weights for v in views], prefix_tokens=grid.prefix_tokens)[None], grid)[
+                0
+            ]
+            title = ("attention rollout", f"sample {sample} · step {saved.step}")
+            pictures.append(
+                Picture("rollout", sample, None, overlay(picture, heat, title, "", grid.patch_size))
+            )
+    return pictures
+
+
+def render_file(path: Path, out: Path, plots: Sequence[str], fmt: str = "png") -> list[Path]:
+    """Write the pictures of one saved capture; returns their paths."""
+    saved = load_capture(path)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for picture in render_views(views, step, [p for p in plots if p != "evolution"]):
-        target = out / (picture_tag(picture).replace("/", "__") + ".png")
-        imsave(target, picture.image)
+    tags, written = Tags(), []
+    token_plots = [p for p in plots if p in PLOT_KINDS and p != "evolution"]
+    pictures = render_views(saved.views, saved.step, token_plots) + _vision_pictures(saved, plots)
+    for picture in pictures:
+        target = out / _file_name(
+            tags.picture(picture.kind, picture.sample, picture.layer, picture.head), f".{fmt}"
+        )
+        _save(picture.image, target, fmt)
         written.append(target)
     return written
 
 
+def _save(image: np.ndarray, target: Path, fmt: str) -> None:
+    if fmt == "png":
+        Image.fromarray(image).save(target)
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height, width = image.shape[:2]
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image, interpolation="nearest")
+    ax.axis("off")
+    fig.savefig(target, format=fmt)
+
+
 def animate(directory: Path, layer: str, sample: int, out: Path, fps: float) -> int:
     """One head-mean heatmap per saved capture, as an animated GIF; returns the number of frames."""
-    frames = []
+    frames, layers = [], set()
     for path in sorted(directory.glob("step_*.npz")):
-        views, step, epoch = load_capture(path)
-        for view in views:
+        saved = load_capture(path)
+        for view in saved.views:
+            layers.add(view.layer)
             if view.layer == layer and view.sample == sample:
                 mean, visible = view.head_mean()
-                title = f"{layer} · sample {sample} · step {step} · epoch {epoch} · head mean"
+                title = (layer, f"sample {sample} · step {saved.step} · epoch {saved.epoch} · head mean")
                 frames.append(heatmap(mean, visible, view.q_labels, view.k_labels, title, view.note))
     if not frames:
-        raise SystemExit(f"no capture of layer {layer!r}, sample {sample} in {directory}")
-    height = max(f.shape[0] for f in frames)
-    width = max(f.shape[1] for f in frames)
+        known = ", ".join(sorted(layers)) or "none (no step_*.npz files)"
+        raise CaptureFileError(
+            f"{directory}: no capture of layer {layer!r}, sample {sample}; layers saved: {known}"
+        )
+    height, width = max(f.shape[0] for f in frames), max(f.shape[1] for f in frames)
     padded = [
         np.pad(f, ((0, height - f.shape[0]), (0, width - f.shape[1]), (0, 0)), constant_values=255)
         for f in frames
@@ -65,10 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    render = commands.add_parser("render", help="re-render one saved capture as PNG files")
+    render = commands.add_parser(
+        "render", help="re-render one saved capture (token pictures, overlays, rollout)"
+    )
     render.add_argument("capture", type=Path, help="a step_<step>.npz file")
     render.add_argument("--out", type=Path, default=Path("attention_pictures"))
-    render.add_argument("--plots", nargs="+", default=list(PLOT_KINDS), choices=PLOT_KINDS)
+    kinds = [p for p in PLOT_KINDS if p != "evolution"] + list(_VISION)
+    render.add_argument("--plots", nargs="+", default=kinds, choices=kinds)
+    render.add_argument("--format", default="png", choices=("png", "svg", "pdf"))
     gif = commands.add_parser("gif", help="animate one sample's layer across the saved captures")
     gif.add_argument("captures", type=Path, help="the attention_captures directory")
     gif.add_argument("--layer", required=True)
@@ -76,12 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     gif.add_argument("--out", type=Path, default=Path("attention.gif"))
     gif.add_argument("--fps", type=float, default=2.0)
     args = parser.parse_args(argv)
-    if args.command == "render":
-        for path in render_file(args.capture, args.out, args.plots):
-            print(path)
-    else:
-        frames = animate(args.captures, args.layer, args.sample, args.out, args.fps)
-        print(f"{args.out}: {frames} frames")
+    try:
+        if args.command == "render":
+            for path in render_file(args.capture, args.out, args.plots, args.format):
+                print(path)
+        else:
+            if args.fps <= 0:
+                parser.error(f"--fps must be > 0, got {args.fps}")
+            print(f"{args.out}: {animate(args.captures, args.layer, args.sample, args.out, args.fps)} frames")
+    except (CaptureFileError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

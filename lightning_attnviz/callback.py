@@ -1,107 +1,81 @@
-"""AttentionMonitor: the Lightning callback that wires discover → capture → reduce → render → log."""
+"""AttentionMonitor: schedules captures and hands them to the drawing pipeline. Nothing else."""
 
 from __future__ import annotations
 
-import fnmatch
+import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import replace
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from lightning_fabric.utilities.apply_func import move_data_to_device
-from pytorch_lightning import LightningModule, Trainer
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
-from lightning_attnviz import log
-from lightning_attnviz.capture import AttentionCapture, AttentionMap
-from lightning_attnviz.discover import ModuleSelector, find_attention
-from lightning_attnviz.reduce import AttentionView, History, LayerStats, layer_stats, make_views
-from lightning_attnviz.render import PLOT_KINDS, render_views
-from lightning_attnviz.render_vision import VISION_PLOTS, render_vision
+from lightning_attnviz import _lightning as lit
+from lightning_attnviz.capture import AttentionCapture
+from lightning_attnviz.config import MonitorConfig, default_plots
+from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention
+from lightning_attnviz.pipeline import Job, Setup, job_from_state, job_state
 from lightning_attnviz.samples import (
     Tokens,
+    batch_rows,
     default_forward,
     first_rows,
-    tensors,
     token_labeller,
     token_labels,
 )
 from lightning_attnviz.samples import images as sample_images
-from lightning_attnviz.vision import HEAD_FUSIONS, HeadFusion, PatchGrid, find_grid
+from lightning_attnviz.tags import Tags
+from lightning_attnviz.vision import PatchGrid, find_grid
+from lightning_attnviz.worker import Channel, Worker, shared_worker
 
-ForwardFn = Callable[[LightningModule, Any], Any]
-_UNIFORM_CAPTURES = 3  # a head uniform at this many captures in a row gets a warning
-ALL_PLOTS = (*PLOT_KINDS, *VISION_PLOTS)
-TEXT_DEFAULT_PLOTS = PLOT_KINDS
-# arrows between 197 patch tokens say little; the image overlays say it better
-VISION_DEFAULT_PLOTS = (*VISION_PLOTS, "heatmap", "heads", "atlas", "evolution")
+_DRAIN_SECONDS = 120.0  # the longest a fit's end waits for its pictures
+_MAX_IN_FLIGHT = 8  # captures taken and not yet drawn; beyond this, captures are skipped
 
 
-class AttentionMonitor(Callback):
+class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
     r"""Capture the attention of a few fixed samples during training and draw it in TensorBoard.
 
     At every ``every_n_epochs``-th validation run (and every ``every_n_steps`` training steps, if set)
-    the model runs once more, in eval mode under ``no_grad``, on the same fixed samples, with
-    :func:`~lightning_attnviz.capture_attention` active. The batches you train and validate on never
-    see the capture, the model's train/eval state and the random number streams are restored, so a
-    fit ends with bit-identical weights with or without this callback.
+    the model runs once more, in eval mode under ``no_grad``, on the same fixed samples (the first
+    rows of the first validation batch), with :func:`~lightning_attnviz.capture_attention` active.
+    The batches you train on never see the capture; modes and random streams are restored, so a fit
+    ends with bit-identical weights with or without this callback. The weights, statistics and
+    pictures are made in a low-priority background process; when captures come faster than they can
+    be drawn, captures are skipped (with one warning), never queued without bound.
 
     Args:
-        every_n_epochs: capture at every n-th validation run (an epoch, or each ``val_check_interval``);
-            0 turns epoch captures off.
+        every_n_epochs: capture at every n-th validation run; 0 turns epoch captures off.
         every_n_steps: also capture every n training steps (``None``: never).
-        samples: how many fixed samples to keep from the first validation batch (or ``sample_input``).
-        sample_input: the inputs to capture on, as your ``forward_fn`` takes them; default: the
-            first ``samples`` rows of the first validation batch.
-        forward_fn: ``(pl_module, inputs) -> Any`` runs the model. Default: ``pl_module(x)`` for a
-            tensor, ``pl_module(batch[0])`` for a tuple/list batch, ``pl_module(**batch)`` for a dict.
+        samples: how many fixed samples to keep.
+        sample_input: the inputs to capture on, as your ``forward_fn`` takes them.
+        forward_fn: ``(pl_module, inputs) -> Any``; default ``pl_module(x)``, ``pl_module(batch[0])``
+            for a tuple/list, ``pl_module(**batch)`` for a dict.
         modules: which attention modules to watch (names, globs, or a predicate); ``None`` finds them.
         layers: which captured layers to draw: indices into the capture order or names/globs.
-        heads: heads that also get a heatmap of their own (every head is always in the grid).
-        tokens: how to label token ids: a tokenizer (``convert_ids_to_tokens``), a vocabulary
-            (list or dict id → str), or a function ``ids -> labels``; ``None``: positions.
-        plots: which pictures: ``"heatmap"``, ``"heads"``, ``"arrows"``, ``"atlas"``, ``"evolution"``,
-            and for images ``"overlay"``, ``"overlay_heads"``, ``"rollout"``. ``None``: all token
-            pictures, or for a vision model the image ones plus heatmap, heads, atlas and evolution.
-        max_tokens: pictures of longer sequences are block-pooled to this many rows/columns (noted on
-            the image).
-        store_tokens: maps longer than this are block-pooled while they are captured, a block of
-            query rows at a time, so capture memory stays bounded for any sequence length (one warning
-            says so); scalars still use every row at full resolution. Vision overlays need the exact
-            map: keep it above the number of image tokens.
+        heads: heads that also get a heatmap of their own.
+        tokens: a tokenizer (``convert_ids_to_tokens``), a vocabulary (list or dict), or ``ids -> labels``.
+        plots: ``"heatmap"``, ``"heads"``, ``"arrows"``, ``"atlas"``, ``"evolution"``, and for images
+            ``"overlay"``, ``"overlay_heads"``, ``"rollout"``. ``None``: heatmap, heads, atlas and
+            evolution for text; overlay, rollout, atlas and evolution for images.
+        max_tokens: pictures of longer sequences are block-pooled to this many rows/columns.
+        store_tokens: maps longer than this are pooled while they are computed (bounded memory).
         top_k: keys per query in the arrow view.
         log_sanity_check: also capture during the sanity check.
-        strip_length: how many past captures the evolution strip shows (the image grows to this width).
-        stats: log scalars per layer and head: entropy, normalised entropy, distance, sink share,
-            max weight and drift (Jensen–Shannon divergence since the previous capture).
+        strip_length: how many past captures the evolution strip shows.
+        stats: log per-layer scalars (entropy, normalised entropy, distance, sink share, max weight,
+            drift); ``head_stats`` adds a series per head.
         histograms: log a histogram of each layer's weights.
-        save_captures: save each capture's drawn maps to ``<log_dir>/attention_captures/`` (re-render
-            them with ``python -m lightning_attnviz``).
-        sink_tokens: how many leading keys count as the attention sink; default 1, or a ViT's prefix
-            tokens (CLS, registers).
-        entropy_collapse: warn once per layer when its mean normalised entropy falls below this.
+        save_captures: save each capture to ``<log_dir>/attention_captures/`` (see the CLI).
+        sink_tokens: leading keys that count as the attention sink (default 1, or a ViT's prefix tokens).
+        entropy_collapse: warn once per layer whose mean normalised entropy falls below this.
         uniform_entropy: warn once per head whose normalised entropy stays above this for 3 captures.
-        image_grid: the patch grid of image inputs: ``"auto"`` finds a timm or Hugging Face ViT in the
-            model; a :class:`~lightning_attnviz.vision.PatchGrid` for hand-written ViTs (grid, prefix
-            tokens, patch size); ``None``: no image pictures.
-        image_mean, image_std: the normalisation of the images, undone before drawing them (without
-            them each image is min-max scaled).
-        rollout_fusion: how attention rollout fuses heads: ``"mean"``, ``"max"`` or ``"min"``.
-        rollout_discard: fraction of the weakest patch entries rollout zeroes per layer.
-        dashboard: write the maps for TensorBoard's interactive Attention tab.
-        dashboard_tokens: the tab's maps are block-pooled to this many rows/columns (image maps are
-            kept whole).
+        image_grid: ``"auto"`` finds a timm/Hugging Face ViT's patch grid; a :class:`PatchGrid`; ``None``.
+        image_mean, image_std: the images' normalisation, undone before drawing them.
+        rollout_fusion, rollout_discard: how attention rollout fuses heads and what it discards.
+        dashboard: write the maps for TensorBoard's Attention tab, pooled to ``dashboard_tokens``.
+        name: a namespace for the tags, files and checkpoint state, needed when one Trainer has two monitors.
 
     Raises:
-        ValueError: an argument is out of range; the message names it and what is allowed.
-        TypeError: an argument has the wrong type.
-
-    Example::
-
-        trainer = Trainer(logger=TensorBoardLogger("logs"), callbacks=[AttentionMonitor(tokens=vocab)])
+        TypeError: an argument has the wrong type. ValueError: an argument is out of range.
     """
 
     def __init__(
@@ -110,7 +84,7 @@ class AttentionMonitor(Callback):
         every_n_steps: int | None = None,
         samples: int = 2,
         sample_input: Any = None,
-        forward_fn: ForwardFn | None = None,
+        forward_fn: Callable[[Any, Any], Any] | None = None,
         modules: ModuleSelector = None,
         layers: Sequence[int | str] | None = None,
         heads: Sequence[int] = (),
@@ -122,6 +96,7 @@ class AttentionMonitor(Callback):
         log_sanity_check: bool = False,
         strip_length: int = 8,
         stats: bool = True,
+        head_stats: bool = False,
         histograms: bool = True,
         save_captures: bool = True,
         sink_tokens: int | None = None,
@@ -130,467 +105,375 @@ class AttentionMonitor(Callback):
         image_grid: PatchGrid | Literal["auto"] | None = "auto",
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
-        rollout_fusion: HeadFusion = "mean",
+        rollout_fusion: Literal["mean", "max", "min"] = "mean",
         rollout_discard: float = 0.0,
         dashboard: bool = True,
         dashboard_tokens: int = 128,
+        name: str | None = None,
     ) -> None:
-        _check_int("every_n_epochs", every_n_epochs, minimum=0)
-        if every_n_steps is not None:
-            _check_int("every_n_steps", every_n_steps, minimum=1)
-        _check_int("samples", samples, minimum=1)
-        _check_int("max_tokens", max_tokens, minimum=2)
-        _check_int("store_tokens", store_tokens, minimum=2)
-        _check_int("dashboard_tokens", dashboard_tokens, minimum=2)
-        _check_int("top_k", top_k, minimum=1)
-        _check_int("strip_length", strip_length, minimum=2)
-        if sink_tokens is not None:
-            _check_int("sink_tokens", sink_tokens, minimum=1)
-        if not (image_grid is None or image_grid == "auto" or isinstance(image_grid, PatchGrid)):
-            raise TypeError(f"`image_grid` must be 'auto', None or a PatchGrid, got {image_grid!r}")
-        if rollout_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"`rollout_fusion` must be one of {list(HEAD_FUSIONS)}, got {rollout_fusion!r}")
-        if (
-            isinstance(rollout_discard, bool)
-            or not isinstance(rollout_discard, (int, float))
-            or not (0 <= rollout_discard < 1)
-        ):
-            raise ValueError(f"`rollout_discard` must be a fraction in [0, 1), got {rollout_discard!r}")
-        for name, value in (("entropy_collapse", entropy_collapse), ("uniform_entropy", uniform_entropy)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValueError(f"`{name}` must be a number in [0, 1] (normalised entropy), got {value!r}")
-        flags = (
-            ("stats", stats),
-            ("histograms", histograms),
-            ("save_captures", save_captures),
-            ("dashboard", dashboard),
-        )
-        for name, value in flags:
-            if not isinstance(value, bool):
-                raise TypeError(f"`{name}` must be True or False, got {value!r}")
-        if forward_fn is not None and not callable(forward_fn):
-            raise TypeError(f"`forward_fn` must be a callable (pl_module, inputs) -> Any, got {forward_fn!r}")
-        if plots is not None and (isinstance(plots, str) or not all(p in ALL_PLOTS for p in plots)):
-            raise ValueError(f"`plots` must be None or a list drawn from {list(ALL_PLOTS)}, got {plots!r}")
-        if isinstance(heads, (str, int)) or not all(isinstance(h, int) and h >= 0 for h in heads):
-            raise ValueError(f"`heads` must be a list of head indices >= 0, got {heads!r}")
-        if layers is not None and (
-            isinstance(layers, (str, int)) or not all(isinstance(x, (int, str)) for x in layers)
-        ):
-            raise ValueError(f"`layers` must be a list of layer indices or names/globs, got {layers!r}")
-        if modules is not None and not (callable(modules) or isinstance(modules, (str, Sequence))):
-            raise TypeError(f"`modules` must be None, names/globs or a predicate, got {modules!r}")
-        self.every_n_epochs = every_n_epochs
-        self.every_n_steps = every_n_steps
-        self.samples = samples
-        self.forward_fn = forward_fn or default_forward
-        self.modules = modules
-        self.layers = None if layers is None else list(layers)
-        self.heads = list(heads)
-        self.label_tokens = token_labeller(tokens)
-        self.plots = None if plots is None else tuple(plots)  # None: chosen in setup (text or vision)
-        self.max_tokens = max_tokens
-        self.store_tokens = store_tokens
-        self._warned_pooling = False
-        self._warned_nan: set[str] = set()
-        self.top_k = top_k
-        self.log_sanity_check = log_sanity_check
-        self.stats = stats
-        self.histograms = histograms
-        self.save_captures = save_captures
-        self.sink_tokens = sink_tokens
-        self.entropy_collapse = entropy_collapse
-        self.uniform_entropy = uniform_entropy
-        self.image_grid = image_grid
-        self.image_mean = image_mean
-        self.image_std = image_std
-        self.rollout_fusion = rollout_fusion
-        self.rollout_discard = rollout_discard
-        self.dashboard = dashboard
-        self.dashboard_tokens = dashboard_tokens
-        self._grid: PatchGrid | None = None
-        self._plots: tuple[str, ...] = ()
-        self._warned_grid = False
-        self._capture_everywhere = False
-
-        self._fixed: Any = None if sample_input is None else first_rows(sample_input, samples)
-        self._train_fixed: Any = None  # fallback samples when no validation batch ever runs
-        self._writer: Any = None
-        self._worker: log.BackgroundWriter | None = None
-        self._enabled = True
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.config = MonitorConfig.build(**args)
+        self._label = token_labeller(tokens)
+        self._forward = forward_fn or default_forward
+        self._fixed: Any = self.config.sample_input
+        self._train_fixed: Any = None
         self._val_runs = 0
-        self._validated_this_epoch = False
-        self._warned_no_val = False
+        self._restored: dict[str, Any] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        """Everything that belongs to one fit (a monitor can serve several)."""
+        self._enabled = False
+        self._sites: list[AttentionSite] = []
+        self._setup: Setup | None = None
+        self._worker: Worker | None = None
+        self._channel: Channel | None = None
+        self._everywhere = False
         self._last_step: int | None = None
-        self._modules_logged = False
-        self._captures_dir: Path | None = None
-        self._history = History(strip_length)  # updated on the writer thread
-        self._warned_layers: set[str] = set()
-        self._uniform_runs: dict[tuple[str, int], int] = {}
+        self._modules_due = True
+        self._labels: tuple | None = None
+        self._images: tuple = ()
+        self._validated = False
+        self._skipped = 0
+        self._warned: set[str] = set()
 
     @property
     def state_key(self) -> str:
-        # a predicate's repr holds a memory address: name it by its qualified name so a resumed run matches
-        modules = (
-            getattr(self.modules, "__qualname__", None) if callable(self.modules) else repr(self.modules)
-        )
-        return self._generate_state_key(samples=self.samples, modules=modules)
+        return self._generate_state_key(id=self.config.state_id)
 
-    # -- setup ------------------------------------------------------------------------------------
+    # -- setup --------------------------------------------------------------------------------------
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        self._enabled = True
-        if not loggers:
-            rank_zero_warn(
-                "AttentionMonitor found no TensorBoardLogger in `trainer.loggers` and will draw nothing. "
-                "Add one: `Trainer(logger=TensorBoardLogger('logs'))`.",
-                category=RuntimeWarning,
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._close(wait=False)
+        self._reset()
+        self._fixed, self._train_fixed, self._val_runs, self._restored = self.config.sample_input, None, 0, {}
+        same = [
+            cb
+            for cb in trainer.callbacks
+            if isinstance(cb, AttentionMonitor) and cb.config.name == self.config.name
+        ]
+        if len(same) > 1:
+            raise ValueError(
+                "`name`: this Trainer has several AttentionMonitors with name="
+                f"{self.config.name!r}; their tags and files would overwrite each other. "
+                "Give each a distinct `name=`."
             )
-            self._enabled = False
-            return
-        # sharded strategies need every rank in the forward; under DDP rank 0 captures alone
-        strategy = type(trainer.strategy).__name__.lower()
-        self._capture_everywhere = "fsdp" in strategy or "deepspeed" in strategy
-        if trainer.is_global_zero:
-            self._writer = loggers[0].experiment
-            self._captures_dir = Path(loggers[0].log_dir) / log.CAPTURE_DIR
-            self._worker = self._worker or log.BackgroundWriter()
+        if getattr(trainer, "fast_dev_run", False):
+            return self._warn(
+                "AttentionMonitor: nothing is logged under `fast_dev_run` (Lightning replaces the "
+                "loggers with a dummy one), so no attention is captured."
+            )
+        boards = [lg for lg in trainer.loggers if lit.is_tensorboard(lg)]
+        if not boards:
+            return self._warn(
+                "AttentionMonitor found no TensorBoardLogger in `trainer.loggers` and will draw "
+                "nothing. Add one: `Trainer(logger=TensorBoardLogger('logs'))`."
+            )
         try:
-            sites = find_attention(pl_module, self.modules)
+            self._sites = find_attention(pl_module, self.config.modules)
         except ValueError as err:
-            rank_zero_warn(f"AttentionMonitor: {err}. Nothing will be captured.", category=RuntimeWarning)
-            self._enabled = False
-            return
-        self._grid = find_grid(pl_module) if self.image_grid == "auto" else self.image_grid
-        default = VISION_DEFAULT_PLOTS if self._grid is not None else TEXT_DEFAULT_PLOTS
-        self._plots = self.plots if self.plots is not None else default
-        if not sites:
-            rank_zero_warn(
-                f"AttentionMonitor found no attention modules in {type(pl_module).__name__}: it looks for "
-                "nn.MultiheadAttention and modules whose class name contains 'Attention' or 'Attn'. "
-                "Pass `modules=` with their names or a predicate.",
-                category=RuntimeWarning,
+            return self._warn(f"AttentionMonitor: {err}. Nothing will be captured.")
+        if not self._sites:
+            return self._warn(
+                f"AttentionMonitor found no attention modules in {type(pl_module).__name__}: it "
+                "looks for nn.MultiheadAttention and classes named *Attention*/*Attn*. Pass "
+                "`modules=` with their names or a predicate."
             )
-            self._enabled = False
+        grid = find_grid(pl_module) if self.config.image_grid == "auto" else self.config.image_grid
+        self._everywhere = lit.capture_on_every_rank(trainer.strategy, trainer.world_size)
+        self._enabled = True
+        if trainer.is_global_zero:
+            config = replace(self.config, sample_input=None, forward_fn=None, tokens=None, modules=None)
+            self._setup = Setup(
+                config,
+                default_plots(self.config, grid is not None),
+                grid,
+                Tags(self.config.name),
+                str(boards[0].log_dir) if self.config.save_captures else None,
+            )
+            self._board_dir = str(boards[0].log_dir)
+            self._open()
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._validated_this_epoch = False
-        self._warned_no_val = False
+    def _open(self) -> None:
+        """Open this monitor's pipeline in the drawing worker (again, after a restore or a death)."""
+        worker, old = shared_worker(), self._channel
+        if self._worker is not worker or old is None:
+            self._channel = worker.channel()
+            if old is not None:  # what the dead worker had to say is still said
+                self._channel.messages.extend(old.messages)
+        self._worker, ch = worker, self._channel
+        worker.post(ch, ("open", ch.id, self._setup, self._restored.get("pipeline"), self._board_dir))
+        for job in self._restored.get("replay", ()):
+            worker.post(ch, ("replay", ch.id, 0, job if isinstance(job, Job) else job_from_state(job)))
 
-    # -- when -------------------------------------------------------------------------------------
+    # -- when ---------------------------------------------------------------------------------------
 
     def on_validation_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if self._fixed is None and self._enabled:
-            self._fixed = first_rows(batch, self.samples)
-            self._warn_few_samples(self._fixed)
+            self._take(batch)
 
-    def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self._train_fixed is None and self._enabled:
-            self._train_fixed = first_rows(batch, self.samples)
+            self._train_fixed = first_rows(batch, self.config.samples)
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
-            if self.log_sanity_check:
+            if self.config.log_sanity_check:
                 self._capture(trainer, pl_module)
             return
-        self._validated_this_epoch = True
+        self._validated = True
         self._val_runs += 1
-        if self.every_n_epochs and self._val_runs % self.every_n_epochs == 0:
+        if self.config.every_n_epochs and self._val_runs % self.config.every_n_epochs == 0:
             self._capture(trainer, pl_module)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Validation was due but ran no batch (no loader, ``limit_val_batches=0``, empty loader):
-        capture on the first training batch instead of leaving the log silently empty."""
-        validated, self._validated_this_epoch = self._validated_this_epoch, False
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """Validation was due but ran no batch: capture on a training batch rather than log nothing."""
+        validated, self._validated = self._validated, False
         every = trainer.check_val_every_n_epoch
         due = bool(every) and (trainer.current_epoch + 1) % every == 0
-        if validated or not due or sum(trainer.num_val_batches) > 0 or not self.every_n_epochs:
+        if validated or not due or sum(trainer.num_val_batches) > 0 or not self.config.every_n_epochs:
             return
-        if not self._warned_no_val:
-            rank_zero_warn(
-                f"AttentionMonitor: no validation batch ran in epoch {trainer.current_epoch} (no val "
-                "dataloader, `limit_val_batches=0` or an empty loader). It captures on the first training "
-                "batch at epoch ends instead; add a val_dataloader or pass `sample_input=` to choose.",
-                category=RuntimeWarning,
-            )
-            self._warned_no_val = True
+        self._warn_once(
+            "no_val",
+            f"AttentionMonitor: no validation batch ran in epoch {trainer.current_epoch} (no "
+            "val dataloader, `limit_val_batches=0` or an empty loader). It captures on the first "
+            "training batch at epoch ends instead; add a val_dataloader or pass `sample_input=`.",
+        )
         self._val_runs += 1
-        if self._val_runs % self.every_n_epochs == 0:
+        if self._val_runs % self.config.every_n_epochs == 0:
             self._capture(trainer, pl_module)
 
     def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        every = self.config.every_n_steps
+        if every and trainer.global_step % every == 0:
             self._capture(trainer, pl_module)
+        elif self._channel is not None and self._channel.messages:
+            self._raise_messages()
 
-    # -- what -------------------------------------------------------------------------------------
+    # -- what ---------------------------------------------------------------------------------------
 
-    def _capture(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        worker = self._worker
-        everywhere = self._capture_everywhere and trainer.world_size > 1
-        if not self._enabled or (worker is None and not everywhere):
+    def _capture(self, trainer: Any, pl_module: Any) -> None:
+        if not self._enabled or (not trainer.is_global_zero and not self._everywhere):
             return
         step = trainer.global_step
-        if self._fixed is None:
-            self._fixed = self._train_fixed  # a step capture before any validation batch
-        if self._fixed is None or step == self._last_step:
+        if step == self._last_step:
             return  # a step capture and a validation capture at the same step: log once
-        cap = self._run_capture(trainer, pl_module)  # deferred: weights are computed in draw()
-        self._last_step = step
-        if worker is None:
-            return  # a rank that only takes part in the forward (FSDP): rank 0 draws
-        cap.on_warning = worker.warn  # deferred failures surface on the training thread
-        modules = [] if self._modules_logged else self._module_rows(pl_module, cap.planned)
-        first = not self._modules_logged
-        self._modules_logged = True
-        keys = self._select_layers(list(cap.planned))
-        grid, plots, epoch, fixed = self._grid, self._plots, trainer.current_epoch, self._fixed
-        sink = self.sink_tokens or (grid.prefix_tokens if grid is not None and grid.prefix_tokens else 1)
-        diagnose = not trainer.sanity_checking  # an untrained model's uniform heads are no news
-
-        def draw() -> None:
-            """On the writer thread: the weights themselves, scalars, pictures, PNG encoding, files."""
-            writer, warn = self._writer, worker.warn
-            records = cap.records
-            selected = [records[k] for k in keys if k in records]
-            self._warn_pooling(selected, warn)
-            self._warn_non_finite(selected, step, warn)
-            if grid is not None and not any(r.weights.shape[-1] == grid.length for r in selected):
-                self._warn_grid_mismatch(grid, selected, warn)
-            stats = [layer_stats(r, sink, grid) for r in selected] if self.stats else []
-            if diagnose:
-                self._diagnose(stats, step, warn)
-            if modules:
-                log.write_modules(writer, modules, step)
-            if first and stats:
-                log.write_layout(writer, [st.layer for st in stats])
-            labels = token_labels(fixed, self.label_tokens, grid, self.samples)
-            views = make_views(selected, labels, self.max_tokens)
-            drift = self._update_history(views, f"step {step} · ep {epoch}")
-            if stats:
-                log.write_stats(writer, stats, drift, step)
-            if self.histograms:
-                log.write_histograms(writer, selected, step)
-            strips = (
-                {(v.sample, v.layer): self._history.strip(v) for v in views} if "evolution" in plots else {}
-            )
-            pictures = render_views(views, step, plots, self.heads, self.top_k, strips)
-            images = sample_images(fixed, self.image_mean, self.image_std) if grid is not None else []
-            if images:
-                pictures += render_vision(
-                    selected, grid, images, step, plots, self.rollout_fusion, self.rollout_discard
-                )
-            log.write_pictures(writer, pictures, step)
-            if self.dashboard:
-                self._write_dashboard(selected, labels, images, grid, step)
-            writer.flush()
-            if self.save_captures and self._captures_dir is not None and views:
-                log.save_capture(self._captures_dir, views, step, epoch)
-
-        worker.submit(draw)
-
-    def _write_dashboard(
-        self,
-        records: list[AttentionMap],
-        labels: list[list[str] | None],
-        images: list[np.ndarray],
-        grid: PatchGrid | None,
-        step: int,
-    ) -> None:
-        """The Attention tab's records: maps pooled to ``dashboard_tokens`` (image maps kept whole, so
-        patches stay patches) and, for images, the picture itself."""
-        limit = max(self.dashboard_tokens, grid.length if grid is not None else 0)
-        maps = []
-        for view in make_views(records, labels, limit):
-            on_grid = grid is not None and not view.note and view.weights.shape[-1] == grid.length
-            image = images[view.sample] if on_grid and view.sample < len(images) else None
-            maps.append((log.map_tag(view), log.encode_map(view, step, image, grid if on_grid else None)))
-        log.write_plugin_maps(self._writer, maps, step)
-
-    def _warn_few_samples(self, fixed: Any) -> None:
-        rows = [t.shape[0] for t in tensors(fixed) if t.dim() > 0]
-        if rows and max(rows) < self.samples:
-            rank_zero_warn(
-                f"AttentionMonitor: the first validation batch has only {max(rows)} row(s), fewer than "
-                f"samples={self.samples}; pictures are drawn for {max(rows)}. "
-                "Pass `sample_input=` to choose.",
-                category=RuntimeWarning,
-            )
-
-    def _warn_non_finite(self, records: list[AttentionMap], step: int, warn: Callable[[str], None]) -> None:
-        for record in records:
-            if record.key not in self._warned_nan and not bool(torch.isfinite(record.weights).all()):
-                self._warned_nan.add(record.key)
-                warn(
-                    f"AttentionMonitor: attention weights of {record.key!r} are NaN or infinite at step "
-                    f"{step} (non-finite inputs or scores). Those cells are drawn gray and left out of the "
-                    "scalars.",
-                )
-
-    def _warn_pooling(self, records: list[AttentionMap], warn: Callable[[str], None]) -> None:
-        pooled = [r for r in records if r.block != (1, 1)]
-        if pooled and not self._warned_pooling:
-            self._warned_pooling = True
-            longest = max(max(r.length) for r in pooled)
-            warn(
-                f"AttentionMonitor: attention maps up to {longest} tokens long are block-pooled to at most "
-                f"store_tokens={self.store_tokens} per side while capturing, to bound memory (query rows "
-                "averaged, keys summed). Scalars still use every row; pictures say how they were pooled.",
-            )
-
-    def _warn_grid_mismatch(
-        self, grid: PatchGrid, records: list[AttentionMap], warn: Callable[[str], None]
-    ) -> None:
-        if self._warned_grid or not records:
+        if self._fixed is None:
+            self._take(self._val_batch(trainer))
+        fixed = self._fixed if self._fixed is not None else self._train_fixed
+        if fixed is None:
             return
-        self._warned_grid = True
-        try:
-            grid.split(records[0].weights.shape[-1])
-        except ValueError as err:
-            warn(
-                "AttentionMonitor draws no image overlays: no captured layer matches the patch grid "
-                f"({err}). Pass `image_grid=PatchGrid(...)` for the images you feed.",
+        if trainer.is_global_zero and not self._ready():
+            return
+        cap = self._run_forward(trainer, pl_module, fixed)
+        self._last_step = step
+        if cap is None or not trainer.is_global_zero or self._channel is None:
+            return  # a rank that only takes part in a sharded forward: rank 0 draws
+        if self._labels is None:
+            self._labels, self._images = self._describe(fixed)
+        modules = self._module_rows(cap) if self._modules_due else ()
+        self._modules_due = False
+        job = Job(
+            step,
+            trainer.current_epoch,
+            tuple(cap.pending),
+            self._labels,
+            self._images,
+            not trainer.sanity_checking,
+            modules,
+        )
+        self._worker.post(self._channel, ("job", self._channel.id, step, job, False))  # type: ignore[union-attr]
+        self._raise_messages()
+
+    def _ready(self) -> bool:
+        """Back-pressure: at most ``_MAX_IN_FLIGHT`` captures wait for drawing (memory stays bounded and
+        training never waits); a later one is skipped, and the user is told once."""
+        worker = self._worker
+        if worker is None or not worker.alive():
+            self._open()  # the drawing process died: its replacement starts over
+        ch = self._channel
+        if ch is not None and ch.in_flight >= _MAX_IN_FLIGHT:
+            self._skipped += 1
+            per = sum(ch.seconds) / len(ch.seconds) if ch.seconds else float("nan")
+            self._warn_once(
+                "skip",
+                f"AttentionMonitor: captures arrive faster than they can be drawn (about {per:.2g} "
+                "CPU seconds each, at low priority); captures are skipped until drawing catches up. Fewer "
+                "captures (`every_n_steps`), `plots`, `layers` or `samples` make each one cheaper.",
             )
+            return False
+        return True
 
-    def _update_history(self, views: list[AttentionView], label: str) -> dict[str, np.ndarray]:
-        """Record the views; the drift since the previous capture per layer, averaged over samples."""
-        per_layer: dict[str, list[np.ndarray]] = {}
-        for view in views:
-            drift = self._history.add(view, label)
-            if drift is not None:
-                per_layer.setdefault(view.layer, []).append(drift)
-        return {layer: np.mean(values, axis=0) for layer, values in per_layer.items()}
-
-    def _diagnose(self, stats: list[LayerStats], step: int, warn: Callable[[str], None]) -> None:
-        """Warn once per layer on entropy collapse, and once per head that stays uniform."""
-        for st in stats:
-            norm = st.entropy_norm
-            finite = norm[np.isfinite(norm)]
-            if finite.size and finite.mean() < self.entropy_collapse and st.layer not in self._warned_layers:
-                self._warned_layers.add(st.layer)
-                warn(
-                    f"AttentionMonitor: attention entropy collapsed in {st.layer!r} at step {step}: "
-                    f"normalised entropy {finite.mean():.3f} < entropy_collapse={self.entropy_collapse} "
-                    "(each query attends to about one key). Entropy collapse is a known sign of unstable "
-                    "training.",
-                )
-            for head, value in enumerate(norm):
-                key = (st.layer, head)
-                runs = self._uniform_runs.get(key, 0)
-                self._uniform_runs[key] = runs + 1 if value > self.uniform_entropy else 0
-                if self._uniform_runs[key] == _UNIFORM_CAPTURES:
-                    warn(
-                        f"AttentionMonitor: head {head} of {st.layer!r} has stayed uniform for "
-                        f"{_UNIFORM_CAPTURES} captures (normalised entropy {value:.3f} > "
-                        f"uniform_entropy={self.uniform_entropy}): it attends to everything equally.",
-                    )
-
-    # -- state ------------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """The fixed samples, counters and the bounded history, so a resumed fit continues the strips."""
-        if self._worker is not None:
-            self._worker.flush()  # the history is updated on the writer thread
-        return {
-            "fixed": self._fixed,
-            "train_fixed": self._train_fixed,
-            "val_runs": self._val_runs,
-            "last_step": self._last_step,
-            "modules_logged": self._modules_logged,
-            "history": self._history.state_dict(),
-            "warned_layers": sorted(self._warned_layers),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._fixed = state_dict["fixed"]
-        self._train_fixed = state_dict["train_fixed"]
-        self._val_runs = state_dict["val_runs"]
-        self._last_step = state_dict["last_step"]
-        self._modules_logged = state_dict["modules_logged"]
-        self._history.load_state_dict(state_dict["history"])
-        self._warned_layers = set(state_dict["warned_layers"])
-
-    # -- cleanup ----------------------------------------------------------------------------------
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._worker is not None:
-            self._worker.flush()
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self.teardown(trainer, pl_module, "fit")
-
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Everything queued is written before this returns; safe to call twice."""
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
-
-    def _run_capture(self, trainer: Trainer, pl_module: LightningModule) -> AttentionCapture:
-        """One extra forward on the fixed samples, leaving the model and RNG as they were. Capture is
-        deferred: the taps keep copies of the sampled rows' q/k, the weights are computed on reading."""
+    def _run_forward(self, trainer: Any, pl_module: Any, fixed: Any) -> AttentionCapture | None:
+        """One extra forward on the fixed samples, leaving modes and random streams as they were."""
         modes = {m: m.training for m in pl_module.modules()}
         device = pl_module.device
         rng_devices = [device.index or 0] if device.type == "cuda" else []
         precision = trainer.precision_plugin
+        cap = AttentionCapture(
+            pl_module,
+            self.config.samples,
+            max_tokens=self.config.store_tokens,
+            stats=self.config.stats,
+            defer=True,
+            sites=self._sites,
+        )
         try:
             pl_module.eval()
             with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
-                inputs = precision.convert_input(move_data_to_device(self._fixed, device))
-                with (
-                    AttentionCapture(
-                        pl_module, self.samples, self.modules, self.store_tokens, self.stats, defer=True
-                    ) as cap,
-                    precision.forward_context(),
-                ):
-                    self.forward_fn(pl_module, inputs)
+                inputs = precision.convert_input(lit.to_device(fixed, device))
+                with cap, precision.forward_context():
+                    self._forward(pl_module, inputs)
+        except Exception as err:  # the user's training goes on; the capture is reported, not raised
+            self._warn_once(
+                "forward",
+                f"AttentionMonitor: the capture forward failed ({type(err).__name__}: {err}); "
+                "no attention is drawn for it. Check `forward_fn` / `sample_input` against your model.",
+            )
+            return None
         finally:
             for module, training in modes.items():
                 module.training = training
         return cap
 
-    def _select_layers(self, keys: list[str]) -> list[str]:
-        """The captured layers ``layers=`` asks to draw, by index (negative from the end) or name/glob."""
-        if self.layers is None:
-            return keys
-        chosen = [
-            key
-            for i, key in enumerate(keys)
-            if any(
-                (isinstance(sel, int) and sel in (i, i - len(keys)))
-                or (isinstance(sel, str) and fnmatch.fnmatchcase(key, sel))
-                for sel in self.layers
+    def _take(self, batch: Any) -> None:
+        if batch is None:
+            return
+        self._fixed = first_rows(batch, self.config.samples)
+        rows = batch_rows(self._fixed)
+        if 0 < rows < self.config.samples:
+            self._warn(
+                f"AttentionMonitor: the first validation batch has only {rows} row(s), fewer than "
+                f"samples={self.config.samples}; pictures are drawn for {rows}. "
+                "Pass `sample_input=` to choose."
             )
-        ]
-        if not chosen:
-            rank_zero_warn(
-                f"AttentionMonitor: `layers={self.layers}` matches none of the captured layers {keys}.",
-                category=RuntimeWarning,
-            )
-        return chosen
 
-    def _module_rows(self, pl_module: LightningModule, planned: dict[str, tuple[str, str]]) -> list[tuple]:
-        """name, type, heads and capture path of every attention module, for the text table."""
+    def _val_batch(self, trainer: Any) -> Any:
+        """The first validation batch, for a step capture before any validation ran."""
+        try:
+            with torch.random.fork_rng():  # a DataLoader draws its base seed from the global stream
+                trainer.fit_loop.epoch_loop.val_loop.setup_data()
+                loaders = trainer.val_dataloaders
+                loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+                return None if loader is None else next(iter(loader))
+        except Exception:  # no usable val loader: the training batch stands in (with a warning)
+            return None
+
+    def _describe(self, fixed: Any) -> tuple[tuple, tuple]:
+        """Token labels and displayable images of the fixed samples, made once; a failing labeller
+        costs the labels (positions are shown), never the capture."""
+        grid, n = self._setup.grid, self.config.samples  # type: ignore[union-attr]
+        try:
+            labels = token_labels(fixed, self._label, grid, n)
+        except BaseException as err:
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            self._warn(
+                f"AttentionMonitor: `tokens` failed to label the samples ({type(err).__name__}: {err}); "
+                "axes show positions instead."
+            )
+            labels = [None if grid is None else grid.labels()] * n
+        images: list = []
+        if grid is not None:
+            try:
+                images = sample_images(fixed, self.config.image_mean, self.config.image_std)
+            except (ValueError, RuntimeError, TypeError) as err:
+                self._warn(
+                    f"AttentionMonitor: the sample images cannot be shown ({err}); no overlays are drawn."
+                )
+        return tuple(None if x is None else tuple(x) for x in labels), tuple(images)
+
+    def _module_rows(self, cap: AttentionCapture) -> tuple[tuple[str, str, str, str], ...]:
         paths: dict[str, set[str]] = {}
-        for module, path in planned.values():
-            paths.setdefault(module, set()).add(path)
-        rows = []
-        for site in find_attention(pl_module, self.modules):
-            via = ", ".join(sorted(paths.get(site.name, ()))) or "not called"
-            rows.append((site.name, site.module_type, site.num_heads or "?", via))
-        return rows
+        for p in cap.pending:
+            paths.setdefault(p.module, set()).add(p.path)
+        return tuple(
+            (
+                s.name,
+                s.module_type,
+                str(s.num_heads or "?"),
+                ", ".join(sorted(paths.get(s.name, ()))) or "not called",
+            )
+            for s in self._sites
+        )
 
+    # -- messages, state, cleanup -------------------------------------------------------------------
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}")
+    def _warn(self, message: str) -> None:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._warn(message)
+
+    def _raise_messages(self) -> None:
+        ch = self._channel
+        while ch is not None and ch.messages:
+            self._warn(ch.messages.pop(0))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fixed samples, counters and the pipeline's bounded history, so a resumed fit continues."""
+        replay = [job_state(j) if isinstance(j, Job) else j for j in self._restored.get("replay", ())]
+        state = {
+            "samples": self.config.samples,
+            "fixed": self._fixed,
+            "train_fixed": self._train_fixed,
+            "val_runs": self._val_runs,
+            "pipeline": self._restored.get("pipeline"),
+            "replay": replay,
+        }
+        ch = self._channel
+        if ch is not None:  # never waits: the last drawn state, plus the captures still drawing
+            with ch.done:
+                state["pipeline"], state["replay"] = ch.state, [job_state(j) for j in ch.jobs.values()]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._val_runs = state_dict.get("val_runs", 0)
+        self._train_fixed = state_dict.get("train_fixed")
+        saved = state_dict.get("samples", self.config.samples)
+        if self.config.sample_input is None:
+            self._fixed = state_dict.get("fixed")
+            if saved != self.config.samples and self._fixed is not None:
+                self._warn(
+                    f"AttentionMonitor: the checkpoint's fixed samples were taken with samples={saved}; this "
+                    f"monitor has samples={self.config.samples}, so they are taken again and the evolution "
+                    "strips start over."
+                )
+                self._fixed, self._train_fixed, state_dict = None, None, {}
+        replay = [job_from_state(j) for j in state_dict.get("replay", [])]
+        self._restored = {"pipeline": state_dict.get("pipeline"), "replay": replay}
+        if self._worker is not None and self._setup is not None:
+            self._open()  # restored after setup: the pipeline starts from the checkpoint's history
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._close(wait=True)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._close(wait=True)
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Everything captured is drawn and written before this returns; safe to call twice."""
+        self._close(wait=True)
+
+    def _close(self, wait: bool) -> None:
+        worker, ch = self._worker, self._channel
+        if worker is None or ch is None:
+            return
+        if wait and not worker.wait(ch, _DRAIN_SECONDS):
+            self._warn(
+                f"AttentionMonitor: {ch.in_flight} capture(s) were still drawing after "
+                f"{_DRAIN_SECONDS:.0f} s "
+                "and are lost."
+            )
+        with ch.done:
+            self._restored = {"pipeline": ch.state, "replay": [job_state(j) for j in ch.jobs.values()]}
+        worker.request(ch, "close", _DRAIN_SECONDS)
+        self._raise_messages()
+        worker.forget(ch)
+        self._worker = self._channel = None

@@ -23,18 +23,27 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_attnviz.checks import check_int
 from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention, named_modules
-from lightning_attnviz.weights import Computed, RowStats, collect_weights, mha_weights, sdpa_weights
+from lightning_attnviz.pending import (
+    AttentionMap,
+    Inputs,
+    MHAInputs,
+    Path,
+    Pending,
+    SDPAInputs,
+    SoftmaxOutput,
+    compute,
+)
 
-Path = Literal["sdpa", "mha", "eager_softmax"]
+__all__ = ["AttentionCapture", "AttentionMap", "capture_attention"]
 
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _SOFTMAX_FUNCS = frozenset({torch.softmax, torch.Tensor.softmax, F.softmax, torch.special.softmax})
@@ -44,52 +53,14 @@ _MHA_FUNCTIONAL_SIG = inspect.signature(F.multi_head_attention_forward)
 _COMPUTE_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 
-@dataclass(frozen=True)
-class AttentionMap:
-    """One attention computation seen during capture.
-
-    Attributes:
-        key: key in :attr:`AttentionCapture.maps`: the module name for its first call since the
-            context was entered, ``"<name>#<n>"`` for call ``n`` (a shared module, or self- and
-            cross-attention computed inside one module).
-        module: qualified name of the module that computed it.
-        call: 0-based index of this call of ``module`` since the context was entered.
-        weights: float32 CPU tensor, ``(samples, heads, q_len, k_len)``; rows sum to 1, or to 0 where
-            every key is masked.
-        visible: bool CPU tensor broadcastable to ``weights``, False where a mask hid the key; ``None``
-            when nothing was masked. For eager softmax it is inferred as ``weights != 0``.
-        path: ``"sdpa"`` (recomputed beside ``F.scaled_dot_product_attention``), ``"mha"``
-            (recomputed from ``nn.MultiheadAttention`` projections, fast path or not) or
-            ``"eager_softmax"`` (the model's own softmax output).
-        causal: ``is_causal`` was set; ``None`` when the path does not say (eager softmax).
-        masked: a mask was applied; ``None`` when the path does not say.
-        gqa_groups: query heads per key head (1 without grouped-query attention done by SDPA).
-        scale: the scale applied to ``q·kᵀ``; ``None`` when unknown (eager softmax).
-        dropout_p: dropout applied *after* these weights in train mode; it is not part of them.
-        length: ``(q_len, k_len)`` of the attention as computed.
-        block: ``(query rows, keys)`` per cell when the map was block-pooled while capturing
-            (``max_tokens``): query rows averaged, keys summed, so rows still sum to 1. ``(1, 1)``: exact.
-        stats: per-row statistics at full resolution (with ``stats=True``).
-    """
-
-    key: str
-    module: str
-    call: int
-    weights: Tensor
-    visible: Tensor | None
-    path: Path
-    causal: bool | None
-    masked: bool | None
-    gqa_groups: int
-    scale: float | None
-    dropout_p: float
-    length: tuple[int, int] = (0, 0)
-    block: tuple[int, int] = (1, 1)
-    stats: RowStats | None = None
-
-
 class AttentionCapture:
-    """Holds the taps and what they recorded; use it through :func:`capture_attention`."""
+    """Holds the taps and what they recorded; use it through :func:`capture_attention`.
+
+    Immediately (``defer=False``) each call's weights are computed as the model runs and land in
+    :attr:`records`. Deferred, the taps only keep detached CPU copies of the sampled rows' inputs in
+    :attr:`pending`; :func:`~lightning_attnviz.pending.compute` turns each into an
+    :class:`AttentionMap` later, anywhere (the monitor does it in its drawing process).
+    """
 
     def __init__(
         self,
@@ -99,27 +70,19 @@ class AttentionCapture:
         max_tokens: int | None = None,
         stats: bool = False,
         defer: bool = False,
+        sites: list[AttentionSite] | None = None,
     ) -> None:
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"`samples` must be an int >= 1, got {samples!r}")
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2
-        ):
-            raise ValueError(f"`max_tokens` must be None or an int >= 2, got {max_tokens!r}")
+        check_int("samples", samples, minimum=1)
+        check_int("max_tokens", max_tokens, minimum=2, optional=True)
         self.max_tokens = max_tokens
         self.stats = stats
-        # defer: taps keep detached copies of their inputs (sampled rows only) and the weights are
-        # computed when `records` is first read, e.g. on a writer thread while training goes on
         self.defer = defer
-        self._on_cuda = False
-        # where a failed computation is reported; the callback routes deferred ones to the training thread
-        self.on_warning: Callable[[str], None] | None = None
-        self._pending: list[tuple[str, str, int, Callable[[], Computed], dict[str, Any]]] = []
         self.model = _unwrap_compiled(model)
         self.samples = samples
-        self.sites: list[AttentionSite] = find_attention(self.model, modules)
-        self._records: dict[str, AttentionMap] = {}
-        self.planned: dict[str, tuple[str, str]] = {}  # key -> (module, path), in forward order
+        self.sites: list[AttentionSite] = find_attention(self.model, modules) if sites is None else sites
+        self.records: dict[str, AttentionMap] = {}  # immediate: {key: map} in forward order
+        self.pending: list[Pending] = []  # deferred: what compute() needs, in forward order
+        self.failures: list[str] = []  # modules whose weights could not be computed, with why
         self._calls: dict[str, int] = {}
         self._entered: set[str] = set()
         self._restore: list[Callable[[], None]] = []
@@ -130,36 +93,22 @@ class AttentionCapture:
         self._failed: set[str] = set()
 
     @property
-    def records(self) -> dict[str, AttentionMap]:
-        """``{key: AttentionMap}`` in forward order (computing what ``defer`` left pending)."""
-        if self._pending and self._on_cuda:
-            torch.cuda.synchronize()  # the copies were made on the training thread's stream
-        while self._pending:
-            key, name, call, compute, meta = self._pending.pop(0)
-            self._run(key, name, call, compute, meta)
-        if self._on_cuda:
-            torch.cuda.synchronize()  # done reading the copies before their memory is reused
-        return self._records
-
-    @property
     def maps(self) -> dict[str, Tensor]:
-        """``{key: weights}`` in forward order; see :class:`AttentionMap` for the keys."""
+        """``{key: weights}`` of :attr:`records`; see :class:`AttentionMap` for the keys."""
         return {key: record.weights for key, record in self.records.items()}
 
     def clear(self) -> None:
         """Forget what was recorded, keeping the taps (call counts restart at 0)."""
-        self._records.clear()
-        self._pending.clear()
-        self.planned.clear()
+        self.records.clear()
+        self.pending.clear()
         self._calls.clear()
         self._entered.clear()
 
     def keep(self, t: Tensor | None) -> Tensor | None:
-        """``t`` itself, or with ``defer`` a detached copy that later training cannot change."""
+        """``t`` itself, or with ``defer`` a detached CPU copy that later training cannot change."""
         if t is None or not self.defer:
             return t
-        self._on_cuda = self._on_cuda or t.is_cuda
-        return t.detach().clone()
+        return t.detach().to("cpu", copy=True)
 
     # -- install / remove -------------------------------------------------------------------------
 
@@ -184,7 +133,8 @@ class AttentionCapture:
     def __exit__(self, *exc: object) -> None:
         self.close()
         if exc[0] is None:
-            silent = sorted(self._entered - {module for module, _ in self.planned.values()} - self._failed)
+            seen = {r.module for r in self.records.values()} | {p.module for p in self.pending}
+            silent = sorted(self._entered - seen - self._failed)
             if silent:
                 warnings.warn(
                     f"These modules ran but computed no attention that could be captured: {silent}. "
@@ -342,51 +292,43 @@ class AttentionCapture:
         dropout_p: float = 0.0,
         self_attention: bool = False,
     ) -> None:
-        """Record multi-head attention weights from ``nn.MultiheadAttention``'s parameters (or
+        """Record multi-head attention from ``nn.MultiheadAttention``'s parameters (or
         ``F.multi_head_attention_forward``'s arguments); with ``self_attention``, padded query rows
         are hidden too. Separate q/k projections are used when ``in_proj_weight`` is ``None``."""
-        if self.defer:  # keep only the sampled rows, and the weights as they are now
-            s = self.samples
-            if query.dim() == 3:
-                rows = (slice(None, s),) if batch_first else (slice(None), slice(None, s))
-                query, key = query[rows], key[rows]
-                if key_padding_mask is not None:
-                    key_padding_mask = key_padding_mask[:s]
-                if attn_mask is not None and attn_mask.dim() == 3:  # (N·H, L, S)
-                    attn_mask = attn_mask[: s * num_heads]
-            query, key, key_padding_mask, attn_mask = map(
-                self.keep, (query, key, key_padding_mask, attn_mask)
-            )
-            in_proj_weight, in_proj_bias, q_proj_weight, k_proj_weight, bias_k = map(
-                self.keep, (in_proj_weight, in_proj_bias, q_proj_weight, k_proj_weight, bias_k)
-            )
+        s = self.samples
+        if query.dim() == 3:  # keep only the sampled rows
+            rows = (slice(None, s),) if batch_first else (slice(None), slice(None, s))
+            query, key = query[rows], key[rows]
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask[:s]
+            if attn_mask is not None and attn_mask.dim() == 3:  # (N·H, L, S)
+                attn_mask = attn_mask[: s * num_heads]
         embed = query.shape[-1] if in_proj_weight is None else in_proj_weight.shape[0] // 3
         if in_proj_weight is None:
             q_weight, k_weight = q_proj_weight, k_proj_weight
         else:
             q_weight, k_weight = in_proj_weight[:embed], in_proj_weight[embed : 2 * embed]
         bias = in_proj_bias
-        self._compute(
+        keep = self.keep
+        inputs = MHAInputs(
+            query=keep(query),
+            key=keep(key),
+            num_heads=num_heads,
+            q_weight=keep(q_weight),
+            k_weight=keep(k_weight),
+            q_bias=keep(None if bias is None else bias[:embed]),
+            k_bias=keep(None if bias is None else bias[embed : 2 * embed]),
+            bias_k=keep(bias_k),
+            add_zero_attn=add_zero_attn,
+            key_padding_mask=keep(key_padding_mask),
+            attn_mask=keep(attn_mask),
+            is_causal=bool(is_causal),
+            batch_first=batch_first,
+            hide_padded_queries=self_attention,
+        )
+        self._add(
             name,
-            lambda: mha_weights(
-                query,
-                key,
-                num_heads=num_heads,
-                q_weight=q_weight,
-                k_weight=k_weight,
-                q_bias=None if bias is None else bias[:embed],
-                k_bias=None if bias is None else bias[embed : 2 * embed],
-                bias_k=bias_k,
-                add_zero_attn=add_zero_attn,
-                key_padding_mask=key_padding_mask,
-                attn_mask=attn_mask,
-                is_causal=is_causal,
-                batch_first=batch_first,
-                samples=self.samples,
-                hide_padded_queries=self_attention,
-                max_tokens=self.max_tokens,
-                stats=self.stats,
-            ),
+            inputs,
             path="mha",
             causal=bool(is_causal),
             masked=key_padding_mask is not None or attn_mask is not None or bool(is_causal),
@@ -414,46 +356,30 @@ class AttentionCapture:
             **kw,
         )
 
-    def _compute(self, name: str, compute: Callable[[], Computed], **meta: Any) -> None:
-        """Record ``compute``'s result under the next key of ``name``: now, or when ``records`` is read."""
+    def _add(self, name: str, inputs: Inputs, path: Path, **meta: Any) -> None:
+        """Record one call of ``name`` under its next key: pending, or computed now."""
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         key = name if call == 0 else f"{name}#{call}"
-        self.planned[key] = (name, meta["path"])
+        pending = Pending(key=key, module=name, call=call, path=path, inputs=inputs, **meta)
         if self.defer:
-            self._pending.append((key, name, call, compute, meta))
-        else:
-            self._run(key, name, call, compute, meta)
-
-    def _run(self, key: str, name: str, call: int, compute: Callable[[], Computed], meta: dict) -> None:
-        """Run ``compute`` off the autograd graph; a failure is a warning, never the user's exception."""
+            self.pending.append(pending)
+            return
         try:
-            with torch.inference_mode(False), torch.no_grad():
-                result = compute()
-        except _COMPUTE_ERRORS as err:
-            self.planned.pop(key, None)
+            self.records[key] = compute(pending, self.max_tokens, self.stats)
+        except _COMPUTE_ERRORS as err:  # never the user's exception: their forward is unaffected
             if name not in self._failed:
                 self._failed.add(name)
-                message = (
-                    f"Could not compute attention weights for {name!r} ({type(err).__name__}: {err}); "
-                    "the model's own output is unaffected."
-                )
-                if self.on_warning is not None:
-                    self.on_warning(message)
-                else:
-                    warnings.warn(message, UserWarning, stacklevel=3)
-            return
-        self._records[key] = AttentionMap(
-            key=key,
-            module=name,
-            call=call,
-            weights=result.weights,
-            visible=result.visible,
-            length=result.length,
-            block=result.block,
-            stats=result.stats,
-            **meta,
-        )
+                message = failure_message(name, err)
+                self.failures.append(message)
+                warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def failure_message(module: str, err: BaseException) -> str:
+    return (
+        f"Could not compute attention weights for {module!r} ({type(err).__name__}: {err}); "
+        "the model's own output is unaffected."
+    )
 
 
 class _Interceptor(TorchFunctionMode):
@@ -484,13 +410,15 @@ class _Interceptor(TorchFunctionMode):
         q, k, mask = bound["query"], bound["key"], bound.get("attn_mask")
         if mask is not None and mask.dim() == q.dim() and mask.shape[0] > 1:
             mask = mask[: cap.samples]  # a learned bias passed as the mask may change after this step
-        q, k, mask = cap.keep(q[: cap.samples]), cap.keep(k[: cap.samples]), cap.keep(mask)
         gqa = bool(bound.get("enable_gqa", False))
         scale = bound.get("scale")
         causal = bool(bound.get("is_causal", False))
-        cap._compute(
+        inputs = SDPAInputs(
+            cap.keep(q[: cap.samples]), cap.keep(k[: cap.samples]), cap.keep(mask), causal, scale, gqa
+        )
+        cap._add(
             site.name,
-            lambda: sdpa_weights(q, k, mask, causal, scale, gqa, cap.samples, cap.max_tokens, cap.stats),
+            inputs,
             path="sdpa",
             causal=causal,
             masked=mask is not None or causal,
@@ -509,10 +437,10 @@ class _Interceptor(TorchFunctionMode):
             out = out.view(-1, site.num_heads, *out.shape[-2:])  # (B·H, L, S) -> (B, H, L, S)
         if out.dim() != 4:
             return
-        kept = cap.keep(out[: cap.samples]).detach()
-        cap._compute(
+        kept = cap.keep(out[: cap.samples].detach())
+        cap._add(
             site.name,
-            lambda: collect_weights(kept, cap.max_tokens, cap.stats),
+            SoftmaxOutput(kept),
             path="eager_softmax",
             causal=None,
             masked=None,
@@ -581,13 +509,13 @@ def capture_attention(
             it is computed, a block of query rows at a time, so memory stays O(samples·H·max_tokens²)
             however long the sequence (see :attr:`AttentionMap.block`).
         stats: also accumulate per-row statistics at full resolution (:attr:`AttentionMap.stats`).
-        defer: keep detached copies of the sampled rows' inputs (and projection weights) and compute
-            the weights only when :attr:`AttentionCapture.records` is first read — e.g. on another
-            thread while training goes on. :attr:`AttentionCapture.planned` lists the keys at once.
+        defer: only keep detached CPU copies of the sampled rows' inputs (and projection weights) in
+            :attr:`AttentionCapture.pending`; :func:`~lightning_attnviz.pending.compute` makes the
+            weights later, e.g. in another process while training goes on.
 
     Raises:
-        ValueError: ``samples`` is not an int >= 1, ``max_tokens`` not None or an int >= 2, or a name in
-            ``modules`` matches no module.
+        TypeError: ``samples`` or ``max_tokens`` is not an int.
+        ValueError: ``samples`` < 1, ``max_tokens`` < 2, or a name in ``modules`` matches no module.
 
     Example::
 

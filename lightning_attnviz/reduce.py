@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
-from lightning_attnviz.capture import AttentionMap
-from lightning_attnviz.vision import PatchGrid, mean_attention_distance
-from lightning_attnviz.weights import RowStats
+from lightning_attnviz.pending import AttentionMap
+from lightning_attnviz.pooling import RowStats
+from lightning_attnviz.reduce_vision import mean_attention_distance
+from lightning_attnviz.vision import PatchGrid
 
 
 @dataclass(frozen=True)
@@ -186,27 +185,30 @@ class LayerStats:
 def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | None = None) -> LayerStats:
     """Per-head scalars of one captured layer, from every row at full resolution.
 
-    Uses the statistics accumulated while capturing when the map was captured with ``stats=True``
-    (necessarily so when it was pooled), else computes them from the exact map. With ``grid`` and an
-    exact map whose queries and keys are the grid's tokens, the distance is in pixels.
+    Uses the statistics accumulated while capturing when they count the same sink keys (necessarily
+    so when the map was pooled), else computes them from the exact map. With ``grid`` and an exact
+    map whose queries and keys are the grid's tokens, the distance is in pixels.
 
     Shape:
         record.weights: ``(samples, heads, q, k)``; every array of the result: ``(heads,)``.
     """
     stats = record.stats
-    if stats is None:
-        if record.block != (1, 1):
+    exact = record.block == (1, 1)
+    if stats is None or (exact and stats.sink_keys != sink_tokens):
+        if not exact:
             raise ValueError(f"{record.key!r} was pooled while capturing without `stats=True`")
         samples, heads, q_len, k_len = record.weights.shape
-        stats = RowStats.empty(samples, heads, q_len == k_len)
+        stats = RowStats.empty(samples, heads, q_len == k_len, sink_tokens)
         stats.update(0, record.weights, record.visible)
-    values = stats.per_head(sink_tokens)
+    values = stats.per_head()
     q_len, k_len = record.weights.shape[-2:]
-    if grid is not None and record.block == (1, 1) and q_len == k_len == grid.length:
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN head stays NaN
-            per_sample = [mean_attention_distance(w, grid) for w in record.weights]
-            values["distance"] = np.nanmean(per_sample, axis=0).astype(np.float32)
+    if grid is not None and exact and q_len == k_len == grid.length:
+        per_sample = np.stack([mean_attention_distance(w, grid) for w in record.weights])
+        finite = np.isfinite(per_sample)
+        count = finite.sum(axis=0)
+        total = np.where(finite, per_sample, 0.0).sum(axis=0)
+        # an all-NaN head stays NaN, without numpy's "mean of empty slice" warning
+        values["distance"] = np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
     return LayerStats(layer=record.key, **values)
 
 
@@ -227,63 +229,3 @@ def js_divergence(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
     rows = (p.sum(-1) > 0) & (q.sum(-1) > 0)
     count = rows.sum(-1)
     return np.where(count > 0, np.where(rows, js, 0.0).sum(-1) / np.maximum(count, 1), np.nan)
-
-
-class History:
-    """What the evolution strips and drift need from past captures, bounded in memory.
-
-    Per (sample, layer): the steps and the head-mean maps of the last ``length`` captures and the
-    per-head maps of the last one, all pooled (≤ ``max_tokens``²) and stored as float16.
-    """
-
-    def __init__(self, length: int = 8) -> None:
-        self.length = length
-        self._entries: dict[str, dict] = {}
-
-    def add(self, view: AttentionView, label: str) -> np.ndarray | None:
-        """Record ``view`` and return the drift since the previous capture, per head (``None`` for the
-        first capture, or when the map's shape changed)."""
-        entry = self._entries.setdefault(_history_key(view), {"labels": [], "means": [], "heads": None})
-        previous = entry["heads"]
-        drift = None
-        if previous is not None and previous.shape == view.weights.shape:
-            drift = js_divergence(previous.astype(np.float32), view.weights)
-        elif previous is not None:  # the sequence changed length: start the strip again
-            entry.update(labels=[], means=[])
-        entry["labels"] = [*entry["labels"], label][-self.length :]
-        entry["means"] = [*entry["means"], view.head_mean()[0].astype(np.float16)][-self.length :]
-        entry["heads"] = view.weights.astype(np.float16)
-        return drift
-
-    def strip(self, view: AttentionView) -> tuple[list[np.ndarray], list[str]]:
-        """Head-mean maps (float32, oldest first) and labels recorded for this sample and layer."""
-        entry = self._entries.get(_history_key(view), {"labels": [], "means": []})
-        return [m.astype(np.float32) for m in entry["means"]], list(entry["labels"])
-
-    def state_dict(self) -> dict:
-        return {
-            "length": self.length,
-            "entries": {
-                key: {
-                    "labels": list(e["labels"]),
-                    "means": [torch.from_numpy(m.copy()) for m in e["means"]],
-                    "heads": None if e["heads"] is None else torch.from_numpy(e["heads"].copy()),
-                }
-                for key, e in self._entries.items()
-            },
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.length = state["length"]
-        self._entries = {
-            key: {
-                "labels": list(e["labels"]),
-                "means": [m.numpy() for m in e["means"]],
-                "heads": None if e["heads"] is None else e["heads"].numpy(),
-            }
-            for key, e in state["entries"].items()
-        }
-
-
-def _history_key(view: AttentionView) -> str:
-    return f"{view.sample}/{view.layer}"

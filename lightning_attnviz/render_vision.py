@@ -10,15 +10,11 @@ spread over the patches, on a log scale, so an evenly spread heat reads as "unif
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
 from lightning_attnviz import layout
-from lightning_attnviz.capture import AttentionMap
-from lightning_attnviz.reduce_vision import HeadFusion, cls_to_patches, mean_received, rollout
-from lightning_attnviz.render import _LUT, UNIFORM_AT, Picture, levels
-from lightning_attnviz.vision import PatchGrid
+from lightning_attnviz.render import _LUT, UNIFORM_AT, levels
 
 VISION_PLOTS: tuple[str, ...] = ("overlay", "overlay_heads", "rollout")
 ALPHA = 0.6  # opacity of the heat at its maximum; it fades with the weight so the image shows through
@@ -183,58 +179,3 @@ def _fit(rgb: np.ndarray, side: int) -> np.ndarray:
     padded = np.pad(rgb.astype(np.float64), ((0, -h % k), (0, -w % k), (0, 0)), mode="edge")
     blocks = padded.reshape(padded.shape[0] // k, k, padded.shape[1] // k, k, 3)
     return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
-
-
-def render_vision(
-    records: Sequence[AttentionMap],
-    grid: PatchGrid,
-    images: Sequence[np.ndarray],
-    step: int,
-    plots: Sequence[str] = ("overlay", "overlay_heads", "rollout"),
-    head_fusion: HeadFusion = "mean",
-    discard_ratio: float = 0.0,
-) -> list[Picture]:
-    """Attention on the image for every fixed sample: per layer the head mean and every head, and the
-    rollout across layers.
-
-    Layers whose queries and keys are not the grid's tokens are left out. With a prefix (CLS) token the
-    heat is its attention to the patches; without one, the mean attention each patch receives.
-
-    Args:
-        records: captured maps in forward order.
-        grid: the patch grid of the model's input.
-        images: one displayable ``(H, W, 3)`` image per sample (see ``vision.unnormalize``).
-        step: the training step, shown in titles.
-        plots: which of ``"overlay"``, ``"overlay_heads"``, ``"rollout"``.
-        head_fusion, discard_ratio: rollout options, see :func:`~lightning_attnviz.vision.rollout`.
-    """
-    on_grid = [r for r in records if r.weights.shape[-2] == r.weights.shape[-1] == grid.length]
-    what = "CLS → patches" if grid.prefix_tokens else "mean attention received"
-    heat_of = cls_to_patches if grid.prefix_tokens else mean_received
-    pictures = []
-    for sample, image in enumerate(images):
-        if sample >= min((r.weights.shape[0] for r in on_grid), default=0):
-            break
-        for record in on_grid:
-            heats = heat_of(record.weights[sample], grid)  # (heads, rows, cols)
-            where = f"{record.key} · sample {sample} · step {step}"
-            if "overlay" in plots:
-                image_out = overlay(image, heats.mean(axis=0), f"{where} · head mean", what, grid.patch_size)
-                pictures.append(Picture("overlay", sample, record.key, image_out))
-            if "overlay_heads" in plots:
-                image_out = overlay_grid(image, heats, where, what, grid.patch_size)
-                pictures.append(Picture("overlay_heads", sample, record.key, image_out))
-        if "rollout" in plots and on_grid:
-            rolled = rollout(
-                [r.weights[sample] for r in on_grid], head_fusion, discard_ratio, grid.prefix_tokens
-            )
-            heat = heat_of(rolled[None], grid)[0]
-            note = f"{len(on_grid)} layers, {head_fusion} over heads"
-            note += f", {discard_ratio:.0%} discarded" if discard_ratio else ""
-            title = f"attention rollout · sample {sample} · step {step}"
-            pictures.append(
-                Picture(
-                    "rollout", sample, None, overlay(image, heat, title, f"{note}; {what}", grid.patch_size)
-                )
-            )
-    return pictures

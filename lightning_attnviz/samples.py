@@ -7,16 +7,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning_fabric.utilities.apply_func import apply_to_collection
-from pytorch_lightning import LightningModule
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
-from lightning_attnviz.vision import PatchGrid, unnormalize
+from lightning_attnviz.reduce_vision import unnormalize
+from lightning_attnviz.vision import PatchGrid
+
+MAX_LABEL_CHARS = 40  # a label is shown at most this long (a 10,000-character vocabulary entry stays legible)
 
 Tokens = None | Sequence[str] | Mapping[int, str] | Callable[[list[int]], Sequence[str]] | Any
 
 
-def default_forward(pl_module: LightningModule, inputs: Any) -> Any:
+def default_forward(pl_module: Any, inputs: Any) -> Any:
     """``pl_module(x)`` for a tensor, ``pl_module(batch[0])`` for a tuple/list, ``pl_module(**d)``
     for a dict."""
     if isinstance(inputs, Mapping):
@@ -27,8 +29,27 @@ def default_forward(pl_module: LightningModule, inputs: Any) -> Any:
 
 
 def first_rows(batch: Any, samples: int) -> Any:
-    """The first ``samples`` rows of every tensor in ``batch``, detached, cloned, on the CPU."""
-    return apply_to_collection(batch, Tensor, lambda t: t[:samples].detach().to("cpu", copy=True))
+    """The first ``samples`` rows of every batched tensor in ``batch``, detached, cloned, on the CPU.
+
+    A tensor is batched when its first dimension is the batch size (the most common first dimension
+    among the batch's tensors); others (a 0-d temperature, a shared table) are kept whole.
+    """
+    sizes = [t.shape[0] for t in tensors(batch) if t.dim() > 0]
+    batch_size = max(set(sizes), key=sizes.count) if sizes else None
+
+    def rows(t: Tensor) -> Tensor:
+        t = t.detach()
+        if t.dim() > 0 and t.shape[0] == batch_size:
+            t = t[:samples]
+        return t.to("cpu", copy=True)
+
+    return apply_to_collection(batch, Tensor, rows)
+
+
+def batch_rows(batch: Any) -> int:
+    """How many rows the batched tensors of ``batch`` have (0 when none)."""
+    sizes = [t.shape[0] for t in tensors(batch) if t.dim() > 0]
+    return max(set(sizes), key=sizes.count) if sizes else 0
 
 
 def tensors(inputs: Any) -> list[Tensor]:
@@ -78,7 +99,15 @@ def token_labels(
     ids = token_ids(fixed)
     if ids is None or labeller is None:
         return [None if grid is None else grid.labels()] * count
-    return [list(labeller(row.tolist())) for row in ids]
+    return [[short_label(str(t)) for t in labeller(row.tolist())] for row in ids[:count]]
+
+
+def short_label(label: str) -> str:
+    """A label cut in the middle to :data:`MAX_LABEL_CHARS`, keeping both ends."""
+    if len(label) <= MAX_LABEL_CHARS:
+        return label
+    half = (MAX_LABEL_CHARS - 1) // 2
+    return label[:half] + "…" + label[-(MAX_LABEL_CHARS - 1 - half) :]
 
 
 def images(fixed: Any, mean: Sequence[float] | None, std: Sequence[float] | None) -> list[np.ndarray]:

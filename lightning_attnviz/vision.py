@@ -1,30 +1,18 @@
-"""Vision-transformer attention: patch geometry, per-patch maps, rollout and attention distance.
+"""Where the tokens of a vision transformer sit in its image: the patch grid, read off timm and
+Hugging Face models or given by hand. The maths over a grid lives in :mod:`~lightning_attnviz.reduce_vision`.
 
 A ViT's sequence is ``[prefix tokens..., patches...]``: the prefix holds the CLS token and, where the
-model has them, distillation and register tokens; the patches follow in row-major order. Everything
-here takes one sample's weights (``(heads, L, L)``, a ``torch.Tensor`` or ``numpy`` array), checks
-``L`` against a :class:`PatchGrid` with a message that says what was expected, and returns float64
-``numpy`` arrays. Nothing here imports timm or transformers: the ``grid_from_*`` helpers only read
-attributes.
-
-Which map to draw per layer: :func:`cls_to_patches` when the grid has a prefix token (what the
-classifier reads), otherwise :func:`mean_received` (no single query speaks for the image);
-:func:`query_patch` is for a chosen patch. Across layers, :func:`rollout` then ``cls_to_patches`` on
-its result (``rollout(...)[None]``), or ``mean_received`` on it for a model without prefix tokens.
+model has them, distillation and register tokens; the patches follow in row-major order. Nothing here
+imports timm or transformers: the ``grid_from_*`` helpers only read attributes.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-
-HeadFusion = Literal["mean", "max", "min"]
-HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
 
 @dataclass(frozen=True)
@@ -180,236 +168,6 @@ def grid_from_hf(
     return PatchGrid(grid=grid, prefix_tokens=prefix_tokens, patch_size=patch)
 
 
-def cls_to_patches(weights: torch.Tensor | np.ndarray, grid: PatchGrid, query: int = 0) -> np.ndarray:
-    """Where a prefix token (default: CLS, query 0) looks in the image.
-
-    The CLS token's row is what the classifier reads, so this is the usual "what does the model look
-    at" picture. Values are the captured weights, not renormalised: the share a row gives to prefix
-    tokens is simply left out (a register that absorbs attention makes the patch map fainter).
-
-    Args:
-        query: index of the prefix token whose row is shown, ``0 <= query < grid.prefix_tokens``.
-
-    Raises:
-        ValueError: the grid has no prefix tokens (use :func:`mean_received`), ``query`` is out of
-            range, or the sequence length does not match the grid.
-
-    Shape:
-        weights: ``(..., L, L)``, usually ``(heads, L, L)``; returns ``(..., rows, cols)``.
-    """
-    w = _weights(weights, grid)
-    if grid.prefix_tokens == 0:
-        raise ValueError(
-            "cls_to_patches needs a prefix token, but the grid has `prefix_tokens=0`; "
-            "use mean_received or query_patch"
-        )
-    if isinstance(query, bool) or not isinstance(query, int) or not 0 <= query < grid.prefix_tokens:
-        raise ValueError(f"`query` must be a prefix token index in [0, {grid.prefix_tokens}), got {query!r}")
-    return _to_grid(w[..., query, grid.prefix_tokens :], grid)
-
-
-def mean_received(weights: torch.Tensor | np.ndarray, grid: PatchGrid) -> np.ndarray:
-    """Attention each patch receives, averaged over the query patches.
-
-    The picture to draw for a model without a CLS token (``prefix_tokens == 0``, e.g. global average
-    pooling): no single row speaks for the whole image, but the patches many queries read stand out.
-    Prefix-token queries are excluded so that the map means the same thing with or without a CLS.
-
-    Shape:
-        weights: ``(..., L, L)``; returns ``(..., rows, cols)``.
-    """
-    w = _weights(weights, grid)
-    p = grid.prefix_tokens
-    return _to_grid(w[..., p:, p:].mean(axis=-2), grid)
-
-
-def query_patch(weights: torch.Tensor | np.ndarray, grid: PatchGrid, row: int, col: int) -> np.ndarray:
-    """Where one chosen patch, at ``(row, col)`` of the grid, attends.
-
-    Raises:
-        ValueError: ``row``/``col`` outside the grid, or the sequence length does not match it.
-
-    Shape:
-        weights: ``(..., L, L)``; returns ``(..., rows, cols)``.
-    """
-    w = _weights(weights, grid)
-    for name, value, limit in (("row", row, grid.rows), ("col", col, grid.cols)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
-            raise ValueError(f"`{name}` must be an int in [0, {limit}), got {value!r}")
-    return _to_grid(w[..., grid.prefix_tokens + row * grid.cols + col, grid.prefix_tokens :], grid)
-
-
-def rollout(
-    maps: Sequence[torch.Tensor | np.ndarray],
-    head_fusion: HeadFusion = "mean",
-    discard_ratio: float = 0.0,
-    prefix_tokens: int = 1,
-) -> np.ndarray:
-    """Attention rollout (Abnar & Zuidema, 2020): how much each token's output draws on each input
-    token through all layers, counting the residual stream.
-
-    Per layer: fuse the heads (``mean``, ``max`` or ``min``); optionally zero the weakest entries
-    (below); add the identity for the residual connection and renormalise every **row** to sum 1;
-    then chain the layers, ``A_L · … · A_1``. The widely copied vit-explain code divides by
-    ``a.sum(dim=-1)`` without ``keepdim``, which scales columns instead of rows; that is invisible
-    with mean fusion and nothing discarded (rows already sum to 1) and wrong otherwise.
-
-    Discarding (``discard_ratio > 0``, vit-explain's noise filter): in each fused matrix, the
-    ``floor(discard_ratio * n)`` smallest of the ``n`` entries whose *key* is a patch are set to 0
-    (ties broken by position). Entries in the prefix columns (attention *to* CLS/registers) are never
-    discarded; vit-explain protects only the CLS→CLS entry, and we protect the whole columns so that a
-    CLS or register acting as an attention sink is not cut off.
-
-    Args:
-        maps: one sample's weights per layer, in forward order.
-        head_fusion: how heads are combined, one of ``"mean"``, ``"max"``, ``"min"``.
-        discard_ratio: fraction in ``[0, 1)`` of patch-key entries zeroed per layer.
-        prefix_tokens: tokens before the patches, whose columns are protected from discarding.
-
-    Returns:
-        float64, rows sum to 1. Row ``prefix + i`` is patch ``i``; row 0 (CLS) reshaped with
-        :func:`cls_to_patches` (``rollout(...)[None]``) is the usual rollout picture.
-
-    Shape:
-        maps: each ``(heads, L, L)``; returns ``(L, L)``.
-    """
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"`head_fusion` must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
-    if isinstance(discard_ratio, bool) or not 0.0 <= discard_ratio < 1.0:
-        raise ValueError(f"`discard_ratio` must be a float in [0, 1), got {discard_ratio!r}")
-    if len(maps) == 0:
-        raise ValueError("`maps` must hold at least one layer's weights, got none")
-    layers = [_numpy(layer) for layer in maps]
-    length = layers[0].shape[-1]
-    for index, a in enumerate(layers):
-        if a.ndim != 3 or a.shape[-2:] != (length, length):
-            raise ValueError(
-                f"`maps[{index}]` must be one sample's (heads, L, L) weights with the L={length} of "
-                f"maps[0], got shape {tuple(a.shape)}"
-                + ("; take one sample, e.g. w[0]" if a.ndim == 4 else "")
-            )
-    if (
-        isinstance(prefix_tokens, bool)
-        or not isinstance(prefix_tokens, int)
-        or not 0 <= prefix_tokens <= length
-    ):
-        raise ValueError(f"`prefix_tokens` must be an int in [0, {length}], got {prefix_tokens!r}")
-    result = np.eye(length)
-    for a in layers:
-        fused = getattr(a, head_fusion)(axis=0)  # (L, L)
-        if discard_ratio > 0:
-            fused = _discard(fused, discard_ratio, prefix_tokens)
-        fused = fused + np.eye(length)  # the residual stream carries each token on
-        fused = fused / fused.sum(axis=-1, keepdims=True)  # rows, not columns
-        result = fused @ result
-    return result
-
-
-def mean_attention_distance(weights: torch.Tensor | np.ndarray, grid: PatchGrid) -> np.ndarray:
-    """Mean attention distance per head, in pixels (Dosovitskiy et al. 2021, Fig. 7): how far a head
-    looks, local (small) or global (about a third of the image side).
-
-    For each query patch: the distance between its centre and every key patch's centre, weighted by
-    the attention; then the mean over query patches. Prefix tokens have no position, so they are
-    dropped as queries and as keys, and each query row is renormalised over the patch keys first:
-    otherwise a head that sends most of its attention to CLS would look "local" only because its
-    weights sum to little. Rows with no weight on any patch are left out of the mean (a head with no
-    such row gives NaN).
-
-    Shape:
-        weights: ``(..., L, L)``, usually ``(heads, L, L)``; returns ``(...)``, usually ``(heads,)``.
-    """
-    w = _weights(weights, grid)
-    p = grid.prefix_tokens
-    patches = w[..., p:, p:]  # (..., N, N)
-    mass = patches.sum(axis=-1)  # (..., N)
-    centers = grid.centers()
-    dist = np.linalg.norm(centers[:, None, :] - centers[None, :, :], axis=-1)  # (N, N) pixels
-    valid = mass > 0
-    per_query = np.where(valid, (patches * dist).sum(axis=-1) / np.where(valid, mass, 1.0), 0.0)
-    with np.errstate(invalid="ignore"):  # 0 / 0 -> NaN for a head with no valid row
-        return per_query.sum(axis=-1) / valid.sum(axis=-1)
-
-
-def unnormalize(
-    image: torch.Tensor | np.ndarray,
-    mean: float | Sequence[float] | None = None,
-    std: float | Sequence[float] | None = None,
-) -> np.ndarray:
-    """A model input image, back to displayable RGB in ``[0, 1]``.
-
-    Layout is read from the shape: 2-D is grayscale; 3-D with 1 or 3 channels first is ``CHW``
-    (PyTorch's layout, preferred when both ends could be channels), otherwise 1 or 3 channels last is
-    ``HWC``. ``uint8`` input is divided by 255 first. Grayscale is repeated to three channels.
-
-    With ``mean`` and ``std`` (per channel, or one value for all), the normalisation
-    ``(x - mean) / std`` is undone and the result clipped to ``[0, 1]``. Without them (the callback
-    cannot know your transform), each image is min-max scaled to ``[0, 1]`` over all its channels
-    together, which keeps colours in proportion; a constant image becomes black.
-
-    Raises:
-        ValueError: not a single 2-D/3-D image with 1 or 3 channels, only one of ``mean``/``std``
-            given, or their length does not match the channels.
-
-    Shape:
-        image: ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` with ``C`` in {1, 3}; returns ``(H, W, 3)``.
-    """
-    raw = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    x = raw.astype(np.float64) / (255.0 if raw.dtype == np.uint8 else 1.0)
-    if x.ndim == 2:
-        x = x[:, :, None]
-    elif x.ndim == 3 and x.shape[0] in (1, 3):
-        x = np.moveaxis(x, 0, -1)
-    elif not (x.ndim == 3 and x.shape[-1] in (1, 3)):
-        raise ValueError(
-            f"`image` must be one (H, W), (C, H, W) or (H, W, C) image with C in (1, 3), got shape "
-            f"{tuple(raw.shape)}" + ("; take one image, e.g. images[0]" if x.ndim == 4 else "")
-        )
-    channels = x.shape[-1]
-    if (mean is None) != (std is None):
-        raise ValueError(f"`mean` and `std` must be given together, got mean={mean!r}, std={std!r}")
-    if mean is not None and std is not None:
-        m, s = _per_channel(mean, channels, "mean"), _per_channel(std, channels, "std")
-        x = np.clip(x * s + m, 0.0, 1.0)
-    else:
-        low, high = np.nanmin(x), np.nanmax(x)
-        x = (x - low) / (high - low) if high > low else np.zeros_like(x)
-    x = np.nan_to_num(x)
-    return np.repeat(x, 3, axis=-1) if channels == 1 else x
-
-
-def _numpy(weights: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(weights, torch.Tensor):
-        return weights.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(weights, dtype=np.float64)
-
-
-def _weights(weights: torch.Tensor | np.ndarray, grid: PatchGrid) -> np.ndarray:
-    """``weights`` as float64 numpy, with a square last pair of axes that matches ``grid``."""
-    w = _numpy(weights)
-    if w.ndim < 2 or w.shape[-1] != w.shape[-2]:
-        raise ValueError(f"`weights` must be self-attention (..., L, L), got shape {tuple(w.shape)}")
-    grid.split(w.shape[-1])
-    return w
-
-
-def _to_grid(patch_values: np.ndarray, grid: PatchGrid) -> np.ndarray:
-    return patch_values.reshape(*patch_values.shape[:-1], grid.rows, grid.cols)  # (..., rows, cols)
-
-
-def _discard(fused: np.ndarray, ratio: float, prefix_tokens: int) -> np.ndarray:
-    """Zero the ``floor(ratio * n)`` smallest of the ``n`` patch-key entries of ``(L, L)``."""
-    eligible = fused[:, prefix_tokens:]
-    count = math.floor(ratio * eligible.size)
-    if count == 0:
-        return fused
-    flat = eligible.ravel().copy()
-    flat[np.argsort(flat, kind="stable")[:count]] = 0.0
-    out = fused.copy()
-    out[:, prefix_tokens:] = flat.reshape(eligible.shape)
-    return out
-
-
 def _pair(value: Any, name: str) -> tuple[int, int]:
     """An int or a pair of ints (any int-like: numpy, torch, list) as a tuple of two positive ints."""
     items = [value, value] if np.ndim(value) == 0 else list(value)
@@ -421,13 +179,6 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
     if len(pair) != 2 or not exact or min(pair) < 1 or any(isinstance(v, bool) for v in items):
         raise ValueError(f"`{name}` must be a positive int or a pair of positive ints, got {value!r}")
     return pair  # type: ignore[return-value]
-
-
-def _per_channel(value: float | Sequence[float], channels: int, name: str) -> np.ndarray:
-    v = np.asarray(value, dtype=np.float64).reshape(-1)
-    if v.size not in (1, channels):
-        raise ValueError(f"`{name}` must have 1 or {channels} values (one per channel), got {v.size}")
-    return v
 
 
 def find_grid(model: torch.nn.Module) -> PatchGrid | None:

@@ -8,12 +8,12 @@ that memory stays O(samples·H·chunk·S) while computing and the user's fused k
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from lightning_attnviz.pooling import Computed, _Collector
 
 # Scores alive at once while computing: samples·heads·rows·keys ≤ this many float32 values (4 MiB),
 # small enough to stay in cache between the matmul, the mask and the softmax (fastest measured here).
@@ -48,6 +48,7 @@ def sdpa_weights(
     samples: int = 1,
     max_tokens: int | None = None,
     stats: bool = False,
+    sink_keys: int = 1,
 ) -> Computed:
     """The weights ``F.scaled_dot_product_attention`` applies, for the first ``samples`` batch rows.
 
@@ -80,174 +81,8 @@ def sdpa_weights(
         else:
             bias = mask.float()
     return _softmax_in_chunks(
-        q, k, scale, bias, visible, causal=is_causal, max_tokens=max_tokens, stats=stats
+        q, k, scale, bias, visible, causal=is_causal, max_tokens=max_tokens, stats=stats, sink_keys=sink_keys
     )
-
-
-@dataclass
-class RowStats:
-    """Per-row statistics of attention weights, summed per ``(sample, head)`` as rows stream by, so
-    they use every row at full resolution even when the stored map is pooled.
-
-    Finalise with :meth:`per_head` (means over samples and rows).
-    """
-
-    rows: Tensor  # rows with any weight
-    entropy: Tensor  # Σ over those rows of -Σ_j a log a (nats)
-    choice_rows: Tensor  # rows with at least two visible keys
-    entropy_norm: Tensor  # Σ over those rows of entropy / log(visible keys)
-    distance: Tensor | None  # Σ over rows of Σ_j a_ij·|i−j| (square maps only)
-    sink: Tensor  # Σ over rows of the weight on each of the first SINK_KEYS keys, (s, H, SINK_KEYS)
-    max_weight: Tensor
-
-    SINK_KEYS = 16
-
-    @classmethod
-    def empty(cls, samples: int, heads: int, square: bool) -> RowStats:
-        zeros = torch.zeros(samples, heads, dtype=torch.float64)
-        return cls(
-            zeros.clone(),
-            zeros.clone(),
-            zeros.clone(),
-            zeros.clone(),
-            zeros.clone() if square else None,
-            torch.zeros(samples, heads, cls.SINK_KEYS, dtype=torch.float64),
-            zeros.clone(),
-        )
-
-    def update(self, start: int, weights: Tensor, visible: Tensor | None) -> None:
-        """Add rows ``start : start + rows`` of ``weights`` ``(s, H, rows, S)``; ``visible`` broadcastable."""
-        w = weights.float()  # float32 per row, float64 sums across rows
-        finite = torch.isfinite(w).all(-1, keepdim=True)
-        if not bool(finite.all()):  # rows with NaN/inf (non-finite inputs) are left out
-            w = torch.where(finite, w, 0.0)
-        live = w.sum(-1) > 0  # (s, H, rows)
-        entropy = -(w * w.clamp_min(1e-30).log()).sum(-1)  # 0·log 0 = 0 (and faster than xlogy)
-        n_visible = torch.full_like(entropy, w.shape[-1])
-        if visible is not None:  # count on the (small, broadcast) mask, then broadcast the counts
-            n_visible = visible.sum(-1).float().expand_as(entropy)
-        choice = live & (n_visible > 1)
-        f64 = torch.float64
-        self.rows += live.sum(-1)
-        self.entropy += torch.where(live, entropy, 0.0).sum(-1, dtype=f64)
-        self.choice_rows += choice.sum(-1)
-        self.entropy_norm += torch.where(choice, entropy / n_visible.clamp_min(2).log(), 0.0).sum(
-            -1, dtype=f64
-        )
-        if self.distance is not None:
-            rows = torch.arange(start, start + w.shape[-2], device=w.device, dtype=w.dtype)
-            cols = torch.arange(w.shape[-1], device=w.device, dtype=w.dtype)
-            gap = (rows[:, None] - cols[None, :]).abs()  # (rows, S)
-            self.distance += torch.einsum("shrk,rk->sh", w, gap).double()
-        self.sink[..., : min(self.SINK_KEYS, w.shape[-1])] += w[..., : self.SINK_KEYS].sum(-2, dtype=f64)
-        self.max_weight = torch.maximum(self.max_weight, w.amax(dim=(-2, -1)).double())
-
-    def to(self, device: str) -> RowStats:
-        fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        return RowStats(**{f: None if v is None else v.to(device) for f, v in fields.items()})
-
-    def per_head(self, sink_tokens: int = 1) -> dict[str, np.ndarray]:
-        """Means over samples and rows, per head: entropy, entropy_norm, distance, sink, max_weight
-        (NaN where no row counts, e.g. distance of a cross-attention)."""
-
-        def mean(total: Tensor | None, count: Tensor) -> np.ndarray:
-            if total is None:
-                return np.full(count.shape[-1], np.nan, dtype=np.float32)
-            n = count.sum(0)
-            return (total.sum(0) / n.clamp_min(1)).masked_fill(n == 0, float("nan")).float().numpy()
-
-        return {
-            "entropy": mean(self.entropy, self.rows),
-            "entropy_norm": mean(self.entropy_norm, self.choice_rows),
-            "distance": mean(self.distance, self.rows),
-            "sink": mean(self.sink[..., :sink_tokens].sum(-1), self.rows),
-            "max_weight": self.max_weight.amax(0).float().numpy(),
-        }
-
-
-@dataclass
-class Computed:
-    """What a weight computation returns.
-
-    Attributes:
-        weights: float32 CPU ``(s, H, q', k')``: the full map, or block-pooled when longer than
-            ``max_tokens`` (query rows averaged, keys summed: pooled rows still sum to 1).
-        visible: bool CPU, broadcastable to ``weights``; ``None`` when nothing was masked.
-        block: ``(query rows, keys)`` per pooled cell; ``(1, 1)`` when not pooled.
-        length: ``(q, k)`` before pooling.
-        stats: row statistics at full resolution, when asked for.
-    """
-
-    weights: Tensor
-    visible: Tensor | None
-    block: tuple[int, int]
-    length: tuple[int, int]
-    stats: RowStats | None
-
-
-class _Collector:
-    """Takes weight rows block by block: keeps them whole, or pooled to ≤ ``max_tokens`` per side."""
-
-    def __init__(
-        self,
-        samples: int,
-        heads: int,
-        length: int,
-        width: int,
-        max_tokens: int | None,
-        stats: bool,
-        device: torch.device,
-    ) -> None:
-        limit = max_tokens or max(length, width)
-        self.qb, self.kb = math.ceil(length / limit), math.ceil(width / limit)
-        self.length, self.width = length, width
-        self.pooled = (self.qb, self.kb) != (1, 1)
-        shape = (samples, heads, math.ceil(length / self.qb), math.ceil(width / self.kb))
-        self.out = torch.zeros(shape, dtype=torch.float32) if self.pooled else torch.empty(shape)
-        self.seen = torch.zeros(shape, dtype=torch.int32) if self.pooled else None  # visible counts
-        self.masked = False
-        self.stats = RowStats.empty(samples, heads, length == width).to(device) if stats else None
-
-    def add(self, start: int, weights: Tensor, visible: Tensor | None) -> None:
-        """Rows ``start:start + rows``: ``weights`` ``(s, H, rows, keys)``, keys beyond ``keys`` are zero
-        (and hidden when ``visible`` is given); ``visible`` broadcastable to ``weights``."""
-        if self.stats is not None:
-            self.stats.update(start, weights, visible)
-        stop, keys = start + weights.shape[-2], weights.shape[-1]
-        if not self.pooled:
-            self.out[..., start:stop, :keys] = weights
-            self.out[..., start:stop, keys:] = 0.0
-            return
-        index = torch.arange(start, stop) // self.qb
-        pooled = self._key_blocks(weights).cpu()  # (s, H, rows, K')
-        self.out.index_add_(2, index, pooled)
-        if visible is None:
-            seen = torch.ones(1, dtype=torch.int32).expand(pooled.shape)
-        else:
-            self.masked = True
-            seen = self._key_blocks(visible.int()).int().cpu()  # as small as the mask broadcasts
-            seen = seen.reshape((1,) * (4 - seen.dim()) + tuple(seen.shape)).expand(pooled.shape)
-        self.seen.index_add_(2, index, seen.contiguous())
-
-    def _key_blocks(self, t: Tensor) -> Tensor:
-        """Sum ``(..., keys)`` over key blocks, padded with zeros to the pooled width."""
-        pad = -t.shape[-1] % self.kb
-        t = F.pad(t, (0, pad)) if pad else t
-        t = t.reshape(*t.shape[:-1], t.shape[-1] // self.kb, self.kb).sum(-1)
-        missing = self.out.shape[-1] - t.shape[-1]
-        return F.pad(t, (0, missing)) if missing else t
-
-    def result(self, visible: Tensor | None) -> Computed:
-        """``visible``: the full-resolution mask (used when not pooled)."""
-        stats = None if self.stats is None else self.stats.to("cpu")
-        if not self.pooled:
-            return Computed(self.out, visible, (1, 1), (self.length, self.width), stats)
-        rows = torch.full((self.out.shape[-2],), self.qb, dtype=torch.float32)
-        rows[-1] = self.length - self.qb * (self.out.shape[-2] - 1)  # the last block may be short
-        pooled_visible = (self.seen > 0) if self.masked else None
-        return Computed(
-            self.out / rows[:, None], pooled_visible, (self.qb, self.kb), (self.length, self.width), stats
-        )
 
 
 def _softmax_in_chunks(
@@ -260,6 +95,7 @@ def _softmax_in_chunks(
     hidden_rows: Tensor | None = None,
     max_tokens: int | None = None,
     stats: bool = False,
+    sink_keys: int = 1,
 ) -> Computed:
     """softmax(q kᵀ · scale + bias) over keys, with ``visible``, ``causal`` and ``hidden_rows`` applied,
     a block of rows at a time.
@@ -270,7 +106,7 @@ def _softmax_in_chunks(
     """
     samples, heads, length, _ = q.shape
     width = k.shape[-2]
-    collector = _Collector(samples, heads, length, width, max_tokens, stats, q.device)
+    collector = _Collector(samples, heads, length, width, max_tokens, stats, q.device, sink_keys)
     rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
     kt = k.float().transpose(-2, -1)
     cols = torch.arange(width, device=q.device)
@@ -331,7 +167,9 @@ def _full_visible(
     return out
 
 
-def collect_weights(weights: Tensor, max_tokens: int | None = None, stats: bool = False) -> Computed:
+def collect_weights(
+    weights: Tensor, max_tokens: int | None = None, stats: bool = False, sink_keys: int = 1
+) -> Computed:
     """Pass weights a model computed itself (eager softmax) through the same pooling and statistics,
     a block of rows at a time. Exact zeros are taken as masked positions.
 
@@ -339,7 +177,7 @@ def collect_weights(weights: Tensor, max_tokens: int | None = None, stats: bool 
         weights: ``(s, H, q, k)``.
     """
     samples, heads, length, width = weights.shape
-    collector = _Collector(samples, heads, length, width, max_tokens, stats, weights.device)
+    collector = _Collector(samples, heads, length, width, max_tokens, stats, weights.device, sink_keys)
     rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
     any_zero = False
     for start in range(0, length, rows):
@@ -376,6 +214,7 @@ def mha_weights(
     hide_padded_queries: bool = False,
     max_tokens: int | None = None,
     stats: bool = False,
+    sink_keys: int = 1,
 ) -> Computed:
     """The per-head weights of ``nn.MultiheadAttention``, recomputed from its projection weights.
 
@@ -432,7 +271,16 @@ def mha_weights(
             bias = bias.unsqueeze(0)
     causal = is_causal and attn_mask is None  # with a mask, MHA treats is_causal as a hint only
     return _softmax_in_chunks(
-        q, k, 1.0 / math.sqrt(head_dim), bias, None, causal, hidden_rows, max_tokens=max_tokens, stats=stats
+        q,
+        k,
+        1.0 / math.sqrt(head_dim),
+        bias,
+        None,
+        causal,
+        hidden_rows,
+        max_tokens=max_tokens,
+        stats=stats,
+        sink_keys=sink_keys,
     )
 
 
@@ -445,5 +293,7 @@ def _to_additive(mask: Tensor | None, masked_value: bool) -> Tensor | None:
     if mask is None:
         return None
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, device=mask.device).masked_fill(mask == masked_value, float("-inf"))
+        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+            mask == masked_value, float("-inf")
+        )
     return mask.detach().float()

@@ -16,9 +16,12 @@ from torch import nn
 
 from lightning_attnviz import AttentionMonitor, capture_attention
 from lightning_attnviz.__main__ import animate, render_file
-from lightning_attnviz.log import CAPTURE_DIR, load_capture
+from lightning_attnviz.formats import load_capture
 from lightning_attnviz.reduce import js_divergence, layer_stats
 from lightning_attnviz.render import render_views
+from lightning_attnviz.tags import Tags
+
+CAPTURE_DIR = Tags().captures_dir
 
 
 class MaskedAttention(nn.Module):
@@ -103,7 +106,7 @@ def test_js_divergence_matches_a_reference():
 
 
 def test_strips_grow_and_drift_is_logged_after_the_first_capture(tmp_path):
-    monitor = AttentionMonitor(tokens=VOCAB, plots=["evolution"], strip_length=5)
+    monitor = AttentionMonitor(tokens=VOCAB, plots=["evolution"], strip_length=5, head_stats=True)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=7)
     trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
     events = read_events(trainer.logger.log_dir)
@@ -111,10 +114,10 @@ def test_strips_grow_and_drift_is_logged_after_the_first_capture(tmp_path):
     steps = [3, 6, 9, 12, 15, 18, 21]
     assert [e.step for e in strips] == steps
     widths = [e.width for e in strips]
-    # one 76-px column per capture (+ Δ) over a 360-px minimum, capped at strip_length=5 columns
+    # one fixed-width column per capture (+ Δ) over a minimum width, capped at strip_length=5 columns
     assert widths == sorted(widths)
     assert widths[2] < widths[3] < widths[4] == widths[5] == widths[6]
-    assert widths[4] - widths[3] == 76
+    assert widths[4] - widths[3] == widths[3] - widths[2] > 40
     for metric in ("entropy", "entropy_norm", "distance", "sink", "max_weight"):
         for head in ("head_0", "head_3", "mean"):
             scalars = events.Scalars(f"attention_stats/{metric}/model.h.1.attn/{head}")
@@ -126,7 +129,7 @@ def test_strips_grow_and_drift_is_logged_after_the_first_capture(tmp_path):
 
 
 def test_custom_scalars_layout_groups_each_layers_heads(tmp_path):
-    trainer = make_trainer(tmp_path, [AttentionMonitor(plots=["heatmap"])], max_epochs=1)
+    trainer = make_trainer(tmp_path, [AttentionMonitor(plots=["heatmap"], head_stats=True)], max_epochs=1)
     trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
     from tensorboard.plugins.custom_scalar import layout_pb2
 
@@ -135,8 +138,13 @@ def test_custom_scalars_layout_groups_each_layers_heads(tmp_path):
     layout = layout_pb2.Layout()
     layout.ParseFromString(layout_event.tensor_proto.string_val[0])
     categories = {c.title: c for c in layout.category}
-    chart = next(c for c in categories["attention entropy"].chart if c.title == "model.h.1.attn")
-    assert list(chart.multiline.tag) == [r"^attention_stats/entropy/model\.h\.1\.attn/"]
+    charts = {c.title: c for c in categories["attention_stats entropy"].chart}
+    assert list(charts["model.h.1.attn: heads"].multiline.tag) == [
+        r"^attention_stats/entropy/model\.h\.1\.attn/head_\d+$"
+    ]
+    assert list(charts["all layers (mean over heads)"].multiline.tag) == [
+        r"^attention_stats/entropy/.*/mean$"
+    ]
 
 
 class SharpAttention(nn.Module):
@@ -208,18 +216,21 @@ def test_resume_continues_the_same_samples_strips_and_steps(tmp_path):
         "attention/sample_0/model.h.0.attn/evolution"
     )
     assert strips[-1].width == uninterrupted[-1].width  # 4 captures + Δ in the strip
-    assert len(events.Tensors("attention/modules/text_summary")) == 1
+    # the module table once per fit: the first fit's and the resumed fit's
+    assert [e.step for e in events.Tensors("attention/modules/text_summary")] == [3, 9]
     assert [s.step for s in events.Scalars("attention_stats/drift/model.h.0.attn/mean")] == [6, 9, 12]
 
 
 def test_saved_captures_rerender_pixel_equal_and_animate(tmp_path):
-    trainer = make_trainer(tmp_path, [AttentionMonitor(tokens=VOCAB)], max_epochs=3)
+    plots = ["heatmap", "heads", "arrows", "atlas", "evolution"]
+    trainer = make_trainer(tmp_path, [AttentionMonitor(tokens=VOCAB, plots=plots)], max_epochs=3)
     trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
     captures = sorted((tmp_path / "tb" / "version_0" / CAPTURE_DIR).glob("step_*.npz"))
     assert [p.name for p in captures] == ["step_00000003.npz", "step_00000006.npz", "step_00000009.npz"]
     assert all(p.stat().st_size < 60_000 for p in captures)
 
-    views, step, epoch = load_capture(captures[-1])
+    saved = load_capture(captures[-1])
+    views, step, epoch = saved.views, saved.step, saved.epoch
     assert (step, epoch) == (9, 2)
     events = read_events(trainer.logger.log_dir)
     for picture in render_views(views, step, ["heatmap", "heads", "arrows", "atlas"]):

@@ -21,7 +21,9 @@ from matplotlib.image import imread
 from pytorch_lightning.loggers import CSVLogger
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.log import MODULES_TAG
+from lightning_attnviz.tags import Tags
+
+MODULES_TAG = Tags().modules
 
 
 def _png(event) -> np.ndarray:
@@ -38,7 +40,7 @@ def test_documented_tags_one_step_per_capture(tmp_path):
     expected = {f"attention/sample_{s}/atlas" for s in range(2)}
     for s in range(2):
         for layer in layers:
-            for kind in ("heatmap", "head_1", "heads", "arrows", "evolution"):
+            for kind in ("heatmap", "head_1", "heads", "evolution"):  # arrows only when asked for
                 expected.add(f"attention/sample_{s}/{layer}/{kind}")
     assert set(events.Tags()["images"]) == expected
     steps = [3, 6, 9]  # one capture per validation run, at trainer.global_step
@@ -130,15 +132,19 @@ def test_no_taps_remain_after_a_fit_that_raises(tmp_path):
     ("kwargs", "match"),
     [
         (dict(every_n_epochs=-1), r"`every_n_epochs` must be an int >= 0, got -1"),
-        (dict(every_n_steps=0), r"`every_n_steps` must be an int >= 1, got 0"),
+        (dict(every_n_steps=0), r"`every_n_steps` must be an int >= 1 or None, got 0"),
         (dict(samples=0), r"`samples` must be an int >= 1, got 0"),
-        (dict(samples=2.5), r"`samples` must be an int >= 1, got 2.5"),
         (dict(max_tokens=1), r"`max_tokens` must be an int >= 2, got 1"),
         (dict(top_k=0), r"`top_k` must be an int >= 1, got 0"),
-        (dict(plots=["heatmap", "pie"]), r"`plots` must be None or a list drawn from \[.heatmap., .heads."),
-        (dict(plots="heatmap"), r"`plots` must be None or a list"),
-        (dict(heads=[-1]), r"`heads` must be a list of head indices >= 0, got \[-1\]"),
-        (dict(layers=3), r"`layers` must be a list of layer indices or names/globs, got 3"),
+        (
+            dict(plots=["heatmap", "pie"]),
+            r"`plots` must be a list of plot kinds drawn from \[.heatmap., .heads.",
+        ),
+        (dict(heads=[-1]), r"`heads` must be a list of head indices >= 0; -1 is not, got \[-1\]"),
+        (dict(image_mean=[0.5, 0.5]), r"`image_mean` must be None or 1 or 3 numbers"),
+        (dict(image_std=[0.5, 0.0, 0.5]), r"`image_std` must hold finite numbers > 0"),
+        (dict(rollout_discard=1.0), r"`rollout_discard` must be a fraction in \[0, 1\), got 1.0"),
+        (dict(name="a b"), r"`name` must be None or 1-40 letters"),
     ],
 )
 def test_constructor_errors_name_the_argument(kwargs, match):
@@ -149,14 +155,32 @@ def test_constructor_errors_name_the_argument(kwargs, match):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        (dict(samples=2.5), r"`samples` must be an int >= 1, got 2.5"),
+        (dict(plots="heatmap"), r"`plots` must be a list of plot kinds .* or None, got 'heatmap'"),
+        (dict(plots=5), r"`plots` must be a list of plot kinds .* or None, got 5"),
+        (dict(heads=None), r"`heads` must be a list of head indices >= 0, got None"),
+        (dict(layers=3), r"`layers` must be a list of layer indices or names/globs or None, got 3"),
         (dict(forward_fn="model"), r"`forward_fn` must be a callable"),
         (dict(tokens=3), r"`tokens` must be None, a tokenizer"),
-        (dict(modules=3), r"`modules` must be None, names/globs or a predicate"),
+        (dict(modules=3), r"`modules` must be None, a name or glob, a list of them, or a predicate"),
+        (dict(modules=["x", 3]), r"`modules` must be None, a name or glob, .*3 is not a name"),
+        (dict(sample_input="text"), r"`sample_input` must be a tensor or a batch"),
+        (dict(log_sanity_check=1), r"`log_sanity_check` must be True or False, got 1"),
+        (dict(image_mean="0.5"), r"`image_mean` must be None or 1 or 3 numbers"),
+        (dict(every_n_epochs=True), r"`every_n_epochs` must be an int >= 0, got True"),
     ],
 )
 def test_constructor_type_errors(kwargs, match):
     with pytest.raises(TypeError, match=match):
         AttentionMonitor(**kwargs)
+
+
+def test_numpy_integers_and_floats_are_accepted():
+    monitor = AttentionMonitor(
+        samples=np.int64(1), every_n_epochs=np.int32(2), rollout_discard=np.float64(0.1)
+    )
+    assert monitor.config.samples == 1 and type(monitor.config.samples) is int
+    assert monitor.config.every_n_epochs == 2
 
 
 def test_no_tensorboard_logger_warns_once_and_training_goes_on(tmp_path):
@@ -242,16 +266,19 @@ def test_user_samples_forward_fn_layers_and_long_sequences(tmp_path):
     )
 
 
-def test_a_rendering_error_becomes_a_warning_not_a_crash(tmp_path):
+@pytest.mark.parametrize("error", [KeyError("no such token"), SystemExit(3)])
+def test_a_failing_labeller_costs_the_labels_only(tmp_path, error):
     def broken_decoder(ids):
-        raise KeyError("no such token")
+        raise error
 
     trainer = make_trainer(tmp_path, [AttentionMonitor(tokens=broken_decoder)])
-    with pytest.warns(RuntimeWarning, match=r"could not render or write attention pictures \(KeyError"):
+    with pytest.warns(RuntimeWarning, match=r"`tokens` failed to label the samples \((KeyError|SystemExit)"):
         trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
     assert trainer.state.finished
     events = read_events(trainer.logger.log_dir)
     assert events.Tensors(MODULES_TAG + "/text_summary")  # what did not fail was still written
+    assert [e.step for e in events.Images("attention/sample_0/model.h.0.attn/heatmap")] == [3, 6]
+    assert [e.step for e in events.Scalars("attention_stats/entropy/model.h.0.attn/mean")] == [3, 6]
 
 
 def test_hugging_face_model_fed_dicts_with_several_loggers(tmp_path):

@@ -20,7 +20,8 @@ from lightning_attnviz.vision import PatchGrid
     ],
 )
 def test_timm_and_hugging_face_vits_log_overlays(tmp_path, kind, layers):
-    monitor = AttentionMonitor(image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    plots = ["overlay", "overlay_heads", "rollout", "heatmap", "heads", "evolution"]
+    monitor = AttentionMonitor(image_mean=[0.5] * 3, image_std=[0.25] * 3, plots=plots, head_stats=True)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(LitViT(kind), image_loader(), image_loader(seed=1))
     events = read_events(trainer.logger.log_dir)
@@ -30,7 +31,7 @@ def test_timm_and_hugging_face_vits_log_overlays(tmp_path, kind, layers):
         for layer in layers:
             for plot in ("overlay", "overlay_heads", "heatmap", "heads", "evolution"):
                 assert f"attention/sample_{sample}/{layer}/{plot}" in tags
-            assert f"attention/sample_{sample}/{layer}/arrows" not in tags  # not a default for images
+            assert f"attention/sample_{sample}/{layer}/arrows" not in tags  # not asked for
     overlay = events.Images(f"attention/sample_0/{layers[0]}/overlay")
     assert [e.step for e in overlay] == [3, 6]
     assert 300 <= overlay[0].width <= 520 and 300 <= overlay[0].height <= 520

@@ -16,7 +16,10 @@ from pytorch_lightning.callbacks import Callback
 from torch._dynamo.utils import counters
 
 from lightning_attnviz import AttentionMonitor, capture_attention, find_attention
-from lightning_attnviz.log import CAPTURE_DIR, load_capture
+from lightning_attnviz.formats import load_capture
+from lightning_attnviz.tags import Tags
+
+CAPTURE_DIR = Tags().captures_dir
 
 # Dynamo and AOTAutograd without Inductor's C++ builds: a fit compiled with Inductor takes ~30 s on a
 # 2-core machine. Graph counts come from Dynamo, so they are the same for every backend.
@@ -79,7 +82,8 @@ def _assert_captured_every_validation(trainer: pl.Trainer, layers: list[str], st
 def _assert_saved_capture_matches(trainer: pl.Trainer, expected: dict[str, torch.Tensor], tol: float) -> None:
     """The maps the callback drew at its last capture (saved as float16) against ``expected`` [2, H, L, L]."""
     last = sorted((Path(trainer.logger.log_dir) / CAPTURE_DIR).iterdir())[-1]
-    views, step, _ = load_capture(last)
+    saved = load_capture(last)
+    views, step = saved.views, saved.step
     assert step == trainer.global_step
     assert sorted({v.layer for v in views}) == sorted(expected)
     for view in views:

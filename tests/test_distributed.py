@@ -11,7 +11,9 @@ from pathlib import Path
 
 from lightning_models import read_events
 
-from lightning_attnviz.log import CAPTURE_DIR, MODULES_TAG
+from lightning_attnviz.tags import Tags
+
+CAPTURE_DIR, MODULES_TAG = Tags().captures_dir, Tags().modules
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 TIMEOUT_S = 120  # a deadlocked collective would otherwise hang the test run for good
@@ -70,7 +72,11 @@ def test_ddp_logs_once_from_rank_zero_and_ranks_stay_in_step(tmp_path, record_pr
 
     log_dir = tmp_path / "tb" / "version_0"
     event_files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("events.out.tfevents.*"))
-    assert len(event_files) == 1 and event_files[0].parent == log_dir.relative_to(tmp_path), event_files
+    # the logger's file and the monitor's own (written by rank 0's drawing process), nothing from rank 1
+    assert len(event_files) == 2 and {f.parent for f in event_files} == {log_dir.relative_to(tmp_path)}, (
+        event_files
+    )
+    assert [f.name.endswith(".attnviz") for f in event_files].count(True) == 1, event_files
 
     events = read_events(log_dir)
     layers = ["model.h.0.attn", "model.h.1.attn"]
@@ -78,7 +84,7 @@ def test_ddp_logs_once_from_rank_zero_and_ranks_stay_in_step(tmp_path, record_pr
         f"attention/sample_{s}/{layer}/{kind}"
         for s in range(2)
         for layer in layers
-        for kind in ("heatmap", "head_1", "heads", "arrows", "evolution")
+        for kind in ("heatmap", "head_1", "heads", "evolution")  # the default plots
     }
     assert set(events.Tags()["images"]) == expected
     for tag in expected:

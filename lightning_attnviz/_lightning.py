@@ -1,0 +1,64 @@
+"""Both Lightning packages at once: ``pytorch_lightning`` and the unified ``lightning.pytorch``.
+
+Each package has its own ``Callback``, loggers and strategies, and its Trainer checks callbacks
+against its own classes. AttentionMonitor subclasses every ``Callback`` that is installed, and the
+callback recognises loggers and strategies by the classes of every installed package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torch import Tensor
+
+
+def _load(path: str) -> list[type]:
+    """The class at ``module:Name`` in each installed Lightning package."""
+    module, _, name = path.partition(":")
+    found = []
+    for package in ("pytorch_lightning", "lightning.pytorch"):
+        try:
+            found.append(getattr(importlib.import_module(f"{package}.{module}"), name))
+        except (ImportError, AttributeError):
+            continue
+    return found
+
+
+CALLBACKS: tuple[type, ...] = tuple(_load("callbacks:Callback"))
+if not CALLBACKS:  # pragma: no cover - the package declares pytorch-lightning as a dependency
+    raise ImportError("lightning_attnviz needs `pytorch_lightning` or `lightning` installed")
+TENSORBOARD_LOGGERS: tuple[type, ...] = tuple(_load("loggers:TensorBoardLogger"))
+# Strategies that split the model across ranks: every rank must run the capture forward together.
+SHARDED: tuple[type, ...] = tuple(
+    cls
+    for name in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+    for cls in _load(f"strategies:{name}")
+)
+# Strategies that keep a whole replica on every rank: rank 0 can run the forward alone.
+REPLICATED: tuple[type, ...] = tuple(_load("strategies:DDPStrategy"))
+
+
+def is_tensorboard(logger: Any) -> bool:
+    return isinstance(logger, TENSORBOARD_LOGGERS)
+
+
+def capture_on_every_rank(strategy: Any, world_size: int) -> bool:
+    """Whether the capture forward must run on every rank (decided from the strategy's type).
+
+    A sharded model (FSDP, FSDP2/tensor parallel, DeepSpeed) gathers parameters with collectives, so a
+    forward on rank 0 alone would hang the others. A replicated one (DDP) runs rank 0 alone. A strategy
+    this library does not know runs everywhere: redundant work, but never a hang.
+    """
+    if world_size <= 1:
+        return False
+    if isinstance(strategy, SHARDED):
+        return True
+    return not isinstance(strategy, REPLICATED)
+
+
+def to_device(batch: Any, device: Any) -> Any:
+    """Every tensor of a batch moved to ``device`` (what Lightning's ``move_data_to_device`` does)."""
+    from lightning_utilities.core.apply_func import apply_to_collection
+
+    return apply_to_collection(batch, Tensor, lambda t: t.to(device))

@@ -1,0 +1,206 @@
+"""What a tap keeps of one attention call, and the pure function that turns it into weights.
+
+Capture runs on the training thread and only copies the sampled rows' inputs (q/k, masks, the
+projection weights as they were at that step) into frozen dataclasses of detached CPU tensors.
+:func:`compute` then makes the weights from them, anywhere: right away, on a thread, or in the
+drawing process after a pickle round trip. Nothing here touches a module or a hook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lightning_attnviz.pooling import Computed, RowStats
+from lightning_attnviz.weights import collect_weights, mha_weights, sdpa_weights
+
+Path = Literal["sdpa", "mha", "eager_softmax"]
+
+
+@dataclass(frozen=True)
+class SDPAInputs:
+    """The arguments of one ``F.scaled_dot_product_attention`` call, sampled rows only.
+
+    Shape:
+        q: ``(s, ..., Hq, L, E)``; k: ``(s, ..., Hk, S, E)``; mask broadcastable to the scores.
+    """
+
+    q: Tensor
+    k: Tensor
+    mask: Tensor | None
+    causal: bool
+    scale: float | None
+    gqa: bool
+
+
+@dataclass(frozen=True)
+class MHAInputs:
+    """What ``nn.MultiheadAttention`` projects queries and keys with, sampled rows only.
+
+    ``hide_padded_queries``: self-attention, where padded query rows get no weight.
+    """
+
+    query: Tensor
+    key: Tensor
+    num_heads: int
+    q_weight: Tensor
+    k_weight: Tensor
+    q_bias: Tensor | None
+    k_bias: Tensor | None
+    bias_k: Tensor | None
+    add_zero_attn: bool
+    key_padding_mask: Tensor | None
+    attn_mask: Tensor | None
+    is_causal: bool
+    batch_first: bool
+    hide_padded_queries: bool
+
+
+@dataclass(frozen=True)
+class SoftmaxOutput:
+    """The weights an eager attention computed itself, ``(s, H, L, S)``."""
+
+    weights: Tensor
+
+
+Inputs = SDPAInputs | MHAInputs | SoftmaxOutput
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One attention call seen during capture, its weights not yet computed.
+
+    Attributes:
+        key: the record's key: the module name for its first call, ``"<name>#<n>"`` for call ``n``.
+        module: qualified name of the module that made the call.
+        call: 0-based index of this call of ``module`` in the capture.
+        path: how the weights are obtained (see :class:`AttentionMap`).
+        inputs: what :func:`compute` needs.
+        causal, masked, gqa_groups, scale, dropout_p: as in :class:`AttentionMap`.
+    """
+
+    key: str
+    module: str
+    call: int
+    path: Path
+    inputs: Inputs
+    causal: bool | None
+    masked: bool | None
+    gqa_groups: int
+    scale: float | None
+    dropout_p: float
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """One attention computation seen during capture.
+
+    Attributes:
+        key: the module name for its first call since the context was entered, ``"<name>#<n>"`` for
+            call ``n`` (a shared module, or self- and cross-attention computed inside one module).
+        module: qualified name of the module that computed it.
+        call: 0-based index of this call of ``module`` since the context was entered.
+        weights: float32 CPU tensor, ``(samples, heads, q_len, k_len)``; rows sum to 1, or to 0 where
+            every key is masked.
+        visible: bool CPU tensor broadcastable to ``weights``, False where a mask hid the key; ``None``
+            when nothing was masked. For eager softmax it is inferred as ``weights != 0``.
+        path: ``"sdpa"`` (recomputed beside ``F.scaled_dot_product_attention``), ``"mha"``
+            (recomputed from ``nn.MultiheadAttention`` projections, fast path or not) or
+            ``"eager_softmax"`` (the model's own softmax output).
+        causal: ``is_causal`` was set; ``None`` when the path does not say (eager softmax).
+        masked: a mask was applied; ``None`` when the path does not say.
+        gqa_groups: query heads per key head (1 without grouped-query attention done by SDPA).
+        scale: the scale applied to ``q·kᵀ``; ``None`` when unknown (eager softmax).
+        dropout_p: dropout applied *after* these weights in train mode; it is not part of them.
+        length: ``(q_len, k_len)`` of the attention as computed.
+        block: ``(query rows, keys)`` per cell when the map was block-pooled while capturing
+            (``max_tokens``): query rows averaged, keys summed, so rows still sum to 1. ``(1, 1)``: exact.
+        stats: per-row statistics at full resolution (with ``stats=True``).
+    """
+
+    key: str
+    module: str
+    call: int
+    weights: Tensor
+    visible: Tensor | None
+    path: Path
+    causal: bool | None
+    masked: bool | None
+    gqa_groups: int
+    scale: float | None
+    dropout_p: float
+    length: tuple[int, int] = (0, 0)
+    block: tuple[int, int] = (1, 1)
+    stats: RowStats | None = None
+
+
+def compute(
+    pending: Pending, max_tokens: int | None = None, stats: bool = False, sink_keys: int = 1
+) -> AttentionMap:
+    """The weights of one pending call, off the autograd graph, in float32.
+
+    Args:
+        pending: what a tap kept.
+        max_tokens: block-pool maps longer than this while computing (``None``: exact).
+        stats: accumulate per-row statistics at full resolution.
+        sink_keys: how many leading keys the statistics' sink share counts.
+
+    Raises:
+        RuntimeError, ValueError, IndexError, TypeError: the inputs do not make attention weights
+        (the caller turns this into a warning naming the module).
+    """
+    x = pending.inputs
+    with torch.inference_mode(False), torch.no_grad():
+        if isinstance(x, SDPAInputs):
+            samples = x.q.shape[0]
+            result: Computed = sdpa_weights(
+                x.q, x.k, x.mask, x.causal, x.scale, x.gqa, samples, max_tokens, stats, sink_keys
+            )
+        elif isinstance(x, MHAInputs):
+            result = mha_weights(
+                x.query,
+                x.key,
+                num_heads=x.num_heads,
+                q_weight=x.q_weight,
+                k_weight=x.k_weight,
+                q_bias=x.q_bias,
+                k_bias=x.k_bias,
+                bias_k=x.bias_k,
+                add_zero_attn=x.add_zero_attn,
+                key_padding_mask=x.key_padding_mask,
+                attn_mask=x.attn_mask,
+                is_causal=x.is_causal,
+                batch_first=x.batch_first,
+                samples=_mha_samples(x),
+                hide_padded_queries=x.hide_padded_queries,
+                max_tokens=max_tokens,
+                stats=stats,
+                sink_keys=sink_keys,
+            )
+        else:
+            result = collect_weights(x.weights, max_tokens, stats, sink_keys)
+    return AttentionMap(
+        key=pending.key,
+        module=pending.module,
+        call=pending.call,
+        weights=result.weights,
+        visible=result.visible,
+        path=pending.path,
+        causal=pending.causal,
+        masked=pending.masked,
+        gqa_groups=pending.gqa_groups,
+        scale=pending.scale,
+        dropout_p=pending.dropout_p,
+        length=result.length,
+        block=result.block,
+        stats=result.stats,
+    )
+
+
+def _mha_samples(x: MHAInputs) -> int:
+    if x.query.dim() == 2:
+        return 1
+    return x.query.shape[0 if x.batch_first else 1]

@@ -1,0 +1,429 @@
+"""One capture, from what the taps kept to what the sinks write: compute → reduce → render → encode.
+
+Runs in the drawing process (or thread). It receives plain, picklable data (:class:`Setup` once per
+fit, a :class:`Job` per capture), owns its state (history, diagnostics, warn-once sets), changes
+nothing global, and returns :class:`Outputs` plus warning messages. Every step of a capture fails on
+its own: a broken picture kind costs that picture, never the scalars or the other pictures.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_attnviz import formats, record
+from lightning_attnviz.config import MonitorConfig
+from lightning_attnviz.history import Diagnostics, History
+from lightning_attnviz.pending import AttentionMap, MHAInputs, Pending, SDPAInputs, SoftmaxOutput, compute
+from lightning_attnviz.reduce import AttentionView, LayerStats, layer_stats, make_views
+from lightning_attnviz.reduce_vision import cls_to_patches, mean_received, rollout
+from lightning_attnviz.render import Picture, encode_png, render_views
+from lightning_attnviz.render_vision import overlay, overlay_grid
+from lightning_attnviz.tags import Tags
+from lightning_attnviz.vision import PatchGrid
+
+_ERRORS = (Exception,)  # one step of a capture failing must never lose the others
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What stays fixed during a fit."""
+
+    config: MonitorConfig
+    plots: tuple[str, ...]
+    grid: PatchGrid | None
+    tags: Tags
+    log_dir: str | None  # where the saved captures go (None: not saved)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One capture: the taps' pending inputs and what the pictures need of the fixed samples."""
+
+    step: int
+    epoch: int
+    pending: tuple[Pending, ...]
+    labels: tuple[tuple[str, ...] | None, ...]  # per sample, or None for positions
+    images: tuple[np.ndarray, ...]  # per sample, (H, W, 3) float in [0, 1] (vision runs)
+    diagnose: bool  # False for the sanity check: an untrained model's uniform heads are no news
+    modules: tuple[tuple[str, str, str, str], ...] = ()  # module table rows, when it is due
+
+
+@dataclass
+class EncodedPicture:
+    tag: str
+    kind: str
+    sample: int
+    layer: str | None
+    png: bytes
+    width: int
+    height: int
+
+
+@dataclass
+class Outputs:
+    """Everything one capture logs, ready for any sink."""
+
+    step: int
+    pictures: list[EncodedPicture] = field(default_factory=list)
+    scalars: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, np.ndarray] = field(default_factory=dict)
+    text: dict[str, str] = field(default_factory=dict)
+    layout: dict | None = None
+    tab: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class Pipeline:
+    """The drawing side of one monitor during one fit; see the module docstring."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        c = setup.config
+        self.history = History(c.strip_length)
+        self.diagnostics = Diagnostics(c.entropy_collapse, c.uniform_entropy)
+        self.layers: list[str] = []  # every layer logged so far, for the custom-scalars layout
+        self._warned: set[str] = set()
+        self.messages: list[str] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history.state_dict(), "diagnostics": self.diagnostics.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.load_state_dict(state.get("history", {}))
+        self.diagnostics.load_state_dict(state.get("diagnostics", {}))
+
+    def replay(self, job: Job) -> None:
+        """Bring the history up to ``job`` without logging anything: for captures that were still
+        being drawn when a checkpoint was saved."""
+        c = self.setup.config
+        records = self._select(self._compute(job.pending, 1))
+        labels = [list(x) if x is not None else None for x in job.labels]
+        self._drift(make_views(records, labels, c.max_tokens), job)
+
+    def run(self, job: Job) -> tuple[Outputs, list[str]]:
+        """Outputs of one capture and the warnings it raised (each at most once per fit)."""
+        self.messages = []
+        c, tags = self.setup.config, self.setup.tags
+        out = Outputs(job.step)
+        sink = c.sink_tokens or (
+            self.setup.grid.prefix_tokens if self.setup.grid and self.setup.grid.prefix_tokens else 1
+        )
+        records = self._compute(job.pending, sink)
+        records = self._select(records)
+        self._check(records, job)
+        if job.modules:
+            header = "| module | type | heads | captured via |\n|---|---|---|---|\n"
+            out.text[tags.modules] = header + "".join("| " + " | ".join(r) + " |\n" for r in job.modules)
+        stats: list[LayerStats] = []
+        if c.stats:
+            stats = (
+                self._step("statistics", lambda: [layer_stats(r, sink, self.setup.grid) for r in records])
+                or []
+            )
+            if job.diagnose:
+                self.messages += self.diagnostics.check(stats, job.step)
+        new_layers = [r.key for r in records if r.key not in self.layers]
+        if new_layers and c.stats:
+            self.layers += new_layers
+            out.layout = tags.layout(self.layers, c.head_stats)
+        labels = [list(x) if x is not None else None for x in job.labels]
+        views = self._step("reduction", lambda: make_views(records, labels, c.max_tokens)) or []
+        drift = self._drift(views, job)
+        for st in stats:
+            values = {m: getattr(st, m) for m in LayerStats.METRICS}
+            if st.layer in drift:
+                values["drift"] = drift[st.layer]
+            for metric, per_head in values.items():
+                _scalars(out.scalars, tags, metric, st.layer, per_head, c.head_stats)
+        if c.histograms:
+            self._step("histograms", lambda: _histograms(out.histograms, tags, records))
+        self._pictures(out, views, records, job)
+        if c.dashboard:
+            self._step("Attention tab maps", lambda: self._tab(out, records, labels, job))
+        if c.save_captures and self.setup.log_dir is not None and views:
+            path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
+            images = list(job.images) if self.setup.grid is not None else []
+            self._step(
+                f"saving the capture file {path}",
+                lambda: formats.save_capture(path, views, job.step, job.epoch, self.setup.grid, images),
+            )
+        return out, self.messages
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _step(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except _ERRORS as err:
+            self._warn_once(
+                f"step:{what}",
+                f"AttentionMonitor: {what} failed ({type(err).__name__}: {err}); "
+                "the rest of the capture is logged and training goes on.",
+            )
+            return None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.messages.append(message)
+
+    def _compute(self, pending: tuple[Pending, ...], sink: int) -> list[AttentionMap]:
+        c = self.setup.config
+        records = []
+        for p in pending:
+            try:
+                records.append(compute(p, c.store_tokens, c.stats, sink))
+            except _ERRORS as err:
+                self._warn_once(
+                    f"compute:{p.module}",
+                    f"Could not compute attention weights for {p.module!r} "
+                    f"({type(err).__name__}: {err}); the model's own output is unaffected.",
+                )
+        return records
+
+    def _select(self, records: list[AttentionMap]) -> list[AttentionMap]:
+        """The layers ``layers=`` asks to draw, by index (negative from the end) or name/glob."""
+        chosen = self.setup.config.layers
+        if chosen is None:
+            return records
+        n = len(records)
+        keep = [
+            r
+            for i, r in enumerate(records)
+            if any(
+                (isinstance(sel, int) and sel in (i, i - n))
+                or (isinstance(sel, str) and fnmatch.fnmatchcase(r.key, sel))
+                for sel in chosen
+            )
+        ]
+        if not keep and records:
+            self._warn_once(
+                "layers",
+                f"AttentionMonitor: `layers={list(chosen)}` matches none of the captured "
+                f"layers {[r.key for r in records]}.",
+            )
+        return keep
+
+    def _check(self, records: list[AttentionMap], job: Job) -> None:
+        c, grid = self.setup.config, self.setup.grid
+        pooled = [r for r in records if r.block != (1, 1)]
+        if pooled:
+            longest = max(max(r.length) for r in pooled)
+            self._warn_once(
+                "pooled",
+                f"AttentionMonitor: attention maps up to {longest} tokens long are "
+                f"block-pooled to at most store_tokens={c.store_tokens} per side while capturing, "
+                "to bound memory (query rows averaged, keys summed). Scalars still use every row; "
+                "pictures say how they were pooled.",
+            )
+        for r in records:
+            if not bool(torch.isfinite(r.weights).all()):
+                self._warn_once(
+                    f"nan:{r.key}",
+                    f"AttentionMonitor: attention weights of {r.key!r} are NaN or "
+                    f"infinite at step {job.step} (non-finite inputs or scores). Those cells are drawn "
+                    "gray and left out of the scalars.",
+                )
+        lengths = {n for r in records for n in r.length}
+        for s, labels in enumerate(job.labels if grid is None else ()):
+            if labels is not None and records and len(labels) not in lengths:
+                self._warn_once(
+                    "labels",
+                    f"AttentionMonitor: sample {s} has {len(labels)} token labels but the "
+                    f"captured maps are {sorted(lengths)} tokens long; those axes show positions.",
+                )
+        if grid is not None and records and not any(r.weights.shape[-1] == grid.length for r in records):
+            try:
+                grid.split(records[0].length[-1])
+            except ValueError as err:
+                self._warn_once(
+                    "grid",
+                    "AttentionMonitor draws no image overlays: no captured layer matches the "
+                    f"patch grid ({err}). Pass `image_grid=PatchGrid(...)` for the images you feed.",
+                )
+
+    def _drift(self, views: list[AttentionView], job: Job) -> dict[str, np.ndarray]:
+        per_layer: dict[str, list[np.ndarray]] = {}
+        for view in views:
+            drift = self.history.add(view, job.step, job.epoch)
+            if drift is not None:
+                per_layer.setdefault(view.layer, []).append(drift)
+        return {layer: np.mean(values, axis=0) for layer, values in per_layer.items()}
+
+    def _pictures(
+        self, out: Outputs, views: list[AttentionView], records: list[AttentionMap], job: Job
+    ) -> None:
+        c, tags = self.setup.config, self.setup.tags
+        strips = {}
+        if "evolution" in self.setup.plots:
+            for v in views:
+                strip = self.history.strip(v.sample, v.layer)
+                if strip is not None:
+                    strips[(v.sample, v.layer)] = strip
+        kinds = [k for k in self.setup.plots if k in ("heatmap", "heads", "arrows", "atlas", "evolution")]
+        groups: list[tuple[str, Callable[[], list[Picture]]]] = [
+            (k, lambda k=k: render_views(views, job.step, [k], (), c.top_k, strips)) for k in kinds
+        ]
+        if c.heads:
+            groups.append(
+                ("head heatmaps", lambda: render_views(views, job.step, [], c.heads, c.top_k, strips))
+            )
+        if self.setup.grid is not None and job.images:
+            for kind in ("overlay", "overlay_heads", "rollout"):
+                if kind in self.setup.plots:
+                    groups.append((kind, lambda kind=kind: self._vision(kind, records, job)))
+        for kind, draw in groups:
+            pictures = self._step(f"drawing the {kind} pictures", draw) or []
+            for p in pictures:
+                png = self._step(f"encoding the {kind} pictures", lambda p=p: encode_png(p.image))
+                if png is not None:
+                    tag = tags.picture(p.kind if p.head is None else "heatmap", p.sample, p.layer, p.head)
+                    out.pictures.append(
+                        EncodedPicture(
+                            tag, p.kind, p.sample, p.layer, png, p.image.shape[1], p.image.shape[0]
+                        )
+                    )
+
+    def _vision(self, kind: str, records: list[AttentionMap], job: Job) -> list[Picture]:
+        """Attention over the image: CLS → patches (or the mean received) per layer, and rollout."""
+        grid, c = self.setup.grid, self.setup.config
+        if grid is None:
+            return []
+        on_grid = [
+            r
+            for r in records
+            if r.block == (1, 1) and r.weights.shape[-2] == r.weights.shape[-1] == grid.length
+        ]
+        what = "CLS → patches" if grid.prefix_tokens else "mean attention received"
+        heat_of = cls_to_patches if grid.prefix_tokens else mean_received
+        pictures = []
+        for sample, image in enumerate(job.images):
+            on_sample = [r for r in on_grid if sample < r.weights.shape[0]]
+            if kind == "rollout" and on_sample:
+                rolled = rollout(
+                    [r.weights[sample] for r in on_sample],
+                    c.rollout_fusion,
+                    c.rollout_discard,
+                    grid.prefix_tokens,
+                )
+                heat = heat_of(rolled[None], grid)[0]
+                note = f"{len(on_sample)} layers, {c.rollout_fusion} over heads"
+                note += f", {c.rollout_discard:.0%} discarded" if c.rollout_discard else ""
+                title = ("attention rollout", f"sample {sample} · step {job.step}")
+                pictures.append(
+                    Picture(
+                        "rollout",
+                        sample,
+                        None,
+                        overlay(image, heat, title, f"{note}; {what}", grid.patch_size),
+                    )
+                )
+                continue
+            for r in on_sample if kind != "rollout" else []:
+                heats = heat_of(r.weights[sample], grid)  # (heads, rows, cols)
+                title = (r.key, f"sample {sample} · step {job.step}")
+                if kind == "overlay":
+                    image_out = overlay(
+                        image, heats.mean(axis=0), title, f"head mean; {what}", grid.patch_size
+                    )
+                else:
+                    image_out = overlay_grid(image, heats, title, what, grid.patch_size)
+                pictures.append(Picture(kind, sample, r.key, image_out))
+        return pictures
+
+    def _tab(self, out: Outputs, records: list[AttentionMap], labels: list, job: Job) -> None:
+        """The Attention tab's records: maps pooled to ``dashboard_tokens`` (image maps kept whole, so
+        patches stay patches) and, for images, the picture itself."""
+        grid, c = self.setup.grid, self.setup.config
+        limit = max(c.dashboard_tokens, grid.length if grid is not None else 0)
+        for view in make_views(records, labels, limit):
+            on_grid = grid is not None and not view.note and view.weights.shape[-1] == grid.length
+            image = job.images[view.sample] if on_grid and view.sample < len(job.images) else None
+            blob = record.encode_map(
+                layer=view.layer,
+                sample=view.sample,
+                step=job.step,
+                weights=view.weights,
+                visible=view.visible,
+                q_labels=view.q_labels,
+                k_labels=view.k_labels,
+                note=view.note,
+                image=image,
+                grid=grid.grid if on_grid and grid is not None else None,
+                prefix_tokens=grid.prefix_tokens if on_grid and grid is not None else 0,
+            )
+            out.tab.append((self.setup.tags.tab(view.sample, view.layer), blob))
+
+
+def _scalars(
+    into: dict[str, float], tags: Tags, metric: str, layer: str, per_head: np.ndarray, heads: bool
+) -> None:
+    """The layer's mean over heads (and each head with ``head_stats``); NaN values are skipped."""
+    finite = per_head[np.isfinite(per_head)]
+    if finite.size:
+        into[tags.stat(metric, layer)] = float(finite.mean())
+    if heads:
+        for h, value in enumerate(per_head):
+            if np.isfinite(value):
+                into[tags.stat(metric, layer, h)] = float(value)
+
+
+def _histograms(
+    into: dict[str, np.ndarray], tags: Tags, records: list[AttentionMap], max_values: int = 1 << 20
+) -> None:
+    """Each layer's weights at visible positions (a fixed stride keeps ≤ ``max_values``)."""
+    for r in records:
+        values = r.weights
+        if r.visible is not None:
+            values = values[r.visible.expand_as(values)]
+        values = values.flatten()
+        values = values[torch.isfinite(values)]
+        if values.numel():
+            stride = max(1, values.numel() // max_values)
+            into[tags.histogram(r.key)] = values[::stride].numpy()
+
+
+def job_state(job: Job) -> dict[str, Any]:
+    """``job`` as tensors, strings and numbers only: what a checkpoint loaded with
+    ``torch.load(weights_only=True)`` can hold."""
+    pending = [
+        {
+            **{f.name: getattr(p, f.name) for f in fields(p) if f.name != "inputs"},
+            "kind": type(p.inputs).__name__,
+            "inputs": {f.name: getattr(p.inputs, f.name) for f in fields(p.inputs)},
+        }
+        for p in job.pending
+    ]
+    return {
+        "step": job.step,
+        "epoch": job.epoch,
+        "pending": pending,
+        "diagnose": job.diagnose,
+        "labels": [None if x is None else list(x) for x in job.labels],
+        "images": [torch.from_numpy(np.ascontiguousarray(x)) for x in job.images],
+    }
+
+
+def job_from_state(state: dict[str, Any]) -> Job:
+    kinds = {cls.__name__: cls for cls in (SDPAInputs, MHAInputs, SoftmaxOutput)}
+    pending = tuple(
+        Pending(
+            **{k: v for k, v in p.items() if k not in ("kind", "inputs")},
+            inputs=kinds[p["kind"]](**p["inputs"]),
+        )
+        for p in state["pending"]
+    )
+    return Job(
+        step=state["step"],
+        epoch=state["epoch"],
+        pending=pending,
+        diagnose=state["diagnose"],
+        labels=tuple(None if x is None else tuple(x) for x in state["labels"]),
+        images=tuple(x.numpy() for x in state["images"]),
+    )

@@ -1,0 +1,184 @@
+"""Where computed weights go, a block of query rows at a time: kept whole or block-pooled, with
+per-row statistics accumulated at full resolution on the way (so long maps never exist whole)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class RowStats:
+    """Per-row statistics of attention weights, summed per ``(sample, head)`` as rows stream by, so
+    they use every row at full resolution even when the stored map is pooled.
+
+    Finalise with :meth:`per_head` (means over samples and rows).
+    """
+
+    rows: Tensor  # rows with any weight
+    entropy: Tensor  # Σ over those rows of -Σ_j a log a (nats)
+    choice_rows: Tensor  # rows with at least two visible keys
+    entropy_norm: Tensor  # Σ over those rows of entropy / log(visible keys)
+    distance: Tensor | None  # Σ over rows of Σ_j a_ij·|i−j| (square maps only)
+    sink: Tensor  # Σ over rows of the weight on the first ``sink_keys`` keys, (s, H)
+    max_weight: Tensor
+    sink_keys: int = 1
+
+    @classmethod
+    def empty(cls, samples: int, heads: int, square: bool, sink_keys: int = 1) -> RowStats:
+        zeros = torch.zeros(samples, heads, dtype=torch.float64)
+        return cls(
+            zeros.clone(),
+            zeros.clone(),
+            zeros.clone(),
+            zeros.clone(),
+            zeros.clone() if square else None,
+            zeros.clone(),
+            zeros.clone(),
+            sink_keys,
+        )
+
+    def update(self, start: int, weights: Tensor, visible: Tensor | None) -> None:
+        """Add rows ``start : start + rows`` of ``weights`` ``(s, H, rows, S)``; ``visible`` broadcastable."""
+        w = weights.float()  # float32 per row, float64 sums across rows
+        finite = torch.isfinite(w).all(-1, keepdim=True)
+        if not bool(finite.all()):  # rows with NaN/inf (non-finite inputs) are left out
+            w = torch.where(finite, w, 0.0)
+        live = w.sum(-1) > 0  # (s, H, rows)
+        entropy = -(w * w.clamp_min(1e-30).log()).sum(-1)  # 0·log 0 = 0 (and faster than xlogy)
+        n_visible = torch.full_like(entropy, w.shape[-1])
+        if visible is not None:  # count on the (small, broadcast) mask, then broadcast the counts
+            n_visible = visible.sum(-1).float().expand_as(entropy)
+        choice = live & (n_visible > 1)
+        f64 = torch.float64
+        self.rows += live.sum(-1)
+        self.entropy += torch.where(live, entropy, 0.0).sum(-1, dtype=f64)
+        self.choice_rows += choice.sum(-1)
+        self.entropy_norm += torch.where(choice, entropy / n_visible.clamp_min(2).log(), 0.0).sum(
+            -1, dtype=f64
+        )
+        if self.distance is not None:
+            rows = torch.arange(start, start + w.shape[-2], device=w.device, dtype=w.dtype)
+            cols = torch.arange(w.shape[-1], device=w.device, dtype=w.dtype)
+            gap = (rows[:, None] - cols[None, :]).abs()  # (rows, S)
+            self.distance += torch.einsum("shrk,rk->sh", w, gap).double()
+        self.sink += w[..., : self.sink_keys].sum(dim=(-2, -1), dtype=f64)
+        self.max_weight = torch.maximum(self.max_weight, w.amax(dim=(-2, -1)).double())
+
+    def to(self, device: str) -> RowStats:
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return RowStats(**{f: v.to(device) if isinstance(v, Tensor) else v for f, v in fields.items()})
+
+    def per_head(self) -> dict[str, np.ndarray]:
+        """Means over samples and rows, per head: entropy, entropy_norm, distance, sink (the share on
+        the first ``sink_keys`` keys), max_weight (NaN where no row counts, e.g. distance of a
+        cross-attention)."""
+
+        def mean(total: Tensor | None, count: Tensor) -> np.ndarray:
+            if total is None:
+                return np.full(count.shape[-1], np.nan, dtype=np.float32)
+            n = count.sum(0)
+            return (total.sum(0) / n.clamp_min(1)).masked_fill(n == 0, float("nan")).float().numpy()
+
+        return {
+            "entropy": mean(self.entropy, self.rows),
+            "entropy_norm": mean(self.entropy_norm, self.choice_rows),
+            "distance": mean(self.distance, self.rows),
+            "sink": mean(self.sink, self.rows),
+            "max_weight": self.max_weight.amax(0).float().numpy(),
+        }
+
+
+@dataclass
+class Computed:
+    """What a weight computation returns.
+
+    Attributes:
+        weights: float32 CPU ``(s, H, q', k')``: the full map, or block-pooled when longer than
+            ``max_tokens`` (query rows averaged, keys summed: pooled rows still sum to 1).
+        visible: bool CPU, broadcastable to ``weights``; ``None`` when nothing was masked.
+        block: ``(query rows, keys)`` per pooled cell; ``(1, 1)`` when not pooled.
+        length: ``(q, k)`` before pooling.
+        stats: row statistics at full resolution, when asked for.
+    """
+
+    weights: Tensor
+    visible: Tensor | None
+    block: tuple[int, int]
+    length: tuple[int, int]
+    stats: RowStats | None
+
+
+class _Collector:
+    """Takes weight rows block by block: keeps them whole, or pooled to ≤ ``max_tokens`` per side."""
+
+    def __init__(
+        self,
+        samples: int,
+        heads: int,
+        length: int,
+        width: int,
+        max_tokens: int | None,
+        stats: bool,
+        device: torch.device,
+        sink_keys: int = 1,
+    ) -> None:
+        limit = max_tokens or max(length, width)
+        self.qb, self.kb = math.ceil(length / limit), math.ceil(width / limit)
+        self.length, self.width = length, width
+        self.pooled = (self.qb, self.kb) != (1, 1)
+        shape = (samples, heads, math.ceil(length / self.qb), math.ceil(width / self.kb))
+        self.out = (
+            torch.zeros(shape, dtype=torch.float32)
+            if self.pooled
+            else torch.empty(shape, dtype=torch.float32)
+        )
+        self.seen = torch.zeros(shape, dtype=torch.int32) if self.pooled else None  # visible counts
+        self.masked = False
+        self.stats = RowStats.empty(samples, heads, length == width, sink_keys).to(device) if stats else None
+
+    def add(self, start: int, weights: Tensor, visible: Tensor | None) -> None:
+        """Rows ``start:start + rows``: ``weights`` ``(s, H, rows, keys)``, keys beyond ``keys`` are zero
+        (and hidden when ``visible`` is given); ``visible`` broadcastable to ``weights``."""
+        if self.stats is not None:
+            self.stats.update(start, weights, visible)
+        stop, keys = start + weights.shape[-2], weights.shape[-1]
+        if not self.pooled:
+            self.out[..., start:stop, :keys] = weights
+            self.out[..., start:stop, keys:] = 0.0
+            return
+        index = torch.arange(start, stop) // self.qb
+        pooled = self._key_blocks(weights).cpu()  # (s, H, rows, K')
+        self.out.index_add_(2, index, pooled)
+        if visible is None:
+            seen = torch.ones(1, dtype=torch.int32).expand(pooled.shape)
+        else:
+            self.masked = True
+            seen = self._key_blocks(visible.int()).int().cpu()  # as small as the mask broadcasts
+            seen = seen.reshape((1,) * (4 - seen.dim()) + tuple(seen.shape)).expand(pooled.shape)
+        self.seen.index_add_(2, index, seen.contiguous())
+
+    def _key_blocks(self, t: Tensor) -> Tensor:
+        """Sum ``(..., keys)`` over key blocks, padded with zeros to the pooled width."""
+        pad = -t.shape[-1] % self.kb
+        t = F.pad(t, (0, pad)) if pad else t
+        t = t.reshape(*t.shape[:-1], t.shape[-1] // self.kb, self.kb).sum(-1)
+        missing = self.out.shape[-1] - t.shape[-1]
+        return F.pad(t, (0, missing)) if missing else t
+
+    def result(self, visible: Tensor | None) -> Computed:
+        """``visible``: the full-resolution mask (used when not pooled)."""
+        stats = None if self.stats is None else self.stats.to("cpu")
+        if not self.pooled:
+            return Computed(self.out, visible, (1, 1), (self.length, self.width), stats)
+        rows = torch.full((self.out.shape[-2],), self.qb, dtype=torch.float32)
+        rows[-1] = self.length - self.qb * (self.out.shape[-2] - 1)  # the last block may be short
+        pooled_visible = (self.seen > 0) if self.masked else None
+        return Computed(
+            self.out / rows[:, None], pooled_visible, (self.qb, self.kb), (self.length, self.width), stats
+        )

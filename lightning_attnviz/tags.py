@@ -1,0 +1,99 @@
+"""Every name the monitor logs under, built in one place.
+
+Tag plan (``<layer>`` is the capture key cleaned to ``[\\w.\\-/]``, e.g. ``model.layers.0.self_attn``;
+a monitor given ``name="x"`` writes ``attention_x/...``, ``attention_stats_x/...`` and so on):
+
+- ``attention/sample_<i>/<layer>/heatmap``: head-mean map, query × key, labelled with the tokens
+- ``attention/sample_<i>/<layer>/head_<h>``: one head's map (heads chosen with ``heads=``)
+- ``attention/sample_<i>/<layer>/heads``: every head of the layer and their mean, as a grid
+- ``attention/sample_<i>/<layer>/arrows``: which token attends to which (top-k lines)
+- ``attention/sample_<i>/<layer>/evolution``: the head-mean map at the last captures, side by side
+- ``attention/sample_<i>/<layer>/overlay`` and ``.../overlay_heads``: attention over the image
+- ``attention/sample_<i>/atlas``: every layer × head of the sample
+- ``attention/sample_<i>/rollout``: attention rollout over the image
+- ``attention/modules``: text table of the attention modules, once per fit (and again when new
+  layers appear); stored as ``attention/modules/text_summary``
+- ``attention_stats/<metric>/<layer>/mean``: per layer, averaged over heads and the fixed samples;
+  metrics ``entropy``, ``entropy_norm``, ``distance``, ``sink``, ``max_weight``, ``drift``. With
+  ``head_stats=True`` also ``attention_stats/<metric>/<layer>/head_<h>``.
+- ``attention_hist/<layer>``: histogram of the layer's weights at visible positions
+- Attention tab records: ``sample_<i>/<layer>`` under the ``attnviz`` plugin.
+
+A 12-layer model writes 6 × 12 = 72 scalar tags by default (12 × 12 × 6 more with ``head_stats``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+METRICS = ("entropy", "entropy_norm", "distance", "sink", "max_weight", "drift")
+
+
+def clean(name: str) -> str:
+    """A layer name as it appears in a tag."""
+    return re.sub(r"[^\w.\-/]", "_", name)
+
+
+@dataclass(frozen=True)
+class Tags:
+    """The tags of one monitor; ``name`` keeps two monitors of one Trainer apart."""
+
+    name: str | None = None
+
+    def _prefix(self, base: str) -> str:
+        return f"{base}_{self.name}" if self.name else base
+
+    @property
+    def pictures(self) -> str:
+        return self._prefix("attention")
+
+    @property
+    def modules(self) -> str:
+        return f"{self.pictures}/modules"
+
+    @property
+    def stats(self) -> str:
+        return self._prefix("attention_stats")
+
+    @property
+    def hist(self) -> str:
+        return self._prefix("attention_hist")
+
+    @property
+    def captures_dir(self) -> str:
+        return self._prefix("attention_captures")
+
+    def picture(self, kind: str, sample: int, layer: str | None, head: int | None = None) -> str:
+        base = f"{self.pictures}/sample_{sample}"
+        if layer is None:
+            return f"{base}/{kind}"
+        return f"{base}/{clean(layer)}/{kind if head is None else f'head_{head}'}"
+
+    def stat(self, metric: str, layer: str, head: int | None = None) -> str:
+        return f"{self.stats}/{metric}/{clean(layer)}/{'mean' if head is None else f'head_{head}'}"
+
+    def histogram(self, layer: str) -> str:
+        return f"{self.hist}/{clean(layer)}"
+
+    def tab(self, sample: int, layer: str) -> str:
+        tag = f"sample_{sample}/{clean(layer)}"
+        return f"{self.name}/{tag}" if self.name else tag
+
+    def layout(self, layers: list[str], head_stats: bool) -> dict:
+        """TensorBoard's custom-scalars layout: per metric one chart per layer (its heads as lines
+        when per-head series are logged), and one chart of every layer's mean."""
+        layout: dict = {}
+        for metric in METRICS:
+            charts = {
+                "all layers (mean over heads)": [
+                    "Multiline",
+                    [rf"^{re.escape(self.stats)}/{metric}/.*/mean$"],
+                ]
+            }
+            if head_stats:
+                for layer in layers:
+                    prefix = re.escape(f"{self.stats}/{metric}/{clean(layer)}/")
+                    charts[f"{layer}: heads"] = ["Multiline", [f"^{prefix}head_\\d+$"]]
+            layout[f"{self.stats} {metric}"] = charts
+        return layout

@@ -1,0 +1,357 @@
+"""Drawing away from training: one low-priority child process per Python process, shared by monitors.
+
+Training must never wait for pictures nor compete with them for the GIL, so the pipeline runs in a
+child (``python -m lightning_attnviz.worker``, niced, one thread), started on first use and kept for
+the life of the parent. Jobs go over a pipe as pickles (plain data: tensors, arrays, strings);
+results and warnings come back over another. The training thread only enqueues: a sender thread
+writes, a reader thread reads. If the child cannot start or dies, the same pipeline runs on a
+background thread in this process instead, and the user is told once.
+
+Accounting is per monitor (:class:`Channel`): how many jobs are in flight (back-pressure: the
+callback skips a capture rather than queue without bound), warnings to raise on the training thread,
+and the drawing seconds per capture (to say which capture rate can be sustained).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_HEADER = struct.Struct("<Q")
+
+
+def _send(stream: Any, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream: Any) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
+
+
+class _Serve:
+    """The drawing side: one :class:`~lightning_attnviz.pipeline.Pipeline` (and sinks) per monitor."""
+
+    def __init__(self, reply: Callable[[Any], None]) -> None:
+        self.reply = reply
+        self.pipelines: dict[int, Any] = {}
+        self.sinks: dict[int, list] = {}
+
+    def handle(self, message: tuple) -> None:
+        from lightning_attnviz.pipeline import Pipeline
+        from lightning_attnviz.sinks import TensorBoardSink
+
+        kind, channel = message[0], message[1]
+        if kind == "open":
+            _, _, setup, state, tensorboard_dir = message
+            self._close(channel)
+            self.pipelines[channel] = pipeline = Pipeline(setup)
+            if state:
+                pipeline.load_state_dict(state)
+            self.sinks[channel] = [TensorBoardSink(tensorboard_dir)] if tensorboard_dir else []
+        elif kind == "job":
+            _, _, job_id, job, want_outputs = message
+            started = time.process_time()
+            outputs, messages = self.pipelines[channel].run(job)
+            for sink in self.sinks.get(channel, []):
+                try:
+                    sink.write(outputs)
+                except Exception as err:  # one sink failing must not lose the others, nor the job
+                    messages.append(
+                        f"AttentionMonitor: writing to {type(sink).__name__} failed "
+                        f"({type(err).__name__}: {err})."
+                    )
+            seconds = time.process_time() - started
+            state = self.pipelines[channel].state_dict()  # so a checkpoint never waits for drawing
+            self.reply(("done", channel, job_id, outputs if want_outputs else None, messages, seconds, state))
+        elif kind == "replay":
+            self.pipelines[channel].replay(message[3])
+        elif kind == "state":
+            pipeline = self.pipelines.get(channel)
+            self.reply(("state", channel, message[2], None if pipeline is None else pipeline.state_dict()))
+        elif kind == "close":
+            self._close(channel)
+            self.reply(("closed", channel, message[2]))
+
+    def _close(self, channel: int) -> None:
+        for sink in self.sinks.pop(channel, []):
+            sink.close()
+        self.pipelines.pop(channel, None)
+
+
+def _child_main(result_fd: int) -> None:
+    """Entry of the drawing process: read jobs from stdin until EOF, answer on ``result_fd``."""
+    import signal
+    import warnings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it drains us
+    warnings.simplefilter("ignore")  # this process's own state: its warnings reach nobody anyway
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    import torch
+
+    torch.set_num_threads(1)
+    out = os.fdopen(result_fd, "wb")
+    serve = _Serve(lambda m: _send(out, m))
+    stdin = sys.stdin.buffer
+    while True:
+        try:
+            message = _receive(stdin)
+        except EOFError:
+            break
+        try:
+            serve.handle(message)
+        except Exception as err:  # a job that cannot run at all: answer, never die
+            if message[0] == "job":
+                text = f"AttentionMonitor: drawing a capture failed ({type(err).__name__}: {err})."
+                _send(out, ("done", message[1], message[2], None, [text], 0.0, None))
+    for channel in list(serve.pipelines):
+        serve._close(channel)
+
+
+@dataclass
+class Channel:
+    """One monitor's view of the worker."""
+
+    id: int
+    in_flight: int = 0
+    messages: list[str] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)  # for sinks that live in the training process
+    seconds: list[float] = field(default_factory=list)  # drawing CPU seconds of recent captures
+    lost: int = 0
+    state: Any = None  # the pipeline's state after the last job drawn
+    jobs: dict[int, Any] = field(default_factory=dict)  # jobs sent and not drawn yet, by id
+    replies: dict[int, Any] = field(default_factory=dict)
+    done: threading.Condition = field(default_factory=threading.Condition)
+
+
+class Worker:
+    """The parent side: sends jobs, routes answers to channels, notices a dead child."""
+
+    def __init__(self, use_process: bool = True) -> None:
+        self._ids = itertools.count(1)
+        self._channels: dict[int, Channel] = {}
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self.mode = "process"
+        self._process: subprocess.Popen | None = None
+        self._local: _Serve | None = None
+        self.failure: str | None = None
+        if use_process:
+            try:
+                self._start_process()
+            except OSError as err:
+                self.failure = f"the drawing process could not start ({err})"
+        if self._process is None:
+            self._start_thread()
+
+    # -- starting -----------------------------------------------------------------------------------
+
+    def _start_process(self) -> None:
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        code = f"from lightning_attnviz.worker import _child_main; _child_main({write_fd})"
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(write_fd,),
+                start_new_session=True,  # no terminal signals: Ctrl-C is handled by draining
+                env=env,
+            )
+        finally:
+            os.close(write_fd)
+        results = os.fdopen(read_fd, "rb")
+        threading.Thread(target=self._send_loop, name="attnviz-send", daemon=True).start()
+        threading.Thread(target=self._read_loop, args=(results,), name="attnviz-read", daemon=True).start()
+
+    def _start_thread(self) -> None:
+        self.mode = "thread"
+        self._local = _Serve(self._route)
+        threading.Thread(target=self._local_loop, name="attnviz-draw", daemon=True).start()
+
+    # -- public -------------------------------------------------------------------------------------
+
+    def channel(self) -> Channel:
+        with self._lock:
+            ch = Channel(next(self._ids))
+            self._channels[ch.id] = ch
+        return ch
+
+    def alive(self) -> bool:
+        return os.getpid() == self._pid and (self.mode == "thread" or self._process.poll() is None)  # type: ignore[union-attr]
+
+    def post(self, ch: Channel, message: tuple) -> None:
+        if message[0] == "job":
+            with ch.done:
+                ch.in_flight += 1
+                ch.jobs[message[2]] = message[3]
+        self._outbox.put(message)
+
+    def request(self, ch: Channel, kind: str, timeout: float) -> Any:
+        """Send ``kind`` ("state" or "close") after every job already sent; its answer, or None."""
+        rid = next(self._ids)
+        self._outbox.put((kind, ch.id, rid))
+        deadline = time.monotonic() + timeout
+        with ch.done:
+            while rid not in ch.replies and self.alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                ch.done.wait(min(left, 0.5))
+            return ch.replies.pop(rid, None)
+
+    def wait(self, ch: Channel, timeout: float) -> bool:
+        """Until every job of ``ch`` is done (True), the timeout passes or the worker dies (False)."""
+        deadline = time.monotonic() + timeout
+        with ch.done:
+            while ch.in_flight and self.alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                ch.done.wait(min(left, 0.5))
+            return ch.in_flight == 0
+
+    def forget(self, ch: Channel) -> None:
+        with self._lock:
+            self._channels.pop(ch.id, None)
+
+    def stop(self) -> None:
+        """End the child after the jobs already sent (at interpreter exit)."""
+        self._outbox.put(None)
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                self._process.kill()
+
+    # -- threads --------------------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        stdin = self._process.stdin  # type: ignore[union-attr]
+        while True:
+            message = self._outbox.get()
+            try:
+                if message is None:
+                    stdin.close()
+                    return
+                _send(stdin, message)
+            except (OSError, ValueError, pickle.PicklingError, TypeError, AttributeError) as err:
+                if message is not None and message[0] == "job":
+                    self._route(
+                        (
+                            "done",
+                            message[1],
+                            message[2],
+                            None,
+                            [f"AttentionMonitor: a capture could not be sent for drawing ({err}); lost."],
+                            0.0,
+                            None,
+                        )
+                    )
+                if isinstance(err, OSError):
+                    return
+
+    def _read_loop(self, results: Any) -> None:
+        while True:
+            try:
+                message = _receive(results)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                break
+            self._route(message)
+        self._on_death()
+
+    def _local_loop(self) -> None:
+        while True:
+            message = self._outbox.get()
+            if message is None:
+                return
+            try:
+                self._local.handle(message)  # type: ignore[union-attr]
+            except BaseException as err:
+                if message[0] == "job":
+                    self._route(
+                        (
+                            "done",
+                            message[1],
+                            message[2],
+                            None,
+                            [f"AttentionMonitor: drawing a capture failed ({type(err).__name__}: {err})."],
+                            0.0,
+                            None,
+                        )
+                    )
+
+    def _route(self, message: tuple) -> None:
+        kind, cid = message[0], message[1]
+        ch = self._channels.get(cid)
+        if ch is None:
+            return
+        with ch.done:
+            if kind == "done":
+                _, _, job_id, outputs, messages, seconds, state = message
+                ch.in_flight = max(0, ch.in_flight - 1)
+                ch.jobs.pop(job_id, None)
+                ch.state = state if state is not None else ch.state
+                ch.messages.extend(messages)
+                ch.seconds = [*ch.seconds, seconds][-8:]
+                if outputs is not None:
+                    ch.outputs.append(outputs)
+            else:
+                ch.replies[message[2]] = message[3] if kind == "state" else True
+            ch.done.notify_all()
+
+    def _on_death(self) -> None:
+        code = self._process.poll() if self._process is not None else None
+        with self._lock:
+            channels = list(self._channels.values())
+        for ch in channels:
+            with ch.done:
+                if ch.in_flight:
+                    ch.lost += ch.in_flight
+                    ch.jobs.clear()
+                    ch.messages.append(
+                        f"AttentionMonitor: the drawing process ended (exit code {code}); {ch.in_flight} "
+                        "capture(s) in progress were lost. Drawing continues on a background thread."
+                    )
+                ch.in_flight = 0
+                ch.done.notify_all()
+
+
+_shared: Worker | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_worker() -> Worker:
+    """The worker of this process, started (or restarted after a death) on demand."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared.alive():
+            use_process = os.environ.get("ATTNVIZ_WORKER", "process") != "thread"
+            if _shared is not None and _shared.mode == "process":
+                use_process = False  # it died once: keep drawing, in a thread
+            _shared = Worker(use_process)
+            atexit.register(_shared.stop)
+        return _shared
