@@ -7,12 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-import torch
-
 from lightning_attnviz import _lightning as lit
-from lightning_attnviz.capture import AttentionCapture
 from lightning_attnviz.config import MonitorConfig, default_plots
 from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention
+from lightning_attnviz.fixed import capture_forward, describe, first_val_batch, module_rows
 from lightning_attnviz.pipeline import Job, Setup, job_from_state, job_state
 from lightning_attnviz.samples import (
     Tokens,
@@ -20,9 +18,7 @@ from lightning_attnviz.samples import (
     default_forward,
     first_rows,
     token_labeller,
-    token_labels,
 )
-from lightning_attnviz.samples import images as sample_images
 from lightning_attnviz.tags import Tags
 from lightning_attnviz.vision import PatchGrid, find_grid
 from lightning_attnviz.worker import Channel, Worker, shared_worker
@@ -119,6 +115,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._train_fixed: Any = None
         self._val_runs = 0
         self._restored: dict[str, Any] = {}
+        self._seconds_per_capture: list[float] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -263,19 +260,29 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         if step == self._last_step:
             return  # a step capture and a validation capture at the same step: log once
         if self._fixed is None:
-            self._take(self._val_batch(trainer))
+            self._take(first_val_batch(trainer))
         fixed = self._fixed if self._fixed is not None else self._train_fixed
         if fixed is None:
             return
         if trainer.is_global_zero and not self._ready():
             return
-        cap = self._run_forward(trainer, pl_module, fixed)
+        try:
+            cap = capture_forward(trainer, pl_module, fixed, self._forward, self.config, self._sites)
+        except Exception as err:  # the user's training goes on; the capture is reported, not raised
+            cap = None
+            self._warn_once(
+                "forward",
+                f"AttentionMonitor: the capture forward failed ({type(err).__name__}: {err}); "
+                "no attention is drawn for it. Check `forward_fn` / `sample_input` against your model.",
+            )
         self._last_step = step
         if cap is None or not trainer.is_global_zero or self._channel is None:
             return  # a rank that only takes part in a sharded forward: rank 0 draws
         if self._labels is None:
-            self._labels, self._images = self._describe(fixed)
-        modules = self._module_rows(cap) if self._modules_due else ()
+            self._labels, self._images = describe(
+                fixed, self._label, self._setup.grid, self.config, self._warn
+            )
+        modules = module_rows(self._sites, cap) if self._modules_due else ()
         self._modules_due = False
         job = Job(
             step,
@@ -308,38 +315,6 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
             return False
         return True
 
-    def _run_forward(self, trainer: Any, pl_module: Any, fixed: Any) -> AttentionCapture | None:
-        """One extra forward on the fixed samples, leaving modes and random streams as they were."""
-        modes = {m: m.training for m in pl_module.modules()}
-        device = pl_module.device
-        rng_devices = [device.index or 0] if device.type == "cuda" else []
-        precision = trainer.precision_plugin
-        cap = AttentionCapture(
-            pl_module,
-            self.config.samples,
-            max_tokens=self.config.store_tokens,
-            stats=self.config.stats,
-            defer=True,
-            sites=self._sites,
-        )
-        try:
-            pl_module.eval()
-            with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
-                inputs = precision.convert_input(lit.to_device(fixed, device))
-                with cap, precision.forward_context():
-                    self._forward(pl_module, inputs)
-        except Exception as err:  # the user's training goes on; the capture is reported, not raised
-            self._warn_once(
-                "forward",
-                f"AttentionMonitor: the capture forward failed ({type(err).__name__}: {err}); "
-                "no attention is drawn for it. Check `forward_fn` / `sample_input` against your model.",
-            )
-            return None
-        finally:
-            for module, training in modes.items():
-                module.training = training
-        return cap
-
     def _take(self, batch: Any) -> None:
         if batch is None:
             return
@@ -351,55 +326,6 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
                 f"samples={self.config.samples}; pictures are drawn for {rows}. "
                 "Pass `sample_input=` to choose."
             )
-
-    def _val_batch(self, trainer: Any) -> Any:
-        """The first validation batch, for a step capture before any validation ran."""
-        try:
-            with torch.random.fork_rng():  # a DataLoader draws its base seed from the global stream
-                trainer.fit_loop.epoch_loop.val_loop.setup_data()
-                loaders = trainer.val_dataloaders
-                loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-                return None if loader is None else next(iter(loader))
-        except Exception:  # no usable val loader: the training batch stands in (with a warning)
-            return None
-
-    def _describe(self, fixed: Any) -> tuple[tuple, tuple]:
-        """Token labels and displayable images of the fixed samples, made once; a failing labeller
-        costs the labels (positions are shown), never the capture."""
-        grid, n = self._setup.grid, self.config.samples  # type: ignore[union-attr]
-        try:
-            labels = token_labels(fixed, self._label, grid, n)
-        except BaseException as err:
-            if isinstance(err, KeyboardInterrupt):
-                raise
-            self._warn(
-                f"AttentionMonitor: `tokens` failed to label the samples ({type(err).__name__}: {err}); "
-                "axes show positions instead."
-            )
-            labels = [None if grid is None else grid.labels()] * n
-        images: list = []
-        if grid is not None:
-            try:
-                images = sample_images(fixed, self.config.image_mean, self.config.image_std)
-            except (ValueError, RuntimeError, TypeError) as err:
-                self._warn(
-                    f"AttentionMonitor: the sample images cannot be shown ({err}); no overlays are drawn."
-                )
-        return tuple(None if x is None else tuple(x) for x in labels), tuple(images)
-
-    def _module_rows(self, cap: AttentionCapture) -> tuple[tuple[str, str, str, str], ...]:
-        paths: dict[str, set[str]] = {}
-        for p in cap.pending:
-            paths.setdefault(p.module, set()).add(p.path)
-        return tuple(
-            (
-                s.name,
-                s.module_type,
-                str(s.num_heads or "?"),
-                ", ".join(sorted(paths.get(s.name, ()))) or "not called",
-            )
-            for s in self._sites
-        )
 
     # -- messages, state, cleanup -------------------------------------------------------------------
 
@@ -473,6 +399,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
             )
         with ch.done:
             self._restored = {"pipeline": ch.state, "replay": [job_state(j) for j in ch.jobs.values()]}
+            self._seconds_per_capture = list(ch.seconds)  # the drawing process's CPU time (benchmarks)
         worker.request(ch, "close", _DRAIN_SECONDS)
         self._raise_messages()
         worker.forget(ch)

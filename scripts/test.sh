@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh machine, then runs lint and the whole test suite:
 # a virtualenv with the test extras (torch pinned to the CPU build), Debian's Chromium and
-# playwright-core for the Attention tab's browser test.
+# playwright-core for the Attention tab's browser test. Runs lint, the tab's node unit tests and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -16,4 +16,5 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 npm --prefix tests/e2e ci --silent --no-audit --no-fund
 .venv/bin/ruff check .
+bash scripts/test_js.sh
 ATTNVIZ_BROWSER_TEST=required .venv/bin/python -m pytest -q

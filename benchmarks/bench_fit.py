@@ -1,0 +1,182 @@
+"""Whole-fit cost of AttentionMonitor with its defaults: ``trainer.fit`` with the monitor over without.
+
+The figure that matters to users: everything the monitor does during a fit (the extra forward, the
+copies, drawing in its background process, writing, and waiting for the last capture's pictures at the
+end of the fit) against the same fit without it. Runs are interleaved (plain, monitored, plain, ...)
+and each is a fresh process-state fit with the same seed; the median of each is reported, and the
+drawing process's CPU seconds per capture.
+
+    python benchmarks/bench_fit.py            # the GPT-style and ViT workloads of the issue
+    python benchmarks/bench_fit.py --quick    # smaller, for a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_attnviz import AttentionMonitor, PatchGrid
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, causal: bool) -> None:
+        super().__init__()
+        self.attn = SelfAttention(d, heads, causal)
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class SelfAttention(nn.Module):
+    """nanoGPT-style: fused SDPA."""
+
+    def __init__(self, d: int, heads: int, causal: bool) -> None:
+        super().__init__()
+        self.heads, self.causal = heads, causal
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, hd)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class LitGPT(pl.LightningModule):
+    def __init__(
+        self, vocab: int = 256, d: int = 128, heads: int = 4, layers: int = 4, length: int = 256
+    ) -> None:
+        super().__init__()
+        self.emb, self.pos = nn.Embedding(vocab, d), nn.Parameter(torch.zeros(length, d))
+        self.blocks = nn.Sequential(*[Block(d, heads, causal=True) for _ in range(layers)])
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.emb(ids) + self.pos[: ids.shape[1]]))
+
+    def _loss(self, batch: tuple) -> torch.Tensor:
+        (ids,) = batch
+        logits = self(ids[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+    def training_step(self, batch: tuple, _: int) -> torch.Tensor:
+        return self._loss(batch)
+
+    def validation_step(self, batch: tuple, _: int) -> None:
+        self.log("val_loss", self._loss(batch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=3e-4)
+
+
+class LitViT(pl.LightningModule):
+    def __init__(self, d: int = 96, heads: int = 4, layers: int = 4, grid: int = 8, patch: int = 4) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, patch, patch)
+        self.cls, self.pos = (
+            nn.Parameter(torch.zeros(1, 1, d)),
+            nn.Parameter(torch.zeros(1, grid * grid + 1, d)),
+        )
+        self.blocks = nn.Sequential(*[Block(d, heads, causal=False) for _ in range(layers)])
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)  # (B, 64, d)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.pos
+        return self.head(self.blocks(tokens)[:, 0])
+
+    def training_step(self, batch: tuple, _: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: tuple, _: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def workload(name: str, quick: bool) -> tuple:
+    g = torch.Generator().manual_seed(0)
+    if name == "gpt":
+        steps, val, length, batch = (12, 2, 128, 8) if quick else (60, 8, 256, 16)
+        ids = torch.randint(0, 256, ((steps + val) * batch, length + 1), generator=g)
+        train = DataLoader(TensorDataset(ids[: steps * batch]), batch_size=batch)
+        valid = DataLoader(TensorDataset(ids[steps * batch :]), batch_size=batch)
+        return LitGPT, train, valid, {}
+    steps, val, batch = (10, 2, 32) if quick else (40, 4, 32)
+    x = torch.randn((steps + val) * batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (len(x),), generator=g)
+    train = DataLoader(TensorDataset(x[: steps * batch], y[: steps * batch]), batch_size=batch)
+    valid = DataLoader(TensorDataset(x[steps * batch :], y[steps * batch :]), batch_size=batch)
+    return LitViT, train, valid, {"image_grid": PatchGrid((8, 8), prefix_tokens=1, patch_size=(4, 4))}
+
+
+def fit_seconds(name: str, monitored: bool, quick: bool, epochs: int) -> tuple[float, float]:
+    module_cls, train, valid, options = workload(name, quick)
+    pl.seed_everything(0, verbose=False)
+    model = module_cls()
+    monitor = AttentionMonitor(**options) if monitored else None
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            logger=TensorBoardLogger(tmp, name="bench"),
+            callbacks=[monitor] if monitor else [],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            accelerator="cpu",
+        )
+        start = time.perf_counter()
+        trainer.fit(model, train, valid)
+        seconds = time.perf_counter() - start
+        draw = 0.0
+        if monitor is not None:
+            seen = monitor._seconds_per_capture  # measured by the drawing process
+            draw = statistics.median(seen) if seen else float("nan")
+    return seconds, draw
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workloads", nargs="+", default=["gpt", "vit"])
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    epochs = 2 if args.quick else 4
+    fit_seconds("gpt", True, True, 1)  # warm up: imports, the drawing process
+    print("| workload | plain fit (s) | with AttentionMonitor (s) | ratio | drawing CPU s per capture |")
+    print("|---|---|---|---|---|")
+    for name in args.workloads:
+        plain, watched, draws = [], [], []
+        for _ in range(args.repeats):
+            plain.append(fit_seconds(name, False, args.quick, epochs)[0])
+            seconds, draw = fit_seconds(name, True, args.quick, epochs)
+            watched.append(seconds)
+            draws.append(draw)
+        p, w = statistics.median(plain), statistics.median(watched)
+        label = f"{name} (quick)" if args.quick else name
+        print(f"| {label} | {p:.1f} | {w:.1f} | {w / p:.3f}× | {statistics.median(draws):.2f} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
