@@ -9,3 +9,5 @@ echo
 "$py" benchmarks/bench_scale.py
 echo
 "$py" benchmarks/bench_callback.py
+echo
+"$py" benchmarks/bench_fit.py
