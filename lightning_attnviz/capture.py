@@ -13,43 +13,26 @@ removed on leaving it, even when the body raises:
   ``(B, H, L, S)`` tensor (eager attention: the model's own weights are kept), and to
   ``F.multi_head_attention_forward``.
 
-Only the first ``samples`` batch rows are ever computed or kept.
+The taps themselves live in :mod:`lightning_attnviz.taps`; this module installs and removes them and
+records what they read. Only the first ``samples`` batch rows are ever computed or kept.
 """
 
 from __future__ import annotations
 
-import inspect
 import warnings
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from lightning_attnviz.checks import check_int
 from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention, named_modules
-from lightning_attnviz.pending import (
-    AttentionMap,
-    Inputs,
-    MHAInputs,
-    Path,
-    Pending,
-    SDPAInputs,
-    SoftmaxOutput,
-    compute,
-)
+from lightning_attnviz.pending import AttentionMap, Inputs, MHAInputs, Path, Pending, compute
+from lightning_attnviz.taps import _Interceptor, encoder_layer_tap, encoder_tap, mha_tap
 
 __all__ = ["AttentionCapture", "AttentionMap", "capture_attention"]
 
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-_SOFTMAX_FUNCS = frozenset({torch.softmax, torch.Tensor.softmax, F.softmax, torch.special.softmax})
-_MHA_FORWARD_SIG = inspect.signature(nn.MultiheadAttention.forward)
-_ENCODER_LAYER_SIG = inspect.signature(nn.TransformerEncoderLayer.forward)
-_MHA_FUNCTIONAL_SIG = inspect.signature(F.multi_head_attention_forward)
 _COMPUTE_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 
@@ -155,13 +138,13 @@ class AttentionCapture:
     def _install(self, site: AttentionSite, named: dict[str, nn.Module]) -> None:
         module = named[site.name]
         if site.tap == "mha":
-            self._wrap(module, self._mha_tap(site, module))
+            self._wrap(module, mha_tap(self, site, module))
         elif site.tap == "encoder_layer":
             layer = named[site.name.rpartition(".")[0]]
-            self._wrap(layer, self._encoder_layer_tap(site, layer))
+            self._wrap(layer, encoder_layer_tap(self, site, layer))
             for encoder in self.model.modules():
                 if isinstance(encoder, nn.TransformerEncoder) and any(m is layer for m in encoder.layers):
-                    self._wrap(encoder, self._encoder_tap(encoder))
+                    self._wrap(encoder, encoder_tap(self, encoder))
         else:
             self._wrap_scope(module, site)
 
@@ -217,60 +200,7 @@ class AttentionCapture:
         self._mode.__exit__(None, None, None)
         self._mode_on = False
 
-    # -- taps -------------------------------------------------------------------------------------
-
-    def _mha_tap(self, site: AttentionSite, mha: nn.MultiheadAttention) -> Callable[[tuple, dict], None]:
-        def before(args: tuple, kwargs: dict) -> None:
-            self._entered.add(site.name)
-            bound = _MHA_FORWARD_SIG.bind(mha, *args, **kwargs).arguments
-            self._record_module(
-                site.name,
-                mha,
-                bound["query"],
-                bound["key"],
-                key_padding_mask=bound.get("key_padding_mask"),
-                attn_mask=bound.get("attn_mask"),
-                is_causal=bound.get("is_causal", False),
-                batch_first=mha.batch_first,
-            )
-
-        return before
-
-    def _encoder_layer_tap(
-        self, site: AttentionSite, layer: nn.TransformerEncoderLayer
-    ) -> Callable[[tuple, dict], None]:
-        def before(args: tuple, kwargs: dict) -> None:
-            self._entered.add(site.name)
-            bound = _ENCODER_LAYER_SIG.bind(layer, *args, **kwargs).arguments
-            src, padding = bound["src"], bound.get("src_key_padding_mask")
-            batch_first = layer.self_attn.batch_first
-            if src.is_nested:  # nn.TransformerEncoder's fast path packed the padded batch
-                src, padding = _unnest(src, self.samples, self._padded_width)
-            if layer.norm_first:
-                norm = layer.norm1
-                src = F.layer_norm(src, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-            self._record_module(
-                site.name,
-                layer.self_attn,
-                src,
-                src,
-                key_padding_mask=padding,
-                attn_mask=bound.get("src_mask"),
-                is_causal=bound.get("is_causal", False),
-                batch_first=batch_first,
-                self_attention=True,
-            )
-
-        return before
-
-    def _encoder_tap(self, encoder: nn.TransformerEncoder) -> Callable[[tuple, dict], None]:
-        def before(args: tuple, kwargs: dict) -> None:
-            src = args[0] if args else kwargs["src"]
-            batch_first = encoder.layers[0].self_attn.batch_first
-            if not src.is_nested and src.dim() == 3:
-                self._padded_width = src.shape[1 if batch_first else 0]
-
-        return before
+    # -- recording --------------------------------------------------------------------------------
 
     def _record_mha(
         self,
@@ -337,25 +267,6 @@ class AttentionCapture:
             dropout_p=dropout_p,
         )
 
-    def _record_module(
-        self, name: str, mha: nn.MultiheadAttention, query: Tensor, key: Tensor, **kw: Any
-    ) -> None:
-        """:meth:`_record_mha` with the parameters of an ``nn.MultiheadAttention`` instance."""
-        self._record_mha(
-            name,
-            query,
-            key,
-            num_heads=mha.num_heads,
-            in_proj_weight=mha.in_proj_weight if mha._qkv_same_embed_dim else None,
-            in_proj_bias=mha.in_proj_bias,
-            q_proj_weight=mha.q_proj_weight,
-            k_proj_weight=mha.k_proj_weight,
-            bias_k=mha.bias_k,
-            add_zero_attn=mha.add_zero_attn,
-            dropout_p=mha.dropout if mha.training else 0.0,
-            **kw,
-        )
-
     def _add(self, name: str, inputs: Inputs, path: Path, **meta: Any) -> None:
         """Record one call of ``name`` under its next key: pending, or computed now."""
         call = self._calls.get(name, 0)
@@ -380,106 +291,6 @@ def failure_message(module: str, err: BaseException) -> str:
         f"Could not compute attention weights for {module!r} ({type(err).__name__}: {err}); "
         "the model's own output is unaffected."
     )
-
-
-class _Interceptor(TorchFunctionMode):
-    """Sees the torch calls made inside function-tap sites; always calls the original function."""
-
-    def __init__(self, capture: AttentionCapture) -> None:
-        super().__init__()
-        # A weak reference: a cycle would keep the captured maps alive until the next GC pass.
-        self._capture = weakref.ref(capture)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        cap = self._capture()
-        if cap is None or not cap._scope:
-            return out
-        site = cap._scope[-1]
-        if func is F.scaled_dot_product_attention:
-            self._sdpa(cap, site, args, kwargs)
-        elif func in _SOFTMAX_FUNCS:
-            self._softmax(cap, site, out, args, kwargs)
-        elif func is F.multi_head_attention_forward:
-            self._mha_functional(cap, site, args, kwargs)
-        return out
-
-    def _sdpa(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
-        bound = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
-        q, k, mask = bound["query"], bound["key"], bound.get("attn_mask")
-        if mask is not None and mask.dim() == q.dim() and mask.shape[0] > 1:
-            mask = mask[: cap.samples]  # a learned bias passed as the mask may change after this step
-        gqa = bool(bound.get("enable_gqa", False))
-        scale = bound.get("scale")
-        causal = bool(bound.get("is_causal", False))
-        inputs = SDPAInputs(
-            cap.keep(q[: cap.samples]), cap.keep(k[: cap.samples]), cap.keep(mask), causal, scale, gqa
-        )
-        cap._add(
-            site.name,
-            inputs,
-            path="sdpa",
-            causal=causal,
-            masked=mask is not None or causal,
-            gqa_groups=q.shape[-3] // k.shape[-3] if gqa and q.dim() > 3 else 1,
-            scale=scale if scale is not None else q.shape[-1] ** -0.5,
-            dropout_p=float(bound.get("dropout_p", 0.0)),
-        )
-
-    def _softmax(
-        self, cap: AttentionCapture, site: AttentionSite, out: Tensor, args: tuple, kwargs: dict
-    ) -> None:
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-        if not isinstance(out, Tensor) or dim not in (-1, out.dim() - 1):
-            return
-        if out.dim() == 3 and site.num_heads and out.shape[0] % site.num_heads == 0:
-            out = out.view(-1, site.num_heads, *out.shape[-2:])  # (B·H, L, S) -> (B, H, L, S)
-        if out.dim() != 4:
-            return
-        kept = cap.keep(out[: cap.samples].detach())
-        cap._add(
-            site.name,
-            SoftmaxOutput(kept),
-            path="eager_softmax",
-            causal=None,
-            masked=None,
-            gqa_groups=1,
-            scale=None,
-            dropout_p=0.0,
-        )
-
-    def _mha_functional(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
-        b = _MHA_FUNCTIONAL_SIG.bind(*args, **kwargs).arguments
-        separate = b.get("use_separate_proj_weight", False)
-        cap._record_mha(
-            site.name,
-            b["query"],
-            b["key"],
-            num_heads=b["num_heads"],
-            in_proj_weight=None if separate else b["in_proj_weight"],
-            in_proj_bias=b["in_proj_bias"],
-            q_proj_weight=b.get("q_proj_weight"),
-            k_proj_weight=b.get("k_proj_weight"),
-            bias_k=b["bias_k"],
-            add_zero_attn=b["add_zero_attn"],
-            key_padding_mask=b.get("key_padding_mask"),
-            attn_mask=b.get("attn_mask"),
-            is_causal=b.get("is_causal", False),
-            dropout_p=float(b["dropout_p"]) if b.get("training", True) else 0.0,
-        )
-
-
-def _unnest(src: Tensor, samples: int, width: int | None) -> tuple[Tensor, Tensor]:
-    """Pad the first ``samples`` sequences of a nested ``(N, *, E)`` tensor; True marks padding."""
-    parts = src.unbind()
-    longest = max(p.shape[0] for p in parts)
-    width = longest if width is None or width < longest else width
-    parts = parts[:samples]
-    padded = torch.stack([F.pad(p, (0, 0, 0, width - p.shape[0])) for p in parts])
-    lengths = torch.tensor([p.shape[0] for p in parts], device=src.device)
-    padding = torch.arange(width, device=src.device)[None, :] >= lengths[:, None]
-    return padded, padding
 
 
 def _unwrap_compiled(model: nn.Module) -> nn.Module:

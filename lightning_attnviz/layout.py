@@ -1,9 +1,8 @@
 """A small layout and text raster engine: every picture is a numpy RGB canvas with text pasted in.
 
-Matplotlib drew each token label as an artist (~2 ms apiece, 64 tokens × 2 axes per heatmap); here a
-label is rasterised once with FreeType (PIL, matplotlib's own DejaVu Sans, so the look stays the same),
-kept in a bounded LRU of alpha bitmaps and alpha-blended into the canvas. Nothing global is touched:
-the only shared object is that cache, behind a lock, so pictures can be drawn from any thread.
+Text comes as cached alpha bitmaps from :mod:`lightning_attnviz.glyphs` (rasterised once with FreeType,
+not drawn as matplotlib artists) and is alpha-blended into the canvas. Nothing global is touched: the
+only shared object is that cache, behind a lock, so pictures can be drawn from any thread.
 
 Sizes are measured before the canvas is allocated, and every text is bounded first (long names are
 shortened in the middle, where dotted module paths are least distinctive), so no input can make a
@@ -13,116 +12,16 @@ picture grow without bound.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
-import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
-FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-BOLD = FONT.with_name("DejaVuSans-Bold.ttf")
-ELLIPSIS = "…"
-MAX_TEXT = 400  # characters any text is cut to before it is measured: bounds the work, not the look
+from lightning_attnviz.glyphs import bitmap, fit, line_height, width, wrap
+from lightning_attnviz.glyphs import shorten as shorten
+
 INK = (30, 30, 30)
 GRAY = (100, 100, 100)
-_CACHE_SIZE = 4096  # rendered bitmaps; a 64-token picture needs ~130, so several captures fit
-_cache: OrderedDict[tuple[str, int, bool, bool], np.ndarray] = OrderedDict()
-_lock = threading.Lock()  # FreeType faces are not safe to use from two threads at once
-
-
-@lru_cache(maxsize=32)
-def _font(size: int, bold: bool) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(BOLD if bold else FONT), size)
-
-
-def line_height(size: int) -> int:
-    """Pixels from one baseline to the next for a font ``size`` (in pixels)."""
-    ascent, descent = _font(size, False).getmetrics()
-    return ascent + descent
-
-
-def bitmap(text: str, size: int, rotate: bool = False, bold: bool = False) -> np.ndarray:
-    """The alpha mask of one line of text, cached by ``(text, size, rotate, bold)``.
-
-    Shape:
-        returns ``(line_height, width)`` uint8, or ``(width, line_height)`` when ``rotate`` (reading
-        upwards, as a rotated axis label).
-    """
-    key = (text[:MAX_TEXT], size, rotate, bold)
-    with _lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            _cache.move_to_end(key)
-            return hit
-        font = _font(size, bold)
-        ascent, descent = font.getmetrics()
-        width = max(1, math.ceil(font.getlength(key[0])) + 1)
-        image = Image.new("L", (width, ascent + descent))
-        ImageDraw.Draw(image).text((0, 0), key[0], font=font, fill=255)
-        mask = np.asarray(image)
-        mask = np.ascontiguousarray(np.rot90(mask)) if rotate else mask.copy()
-        mask.flags.writeable = False
-        _cache[key] = mask
-        if len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-        return mask
-
-
-def width(text: str, size: int, bold: bool = False) -> int:
-    return bitmap(text, size, bold=bold).shape[1]
-
-
-def shorten(text: str, chars: int) -> str:
-    """``text`` in at most ``chars`` characters, the middle replaced by "…" (cut at a dot where one is
-    near, so ``model.bert.encoder.layer.11.attention.self`` keeps its first and last parts)."""
-    if len(text) <= chars:
-        return text
-    if chars <= 1:
-        return ELLIPSIS[:chars]
-    tail = (chars - 1) * 3 // 5  # the end of a module path says which one it is
-    head = chars - 1 - tail
-    start, end = text[:head], text[len(text) - tail :]
-    dot = start.rfind(".")
-    if dot >= head // 2:  # end the head after a dot rather than in a word
-        start, end = start[: dot + 1], text[len(text) - tail - (head - dot - 1) :]
-    return start + ELLIPSIS + end
-
-
-def fit(text: str, size: int, max_width: int, bold: bool = False) -> str:
-    """``text`` shortened in the middle until it is at most ``max_width`` pixels wide."""
-    text = shorten(text, MAX_TEXT)
-    if width(text, size, bold) <= max_width:
-        return text
-    low, high = 1, len(text) - 1  # the longest shortening that fits, by bisection
-    while low < high:
-        mid = (low + high + 1) // 2
-        if width(shorten(text, mid), size, bold) <= max_width:
-            low = mid
-        else:
-            high = mid - 1
-    return shorten(text, low)
-
-
-def wrap(text: str, size: int, max_width: int, max_lines: int = 3) -> list[str]:
-    """Lines of at most ``max_width`` pixels, broken after ``·``, ``;`` or spaces; what does not fit in
-    ``max_lines`` is shortened in the middle of the last line."""
-    words = shorten(text, MAX_TEXT).replace(" · ", " ·\u2009").split(" ")
-    lines: list[str] = []
-    for word in words:
-        joined = f"{lines[-1]} {word}" if lines else word
-        if lines and width(joined, size) <= max_width:
-            lines[-1] = joined
-        else:
-            lines.append(word)
-    lines = [line.replace("\u2009", " ").strip() for line in lines]
-    if len(lines) > max_lines:
-        lines = [*lines[: max_lines - 1], " ".join(lines[max_lines - 1 :])]
-    return [fit(line, size, max_width) for line in lines]
 
 
 @dataclass(frozen=True)

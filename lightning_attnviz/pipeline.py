@@ -1,58 +1,36 @@
 """One capture, from what the taps kept to what the sinks write: compute → reduce → render → encode.
 
 Runs in the drawing process (or thread). It receives plain, picklable data (:class:`Setup` once per
-fit, a :class:`Job` per capture), owns its state (history, diagnostics, warn-once sets), changes
-nothing global, and returns :class:`Outputs` plus warning messages. Every step of a capture fails on
-its own: a broken picture kind costs that picture, never the scalars or the other pictures.
+fit, a :class:`Job` per capture, both from :mod:`lightning_attnviz.jobs`), owns its state (history,
+diagnostics, warn-once sets), changes nothing global, and returns :class:`Outputs` plus warning
+messages. Every step of a capture fails on its own: a broken picture kind costs that picture, never
+the scalars or the other pictures. What is drawn is :mod:`lightning_attnviz.draw`'s; this module
+orders the steps and encodes the results.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lightning_attnviz import formats, record
-from lightning_attnviz.config import MonitorConfig
+from lightning_attnviz import formats
+from lightning_attnviz.draw import picture_groups, tab_records
 from lightning_attnviz.history import Diagnostics, History
-from lightning_attnviz.pending import AttentionMap, MHAInputs, Pending, SDPAInputs, SoftmaxOutput, compute
+from lightning_attnviz.jobs import Job, Setup, job_from_state, job_state
+from lightning_attnviz.pending import AttentionMap, Pending, compute
 from lightning_attnviz.reduce import AttentionView, LayerStats, layer_stats, make_views
-from lightning_attnviz.reduce_vision import cls_to_patches, mean_received, rollout
-from lightning_attnviz.render import Picture, encode_png, render_views
-from lightning_attnviz.render_vision import overlay, overlay_grid
+from lightning_attnviz.render import encode_png
 from lightning_attnviz.tags import Tags
-from lightning_attnviz.vision import PatchGrid
+
+__all__ = ["EncodedPicture", "Job", "Outputs", "Pipeline", "Setup", "job_from_state", "job_state"]
 
 _ERRORS = (Exception,)  # one step of a capture failing must never lose the others
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What stays fixed during a fit."""
-
-    config: MonitorConfig
-    plots: tuple[str, ...]
-    grid: PatchGrid | None
-    tags: Tags
-    log_dir: str | None  # where the saved captures go (None: not saved)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One capture: the taps' pending inputs and what the pictures need of the fixed samples."""
-
-    step: int
-    epoch: int
-    pending: tuple[Pending, ...]
-    labels: tuple[tuple[str, ...] | None, ...]  # per sample, or None for positions
-    images: tuple[np.ndarray, ...]  # per sample, (H, W, 3) float in [0, 1] (vision runs)
-    diagnose: bool  # False for the sanity check: an untrained model's uniform heads are no news
-    modules: tuple[tuple[str, str, str, str], ...] = ()  # module table rows, when it is due
 
 
 @dataclass
@@ -145,7 +123,7 @@ class Pipeline:
             self._step("histograms", lambda: _histograms(out.histograms, tags, records))
         self._pictures(out, views, records, job)
         if c.dashboard:
-            self._step("Attention tab maps", lambda: self._tab(out, records, labels, job))
+            self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, records, labels, job))
         if c.save_captures and self.setup.log_dir is not None and views:
             path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
             images = list(job.images) if self.setup.grid is not None else []
@@ -259,26 +237,8 @@ class Pipeline:
     def _pictures(
         self, out: Outputs, views: list[AttentionView], records: list[AttentionMap], job: Job
     ) -> None:
-        c, tags = self.setup.config, self.setup.tags
-        strips = {}
-        if "evolution" in self.setup.plots:
-            for v in views:
-                strip = self.history.strip(v.sample, v.layer)
-                if strip is not None:
-                    strips[(v.sample, v.layer)] = strip
-        kinds = [k for k in self.setup.plots if k in ("heatmap", "heads", "arrows", "atlas", "evolution")]
-        groups: list[tuple[str, Callable[[], list[Picture]]]] = [
-            (k, lambda k=k: render_views(views, job.step, [k], (), c.top_k, strips)) for k in kinds
-        ]
-        if c.heads:
-            groups.append(
-                ("head heatmaps", lambda: render_views(views, job.step, [], c.heads, c.top_k, strips))
-            )
-        if self.setup.grid is not None and job.images:
-            for kind in ("overlay", "overlay_heads", "rollout"):
-                if kind in self.setup.plots:
-                    groups.append((kind, lambda kind=kind: self._vision(kind, records, job)))
-        for kind, draw in groups:
+        tags = self.setup.tags
+        for kind, draw in picture_groups(self.setup, self.history, views, records, job):
             pictures = self._step(f"drawing the {kind} pictures", draw) or []
             for p in pictures:
                 png = self._step(f"encoding the {kind} pictures", lambda p=p: encode_png(p.image))
@@ -289,76 +249,6 @@ class Pipeline:
                             tag, p.kind, p.sample, p.layer, png, p.image.shape[1], p.image.shape[0]
                         )
                     )
-
-    def _vision(self, kind: str, records: list[AttentionMap], job: Job) -> list[Picture]:
-        """Attention over the image: CLS → patches (or the mean received) per layer, and rollout."""
-        grid, c = self.setup.grid, self.setup.config
-        if grid is None:
-            return []
-        on_grid = [
-            r
-            for r in records
-            if r.block == (1, 1) and r.weights.shape[-2] == r.weights.shape[-1] == grid.length
-        ]
-        what = "CLS → patches" if grid.prefix_tokens else "mean attention received"
-        heat_of = cls_to_patches if grid.prefix_tokens else mean_received
-        pictures = []
-        for sample, image in enumerate(job.images):
-            on_sample = [r for r in on_grid if sample < r.weights.shape[0]]
-            if kind == "rollout" and on_sample:
-                rolled = rollout(
-                    [r.weights[sample] for r in on_sample],
-                    c.rollout_fusion,
-                    c.rollout_discard,
-                    grid.prefix_tokens,
-                )
-                heat = heat_of(rolled[None], grid)[0]
-                note = f"{len(on_sample)} layers, {c.rollout_fusion} over heads"
-                note += f", {c.rollout_discard:.0%} discarded" if c.rollout_discard else ""
-                title = ("attention rollout", f"sample {sample} · step {job.step}")
-                pictures.append(
-                    Picture(
-                        "rollout",
-                        sample,
-                        None,
-                        overlay(image, heat, title, f"{note}; {what}", grid.patch_size),
-                    )
-                )
-                continue
-            for r in on_sample if kind != "rollout" else []:
-                heats = heat_of(r.weights[sample], grid)  # (heads, rows, cols)
-                title = (r.key, f"sample {sample} · step {job.step}")
-                if kind == "overlay":
-                    image_out = overlay(
-                        image, heats.mean(axis=0), title, f"head mean; {what}", grid.patch_size
-                    )
-                else:
-                    image_out = overlay_grid(image, heats, title, what, grid.patch_size)
-                pictures.append(Picture(kind, sample, r.key, image_out))
-        return pictures
-
-    def _tab(self, out: Outputs, records: list[AttentionMap], labels: list, job: Job) -> None:
-        """The Attention tab's records: maps pooled to ``dashboard_tokens`` (image maps kept whole, so
-        patches stay patches) and, for images, the picture itself."""
-        grid, c = self.setup.grid, self.setup.config
-        limit = max(c.dashboard_tokens, grid.length if grid is not None else 0)
-        for view in make_views(records, labels, limit):
-            on_grid = grid is not None and not view.note and view.weights.shape[-1] == grid.length
-            image = job.images[view.sample] if on_grid and view.sample < len(job.images) else None
-            blob = record.encode_map(
-                layer=view.layer,
-                sample=view.sample,
-                step=job.step,
-                weights=view.weights,
-                visible=view.visible,
-                q_labels=view.q_labels,
-                k_labels=view.k_labels,
-                note=view.note,
-                image=image,
-                grid=grid.grid if on_grid and grid is not None else None,
-                prefix_tokens=grid.prefix_tokens if on_grid and grid is not None else 0,
-            )
-            out.tab.append((self.setup.tags.tab(view.sample, view.layer), blob))
 
 
 def _scalars(
@@ -387,43 +277,3 @@ def _histograms(
         if values.numel():
             stride = max(1, values.numel() // max_values)
             into[tags.histogram(r.key)] = values[::stride].numpy()
-
-
-def job_state(job: Job) -> dict[str, Any]:
-    """``job`` as tensors, strings and numbers only: what a checkpoint loaded with
-    ``torch.load(weights_only=True)`` can hold."""
-    pending = [
-        {
-            **{f.name: getattr(p, f.name) for f in fields(p) if f.name != "inputs"},
-            "kind": type(p.inputs).__name__,
-            "inputs": {f.name: getattr(p.inputs, f.name) for f in fields(p.inputs)},
-        }
-        for p in job.pending
-    ]
-    return {
-        "step": job.step,
-        "epoch": job.epoch,
-        "pending": pending,
-        "diagnose": job.diagnose,
-        "labels": [None if x is None else list(x) for x in job.labels],
-        "images": [torch.from_numpy(np.ascontiguousarray(x)) for x in job.images],
-    }
-
-
-def job_from_state(state: dict[str, Any]) -> Job:
-    kinds = {cls.__name__: cls for cls in (SDPAInputs, MHAInputs, SoftmaxOutput)}
-    pending = tuple(
-        Pending(
-            **{k: v for k, v in p.items() if k not in ("kind", "inputs")},
-            inputs=kinds[p["kind"]](**p["inputs"]),
-        )
-        for p in state["pending"]
-    )
-    return Job(
-        step=state["step"],
-        epoch=state["epoch"],
-        pending=pending,
-        diagnose=state["diagnose"],
-        labels=tuple(None if x is None else tuple(x) for x in state["labels"]),
-        images=tuple(x.numpy() for x in state["images"]),
-    )

@@ -4,12 +4,11 @@ Pictures are composed as numpy arrays with :mod:`lightning_attnviz.layout` (text
 cached, no matplotlib artists), so a 64-token heatmap costs milliseconds, not the 0.4 s matplotlib's
 per-label text draws took, and nothing global is touched: safe on any thread.
 
-Colour scale: a cell shows its share of the row's weight against uniform, ``1/n`` over the row's
-``n`` visible keys, on a log scale with base ``n``: ``v = 1 + log(w) / log(n)`` is 1 for one-hot, 0 for
-uniform and -1 for ``1/n²``. Uniform sits at a fixed, calm colour (:data:`UNIFORM_RGB`), peaked rows turn
-yellow, ignored keys dark. The scale has no free parameter, so every tile of a grid, every panel of a
-strip and every frame of a GIF is on the same scale by construction, and a causal map's short early
-rows read as they should (one key of one is not "hot", one key of 64 is).
+Colour scale: a cell's share of the row's weight against uniform, on a log scale (see
+:mod:`lightning_attnviz.render_scale`; the arrow view is :mod:`lightning_attnviz.render_arrows`'s).
+The scale has no free parameter, so every tile of a grid, every panel of a strip and every frame of a
+GIF is on the same scale by construction, and a causal map's short early rows read as they should (one
+key of one is not "hot", one key of 64 is).
 """
 
 from __future__ import annotations
@@ -19,100 +18,31 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from lightning_attnviz import layout
 from lightning_attnviz.layout import Canvas
 from lightning_attnviz.reduce import AttentionView
-
-CMAP = "viridis"
-MASKED_RGB = (215, 215, 215)  # hidden positions (padding, causal future): light gray, not a weight
-UNIFORM_AT = 0.4  # where uniform sits on the colormap: a calm blue, clear of both ends
-MAX_CELLS = 128  # rows/columns drawn at most; longer axes are block-pooled for display
-MAX_LABEL = 16  # characters of a token label drawn
-_LUT = (matplotlib.colormaps[CMAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
-_DIFF_LUT = (matplotlib.colormaps["RdBu_r"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
-UNIFORM_RGB = tuple(int(c) for c in _LUT[round(UNIFORM_AT * 255)])
-TOP_RGB = tuple(int(c) for c in _LUT[255])
-TICKS = ((1.0, "1  one-hot"), (UNIFORM_AT + (1 - UNIFORM_AT) / 2, "1/√n"), (UNIFORM_AT, "1/n  uniform"),
-         (UNIFORM_AT / 2, "1/n√n"), (0.0, "≤ 1/n²"))  # fmt: skip
-SCALE_NOTE = "colour: share of the row's weight vs. uniform 1/n (n = visible keys in the row), log scale"
-_PAD, _LABEL = layout.PAD, layout.LABEL
-_BAR = (_LUT, TICKS)
-
-
-def levels(weights: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
-    """Position on the colormap, ``0..1``, of each weight; NaN where hidden or not finite.
-
-    Shape:
-        weights: ``(..., q, k)``; visible broadcastable to it.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    hidden = ~np.isfinite(w) if visible is None else ~np.isfinite(w) | ~np.asarray(visible, dtype=bool)
-    w = np.where(hidden, 0.0, np.maximum(w, 0.0))
-    n = (~hidden).sum(axis=-1, keepdims=True)
-    total = w.sum(axis=-1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):  # thread-local, unlike warnings filters
-        share = np.where(total > 0, w / total, 0.0)
-        v = np.where(n > 1, 1 + np.log(share) / np.log(np.maximum(n, 2)), np.where(share > 0, 1.0, -1.0))
-    t = np.where(v < 0, (v + 1) * UNIFORM_AT, UNIFORM_AT + v * (1 - UNIFORM_AT))
-    return np.where(hidden, np.nan, np.clip(t, 0.0, 1.0))
-
-
-def colorize(weights: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
-    """Weights → RGB on the uniform-relative scale; hidden and non-finite cells :data:`MASKED_RGB`.
-
-    Shape:
-        weights: ``(..., q, k)``; returns ``(..., q, k, 3)`` uint8.
-    """
-    t = levels(weights, visible)
-    rgb = _LUT[np.nan_to_num(t * 255).round().astype(np.uint8)]
-    rgb[np.isnan(t)] = MASKED_RGB
-    return rgb
-
-
-def _colorize_diff(diff: np.ndarray, visible: np.ndarray | None, span: float) -> np.ndarray:
-    """Signed change → RGB on a symmetric ±span scale, white at zero, hidden cells gray."""
-    rgb = _DIFF_LUT[np.clip((np.nan_to_num(diff) / span + 1) * 127.5, 0, 255).round().astype(np.uint8)]
-    if visible is not None:
-        rgb[~visible] = MASKED_RGB
-    return rgb
-
-
-def _clean(label: str) -> str:
-    """A token label as drawn: whitespace made visible, at most :data:`MAX_LABEL` characters."""
-    label = str(label)[: 4 * MAX_LABEL].replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
-    return layout.shorten(label, MAX_LABEL)
-
-
-def _bound(
-    weights: np.ndarray, visible: np.ndarray | None, labels: Sequence[str], axis: int
-) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Block-pool ``axis`` (-2 queries: mean, -1 keys: sum, as ``reduce.pool_view``) to at most
-    :data:`MAX_CELLS`, so no input makes a picture unbounded; labels cleaned, one per kept block."""
-    size = weights.shape[axis]
-    labels = list(labels) if len(labels) == size else [str(i) for i in range(size)]
-    block = math.ceil(size / MAX_CELLS)
-    if block > 1:
-
-        def pool(a: np.ndarray, reduce) -> np.ndarray:
-            a = np.moveaxis(a, axis, -1)
-            a = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, -size % block)])
-            return np.moveaxis(reduce(a.reshape(*a.shape[:-1], -1, block), axis=-1), -1, axis)
-
-        if visible is not None:
-            visible = pool(np.broadcast_to(visible, weights.shape), np.any)
-        weights = pool(weights, np.mean if axis == -2 else np.sum)
-        labels = [f"{labels[i]}…" for i in range(0, size, block)]
-    return weights, visible, [_clean(label) for label in labels]
-
-
-def _bounded(weights, visible, q_labels, k_labels):
-    weights, visible, q_labels = _bound(np.asarray(weights, dtype=np.float32), visible, q_labels, -2)
-    weights, visible, k_labels = _bound(weights, visible, k_labels, -1)
-    return weights, visible, q_labels, k_labels
+from lightning_attnviz.render_arrows import arrows
+from lightning_attnviz.render_arrows import draw_arrows as draw_arrows
+from lightning_attnviz.render_scale import (
+    _BAR,
+    _LABEL,
+    _LUT,
+    _PAD,
+    SCALE_NOTE,
+    TICKS,
+    _bounded,
+    _colorize_diff,
+    _notes,
+    colorize,
+)
+from lightning_attnviz.render_scale import MASKED_RGB as MASKED_RGB
+from lightning_attnviz.render_scale import TOP_RGB as TOP_RGB
+from lightning_attnviz.render_scale import UNIFORM_AT as UNIFORM_AT
+from lightning_attnviz.render_scale import UNIFORM_RGB as UNIFORM_RGB
+from lightning_attnviz.render_scale import levels as levels
 
 
 def draw_heatmap(
@@ -166,10 +96,6 @@ def heatmap(
         weights, visible: ``(q, k)``; returns ``(H, W, 3)`` uint8.
     """
     return draw_heatmap(weights, visible, q_labels, k_labels, title, note).image
-
-
-def _notes(*parts: str, masked: bool = False) -> str:
-    return "; ".join([p for p in parts if p] + (["gray = masked"] if masked else []))
 
 
 def _head_visible(view: AttentionView, head: int) -> np.ndarray | None:
@@ -274,76 +200,6 @@ def evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title, not
         strip.maps: each ``(q, k)``; visible: ``(q, k)`` or ``None``.
     """
     return draw_evolution(strip, visible, title, note).image
-
-
-def draw_arrows(
-    weights: np.ndarray,
-    q_labels: Sequence[str],
-    k_labels: Sequence[str],
-    title: layout.Title,
-    top_k: int = 3,
-    note: str = "",
-    visible: np.ndarray | None = None,
-) -> Canvas:
-    """:func:`arrows` with its layout (``boxes["lines"]`` is the band the lines cross)."""
-    weights, visible, q_labels, k_labels = _bounded(weights, visible, q_labels, k_labels)
-    q_len, k_len = weights.shape
-    row = int(np.clip(768 // max(q_len, k_len), 6, 24))
-    every = layout.stride(row)
-    q_w = max((layout.width(t, _LABEL) for t in q_labels[::every]), default=0)
-    k_w = max((layout.width(t, _LABEL) for t in k_labels[::every]), default=0)
-    band = 300
-    x0 = max(_PAD + q_w + 6, 60)
-    width = max(x0 + band + 6 + k_w + _PAD, 480)
-    k = min(top_k, k_len)
-    foot, foot_h = layout.footer(
-        _notes(
-            f"top {k} keys per query; opacity = how far above uniform (1/n) the weight is, none at uniform",
-            note,
-        ),
-        width,
-    )
-    top = layout.header_height(title, width) + layout.line_height(_LABEL)
-    height = top + max(q_len, k_len) * row + foot_h + 4
-    canvas = Canvas(height, width)
-    # opacity: how far above uniform the weight is, so a uniform row draws no line at all
-    level = np.nan_to_num((levels(weights, visible) - UNIFORM_AT) / (1 - UNIFORM_AT))
-    order = np.argsort(-np.where(np.isfinite(weights), weights, -1), axis=1, kind="stable")[:, :k]
-    ends = sorted(
-        (float(level[i, j]), i, int(j)) for i in range(q_len) for j in order[i] if level[i, j] > 0.02
-    )
-    mask = Image.new("L", (2 * band, 2 * max(q_len, k_len) * row))  # drawn at 2x, averaged: antialiased
-    draw = ImageDraw.Draw(mask)
-    for alpha, i, j in ends:  # weakest first: where lines cross, the stronger one shows
-        draw.line(
-            [(0, (2 * i + 1) * row), (2 * band - 1, (2 * j + 1) * row)], fill=round(255 * alpha), width=3
-        )
-    canvas.blend(np.asarray(mask.reduce(2)), x0, top, (31, 90, 170))
-    canvas.boxes["lines"] = layout.Box(x0, top, band, mask.height)
-    for i in range(0, q_len, every):
-        canvas.text(q_labels[i], x0 - 6, top + (i + 0.5) * row, _LABEL, anchor="rm")
-    for j in range(0, k_len, every):
-        canvas.text(k_labels[j], x0 + band + 6, top + (j + 0.5) * row, _LABEL, anchor="lm")
-    canvas.text("query", x0 - 6, top - 2, _LABEL, anchor="rb", color=layout.GRAY)
-    canvas.text("key", x0 + band + 6, top - 2, _LABEL, anchor="lb", color=layout.GRAY)
-    return layout.finish(canvas, title, foot)
-
-
-def arrows(
-    weights: np.ndarray,
-    q_labels: Sequence[str],
-    k_labels: Sequence[str],
-    title: layout.Title,
-    top_k: int = 3,
-    note: str = "",
-) -> np.ndarray:
-    """Which token attends to which: queries left, keys right, a line from each query to its
-    ``top_k`` keys, more opaque the more it exceeds uniform (bertviz's head view, as a static image).
-
-    Shape:
-        weights: ``(q, k)``.
-    """
-    return draw_arrows(weights, q_labels, k_labels, title, top_k, note).image
 
 
 def encode_png(image: np.ndarray) -> bytes:

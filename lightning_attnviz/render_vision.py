@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from lightning_attnviz import layout
-from lightning_attnviz.render import _LUT, UNIFORM_AT, levels
+from lightning_attnviz.render_scale import _LUT, UNIFORM_AT, levels
 
 VISION_PLOTS: tuple[str, ...] = ("overlay", "overlay_heads", "rollout")
 ALPHA = 0.6  # opacity of the heat at its maximum; it fades with the weight so the image shows through

@@ -1,18 +1,16 @@
-// The Attention tab's controller: what is selected, what is loaded, what the pointer is over.
+// The Attention tab's controller: what is selected, what is loaded, what the pointer is over. Its
+// controls (menus, slider, events) are wired and filled by controls.js.
 
 import { THEMES } from "./colors.js";
+import { bindControls, syncSelectors, syncSlider } from "./controls.js";
 import { buildLayout, setOptions } from "./dom.js";
-import { formatWeight, isolate, naturalCompare, shortenMiddle } from "./labels.js";
+import { formatWeight, isolate } from "./labels.js";
 import { LINES_TOP_K, drawLines } from "./lines.js";
 import { matrixOf } from "./matrix.js";
 import { RecordCache, pluginBase, request } from "./model.js";
 import { drawOverlay } from "./overlay.js";
 import { buildStrip, markStrip, showTopKeys } from "./panels.js";
-import { followTheme, listenToTensorBoard } from "./tensorboard.js";
 import { drawColorbar, drawHeatmap, paintLut } from "./views.js";
-
-const REFRESH_MS = 30_000; // TensorBoard's own auto-reload period
-const LAYER_CHARS = 44; // layer names longer than this are shortened in the middle (full name in title)
 
 export class AttentionTab {
   /** @param {HTMLElement} root */
@@ -42,57 +40,7 @@ export class AttentionTab {
     /** @type {HTMLCanvasElement | null} */ this.cells = null;
     this.theme = THEMES.light;
     drawColorbar(this.ui.colorbar);
-    this.bind();
-  }
-
-  bind() {
-    const ui = this.ui;
-    ui.runSelect.addEventListener("change", () => this.select({ run: ui.runSelect.value }));
-    ui.sampleSelect.addEventListener("change", () => this.select({ sample: ui.sampleSelect.value }));
-    ui.layerSelect.addEventListener("change", () => this.select({ layer: ui.layerSelect.value }));
-    ui.headSelect.addEventListener("change", () => {
-      this.head = ui.headSelect.value === "mean" ? "mean" : Number(ui.headSelect.value);
-      this.draw();
-    });
-    ui.heatmapButton.addEventListener("click", () => this.setView("heatmap"));
-    ui.linesButton.addEventListener("click", () => this.setView("lines"));
-    ui.stepInput.addEventListener("input", () => this.setStepIndex(Number(ui.stepInput.value)));
-    const tokenOf = (/** @type {Event} */ event) => /** @type {HTMLElement} */ (event.target).closest(".attnviz-token");
-    ui.strip.addEventListener("mouseover", (/** @type {Event} */ e) => {
-      const token = tokenOf(e);
-      if (token) this.setHover(Number(token.dataset.index));
-    });
-    ui.strip.addEventListener("mouseleave", () => this.setHover(null));
-    ui.strip.addEventListener("click", (/** @type {Event} */ e) => {
-      const token = tokenOf(e);
-      if (token) this.togglePin(Number(token.dataset.index));
-    });
-    ui.canvas.addEventListener("mousemove", (/** @type {MouseEvent} */ e) => this.onCanvasMove(e));
-    ui.canvas.addEventListener("mouseleave", () => {
-      this.showCellHint();
-      this.setHover(null);
-    });
-    ui.canvas.addEventListener("click", (/** @type {MouseEvent} */ e) => {
-      const hit = this.hitCanvas(e);
-      if (hit) this.togglePin(hit.row);
-    });
-    ui.imageCanvas.addEventListener("mousemove", (/** @type {MouseEvent} */ e) => this.onImageMove(e));
-    ui.imageCanvas.addEventListener("mouseleave", () => this.setHover(null));
-    document.addEventListener("keydown", (event) => {
-      if (event.key === "Escape" && this.pinned !== null) this.togglePin(this.pinned);
-    });
-    window.addEventListener("resize", () => this.draw());
-    window.addEventListener("focus", () => this.refresh());
-    setInterval(() => this.refresh(), REFRESH_MS);
-    listenToTensorBoard(() => this.refresh({ force: true }));
-    followTheme((dark) => {
-      const theme = dark ? THEMES.dark : THEMES.light;
-      if (theme !== this.theme) {
-        this.theme = theme;
-        this.drawInteractive();
-      }
-    });
-    this.setView("heatmap");
+    bindControls(this);
   }
 
   // -- loading -----------------------------------------------------------------------------------
@@ -118,7 +66,7 @@ export class AttentionTab {
     this.ui.emptyBox.hidden = !empty;
     this.ui.main.hidden = empty;
     if (!empty) {
-      if (changed) this.syncSelectors();
+      if (changed) syncSelectors(this);
       await this.reloadSteps(this.generation);
     }
     this.hideError();
@@ -128,32 +76,11 @@ export class AttentionTab {
     return this.sample !== null && this.layer !== null ? `${this.sample}/${this.layer}` : null;
   }
 
-  /** Fills run, sample and layer menus, keeping current choices; a new sample opens on its last layer. */
-  syncSelectors() {
-    const ui = this.ui;
-    const runs = Object.keys(this.runs || {});
-    this.run = setOptions(ui.runSelect, runs.map((r) => ({ value: r, text: r })), this.run) || null;
-    const samples = new Map(); // "sample_<i>" -> [layer, ...]
-    for (const tag of (this.runs && this.run && this.runs[this.run]) || []) {
-      const slash = tag.indexOf("/");
-      if (slash < 0) continue;
-      const sample = tag.slice(0, slash);
-      if (!samples.has(sample)) samples.set(sample, []);
-      samples.get(sample).push(tag.slice(slash + 1));
-    }
-    const sampleNames = [...samples.keys()].sort(naturalCompare);
-    const sampleOptions = sampleNames.map((s) => ({ value: s, text: s.replace("_", " ") }));
-    this.sample = setOptions(ui.sampleSelect, sampleOptions, this.sample) || null;
-    const layers = [...(samples.get(this.sample) || [])].sort(naturalCompare);
-    const layerOptions = layers.map((l) => ({ value: l, text: shortenMiddle(l, LAYER_CHARS), title: l }));
-    this.layer = setOptions(ui.layerSelect, layerOptions, this.layer, "last") || null;
-  }
-
   /** @param {{run?: string, sample?: string, layer?: string}} change */
   select(change) {
     Object.assign(this, change);
     this.generation += 1;
-    this.syncSelectors();
+    syncSelectors(this);
     this.reloadSteps(this.generation).catch((error) => this.showError(error));
   }
 
@@ -169,26 +96,16 @@ export class AttentionTab {
     let index = followLatest ? steps.length - 1 : steps.indexOf(previousStep);
     if (index < 0 && steps.length) index = Math.max(0, steps.findLastIndex((/** @type {number} */ s) => s <= previousStep));
     this.stepIndex = index;
-    this.syncSlider();
+    syncSlider(this);
     const key = RecordCache.key(run, tag, steps[index]);
     if (index >= 0 && !(this.record && this.recordKey === key)) await this.loadRecord(generation);
-  }
-
-  syncSlider() {
-    const { stepInput, stepLabel } = this.ui;
-    stepInput.max = String(Math.max(0, this.steps.length - 1));
-    stepInput.value = String(Math.max(0, this.stepIndex));
-    stepInput.disabled = this.steps.length < 2;
-    const step = this.steps[this.stepIndex];
-    stepLabel.textContent = step === undefined ? "step –" : `step ${step}`;
-    stepInput.setAttribute("aria-valuetext", stepLabel.textContent);
   }
 
   /** @param {number} index */
   setStepIndex(index) {
     if (index === this.stepIndex || index < 0 || index >= this.steps.length) return;
     this.stepIndex = index;
-    this.syncSlider();
+    syncSlider(this);
     this.loadRecord(this.generation).catch((error) => this.showError(error));
   }
 

@@ -1,0 +1,111 @@
+"""What one capture draws: the picture kinds as separate drawing steps, the image overlays, and the
+Attention tab's records. Plain functions of the fit's :class:`~lightning_attnviz.jobs.Setup`, the
+capture's :class:`~lightning_attnviz.jobs.Job` and what was computed from it; the
+:class:`~lightning_attnviz.pipeline.Pipeline` runs each step on its own and encodes the results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lightning_attnviz import record
+from lightning_attnviz.history import History
+from lightning_attnviz.jobs import Job, Setup
+from lightning_attnviz.pending import AttentionMap
+from lightning_attnviz.reduce import AttentionView, make_views
+from lightning_attnviz.reduce_vision import cls_to_patches, mean_received, rollout
+from lightning_attnviz.render import Picture, render_views
+from lightning_attnviz.render_vision import overlay, overlay_grid
+
+
+def picture_groups(
+    setup: Setup, history: History, views: list[AttentionView], records: list[AttentionMap], job: Job
+) -> list[tuple[str, Callable[[], list[Picture]]]]:
+    """``(kind, draw)`` per picture kind ``setup.plots`` asks for: each is drawn, and fails, on its own."""
+    c = setup.config
+    strips = {}
+    if "evolution" in setup.plots:
+        for v in views:
+            strip = history.strip(v.sample, v.layer)
+            if strip is not None:
+                strips[(v.sample, v.layer)] = strip
+    kinds = [k for k in setup.plots if k in ("heatmap", "heads", "arrows", "atlas", "evolution")]
+    groups: list[tuple[str, Callable[[], list[Picture]]]] = [
+        (k, lambda k=k: render_views(views, job.step, [k], (), c.top_k, strips)) for k in kinds
+    ]
+    if c.heads:
+        groups.append(("head heatmaps", lambda: render_views(views, job.step, [], c.heads, c.top_k, strips)))
+    if setup.grid is not None and job.images:
+        for kind in ("overlay", "overlay_heads", "rollout"):
+            if kind in setup.plots:
+                groups.append((kind, lambda kind=kind: vision(setup, kind, records, job)))
+    return groups
+
+
+def vision(setup: Setup, kind: str, records: list[AttentionMap], job: Job) -> list[Picture]:
+    """Attention over the image: CLS → patches (or the mean received) per layer, and rollout."""
+    grid, c = setup.grid, setup.config
+    if grid is None:
+        return []
+    on_grid = [
+        r for r in records if r.block == (1, 1) and r.weights.shape[-2] == r.weights.shape[-1] == grid.length
+    ]
+    what = "CLS → patches" if grid.prefix_tokens else "mean attention received"
+    heat_of = cls_to_patches if grid.prefix_tokens else mean_received
+    pictures = []
+    for sample, image in enumerate(job.images):
+        on_sample = [r for r in on_grid if sample < r.weights.shape[0]]
+        if kind == "rollout" and on_sample:
+            rolled = rollout(
+                [r.weights[sample] for r in on_sample],
+                c.rollout_fusion,
+                c.rollout_discard,
+                grid.prefix_tokens,
+            )
+            heat = heat_of(rolled[None], grid)[0]
+            note = f"{len(on_sample)} layers, {c.rollout_fusion} over heads"
+            note += f", {c.rollout_discard:.0%} discarded" if c.rollout_discard else ""
+            title = ("attention rollout", f"sample {sample} · step {job.step}")
+            pictures.append(
+                Picture(
+                    "rollout",
+                    sample,
+                    None,
+                    overlay(image, heat, title, f"{note}; {what}", grid.patch_size),
+                )
+            )
+            continue
+        for r in on_sample if kind != "rollout" else []:
+            heats = heat_of(r.weights[sample], grid)  # (heads, rows, cols)
+            title = (r.key, f"sample {sample} · step {job.step}")
+            if kind == "overlay":
+                image_out = overlay(image, heats.mean(axis=0), title, f"head mean; {what}", grid.patch_size)
+            else:
+                image_out = overlay_grid(image, heats, title, what, grid.patch_size)
+            pictures.append(Picture(kind, sample, r.key, image_out))
+    return pictures
+
+
+def tab_records(
+    setup: Setup, into: list[tuple[str, bytes]], records: list[AttentionMap], labels: list, job: Job
+) -> None:
+    """The Attention tab's records, appended to ``into``: maps pooled to ``dashboard_tokens`` (image
+    maps kept whole, so patches stay patches) and, for images, the picture itself."""
+    grid, c = setup.grid, setup.config
+    limit = max(c.dashboard_tokens, grid.length if grid is not None else 0)
+    for view in make_views(records, labels, limit):
+        on_grid = grid is not None and not view.note and view.weights.shape[-1] == grid.length
+        image = job.images[view.sample] if on_grid and view.sample < len(job.images) else None
+        blob = record.encode_map(
+            layer=view.layer,
+            sample=view.sample,
+            step=job.step,
+            weights=view.weights,
+            visible=view.visible,
+            q_labels=view.q_labels,
+            k_labels=view.k_labels,
+            note=view.note,
+            image=image,
+            grid=grid.grid if on_grid and grid is not None else None,
+            prefix_tokens=grid.prefix_tokens if on_grid and grid is not None else 0,
+        )
+        into.append((setup.tags.tab(view.sample, view.layer), blob))
