@@ -33,8 +33,9 @@ _VISION = ("overlay", "rollout")
 
 def _file_name(tag: str, suffix: str) -> str:
     name = re.sub(r"[^\w.\-]", "_", tag.replace("/", "__"))
-    if len(name) > 120:  # file systems refuse names over 255 bytes; keep them readable and unique
-        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
+    if len(name.encode()) > 120:  # file systems refuse names over 255 bytes; keep them readable and unique
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = name.encode()[:100].decode(errors="ignore") + "-" + digest
     return name + suffix
 
 

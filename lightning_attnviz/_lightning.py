@@ -57,6 +57,24 @@ def capture_on_every_rank(strategy: Any, world_size: int) -> bool:
     return not isinstance(strategy, REPLICATED)
 
 
+def logging_problem(trainer: Any) -> tuple[str | None, list]:
+    """Why nothing can be logged in this fit (or ``None``), and the TensorBoard loggers."""
+    if getattr(trainer, "fast_dev_run", False):
+        message = (
+            "AttentionMonitor: nothing is logged under `fast_dev_run` (Lightning replaces the loggers with "
+            "a dummy one), so no attention is captured."
+        )
+        return message, []
+    boards = [lg for lg in trainer.loggers if is_tensorboard(lg)]
+    if not boards:
+        message = (
+            "AttentionMonitor found no TensorBoardLogger in `trainer.loggers` and will draw nothing. "
+            "Add one: `Trainer(logger=TensorBoardLogger('logs'))`."
+        )
+        return message, []
+    return None, boards
+
+
 def to_device(batch: Any, device: Any) -> Any:
     """Every tensor of a batch moved to ``device`` (what Lightning's ``move_data_to_device`` does)."""
     from lightning_utilities.core.apply_func import apply_to_collection

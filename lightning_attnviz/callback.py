@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -10,21 +9,12 @@ from typing import Any, Literal
 from lightning_attnviz import _lightning as lit
 from lightning_attnviz.config import MonitorConfig, default_plots
 from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention
+from lightning_attnviz.drawing import Drawing, warn
 from lightning_attnviz.fixed import capture_forward, describe, first_val_batch, module_rows
-from lightning_attnviz.pipeline import Job, Setup, job_from_state, job_state
-from lightning_attnviz.samples import (
-    Tokens,
-    batch_rows,
-    default_forward,
-    first_rows,
-    token_labeller,
-)
+from lightning_attnviz.pipeline import Job, Setup, job_from_state
+from lightning_attnviz.samples import Tokens, batch_rows, default_forward, first_rows, token_labeller
 from lightning_attnviz.tags import Tags
 from lightning_attnviz.vision import PatchGrid, find_grid
-from lightning_attnviz.worker import Channel, Worker, shared_worker
-
-_DRAIN_SECONDS = 120.0  # the longest a fit's end waits for its pictures
-_MAX_IN_FLIGHT = 8  # captures taken and not yet drawn; beyond this, captures are skipped
 
 
 class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
@@ -115,93 +105,59 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._train_fixed: Any = None
         self._val_runs = 0
         self._restored: dict[str, Any] = {}
-        self._seconds_per_capture: list[float] = []
+        self._seconds_per_capture: list[float] = []  # the drawing process's CPU time (benchmarks)
+        self._drawing: Drawing | None = None
         self._reset()
 
     def _reset(self) -> None:
         """Everything that belongs to one fit (a monitor can serve several)."""
-        self._enabled = False
+        self._enabled = self._everywhere = self._validated = False
         self._sites: list[AttentionSite] = []
         self._setup: Setup | None = None
-        self._worker: Worker | None = None
-        self._channel: Channel | None = None
-        self._everywhere = False
         self._last_step: int | None = None
         self._modules_due = True
         self._labels: tuple | None = None
         self._images: tuple = ()
-        self._validated = False
-        self._skipped = 0
         self._warned: set[str] = set()
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(id=self.config.state_id)
 
-    # -- setup --------------------------------------------------------------------------------------
-
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._close(wait=False)
         self._reset()
         self._fixed, self._train_fixed, self._val_runs, self._restored = self.config.sample_input, None, 0, {}
-        same = [
-            cb
-            for cb in trainer.callbacks
-            if isinstance(cb, AttentionMonitor) and cb.config.name == self.config.name
-        ]
-        if len(same) > 1:
+        names = [cb.config.name for cb in trainer.callbacks if isinstance(cb, AttentionMonitor)]
+        if names.count(self.config.name) > 1:
             raise ValueError(
-                "`name`: this Trainer has several AttentionMonitors with name="
-                f"{self.config.name!r}; their tags and files would overwrite each other. "
-                "Give each a distinct `name=`."
+                f"`name`: this Trainer has several AttentionMonitors with name={self.config.name!r}; their "
+                "tags and files would overwrite each other. Give each a distinct `name=`."
             )
-        if getattr(trainer, "fast_dev_run", False):
-            return self._warn(
-                "AttentionMonitor: nothing is logged under `fast_dev_run` (Lightning replaces the "
-                "loggers with a dummy one), so no attention is captured."
-            )
-        boards = [lg for lg in trainer.loggers if lit.is_tensorboard(lg)]
-        if not boards:
-            return self._warn(
-                "AttentionMonitor found no TensorBoardLogger in `trainer.loggers` and will draw "
-                "nothing. Add one: `Trainer(logger=TensorBoardLogger('logs'))`."
-            )
-        try:
-            self._sites = find_attention(pl_module, self.config.modules)
-        except ValueError as err:
-            return self._warn(f"AttentionMonitor: {err}. Nothing will be captured.")
-        if not self._sites:
-            return self._warn(
-                f"AttentionMonitor found no attention modules in {type(pl_module).__name__}: it "
-                "looks for nn.MultiheadAttention and classes named *Attention*/*Attn*. Pass "
-                "`modules=` with their names or a predicate."
-            )
+        problem, boards = lit.logging_problem(trainer)
+        if problem is None:
+            try:
+                self._sites = find_attention(pl_module, self.config.modules)
+                if not self._sites:
+                    problem = (
+                        f"AttentionMonitor found no attention modules in {type(pl_module).__name__}: "
+                        "it looks for nn.MultiheadAttention and classes named *Attention*/*Attn*. "
+                        "Pass `modules=`."
+                    )
+            except ValueError as err:
+                problem = f"AttentionMonitor: {err}. Nothing will be captured."
+        if problem is not None:
+            return warn(problem)
         grid = find_grid(pl_module) if self.config.image_grid == "auto" else self.config.image_grid
         self._everywhere = lit.capture_on_every_rank(trainer.strategy, trainer.world_size)
         self._enabled = True
         if trainer.is_global_zero:
+            board = str(boards[0].log_dir)
             config = replace(self.config, sample_input=None, forward_fn=None, tokens=None, modules=None)
-            self._setup = Setup(
-                config,
-                default_plots(self.config, grid is not None),
-                grid,
-                Tags(self.config.name),
-                str(boards[0].log_dir) if self.config.save_captures else None,
-            )
-            self._board_dir = str(boards[0].log_dir)
-            self._open()
-
-    def _open(self) -> None:
-        """Open this monitor's pipeline in the drawing worker (again, after a restore or a death)."""
-        worker, old = shared_worker(), self._channel
-        if self._worker is not worker or old is None:
-            self._channel = worker.channel()
-            if old is not None:  # what the dead worker had to say is still said
-                self._channel.messages.extend(old.messages)
-        self._worker, ch = worker, self._channel
-        worker.post(ch, ("open", ch.id, self._setup, self._restored.get("pipeline"), self._board_dir))
-        for job in self._restored.get("replay", ()):
-            worker.post(ch, ("replay", ch.id, 0, job if isinstance(job, Job) else job_from_state(job)))
+            plots = default_plots(self.config, grid is not None)
+            saves = board if self.config.save_captures else None
+            self._setup = Setup(config, plots, grid, Tags(self.config.name), saves)
+            self._drawing = Drawing(self._setup, board)
 
     # -- when ---------------------------------------------------------------------------------------
 
@@ -234,86 +190,51 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
             return
         self._warn_once(
             "no_val",
-            f"AttentionMonitor: no validation batch ran in epoch {trainer.current_epoch} (no "
-            "val dataloader, `limit_val_batches=0` or an empty loader). It captures on the first "
-            "training batch at epoch ends instead; add a val_dataloader or pass `sample_input=`.",
+            f"AttentionMonitor: no validation batch ran in epoch {trainer.current_epoch} (no val dataloader, "
+            "`limit_val_batches=0` or an empty loader). It captures on the first training batch at epoch "
+            "ends instead; add a val_dataloader or pass `sample_input=`.",
         )
         self._val_runs += 1
         if self._val_runs % self.config.every_n_epochs == 0:
             self._capture(trainer, pl_module)
 
-    def on_train_batch_end(
-        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         every = self.config.every_n_steps
         if every and trainer.global_step % every == 0:
             self._capture(trainer, pl_module)
-        elif self._channel is not None and self._channel.messages:
-            self._raise_messages()
+        elif self._drawing is not None:
+            self._drawing.say()
 
     # -- what ---------------------------------------------------------------------------------------
 
     def _capture(self, trainer: Any, pl_module: Any) -> None:
         if not self._enabled or (not trainer.is_global_zero and not self._everywhere):
             return
-        step = trainer.global_step
+        step, drawing = trainer.global_step, self._drawing
         if step == self._last_step:
             return  # a step capture and a validation capture at the same step: log once
         if self._fixed is None:
             self._take(first_val_batch(trainer))
         fixed = self._fixed if self._fixed is not None else self._train_fixed
-        if fixed is None:
+        if fixed is None or (drawing is not None and not drawing.ready()):
             return
-        if trainer.is_global_zero and not self._ready():
-            return
+        self._last_step = step
         try:
             cap = capture_forward(trainer, pl_module, fixed, self._forward, self.config, self._sites)
         except Exception as err:  # the user's training goes on; the capture is reported, not raised
-            cap = None
-            self._warn_once(
+            return self._warn_once(
                 "forward",
-                f"AttentionMonitor: the capture forward failed ({type(err).__name__}: {err}); "
-                "no attention is drawn for it. Check `forward_fn` / `sample_input` against your model.",
+                f"AttentionMonitor: the capture forward failed ({type(err).__name__}: {err}); no attention "
+                "is drawn for it. Check `forward_fn` / `sample_input` against your model.",
             )
-        self._last_step = step
-        if cap is None or not trainer.is_global_zero or self._channel is None:
+        if drawing is None or self._setup is None:
             return  # a rank that only takes part in a sharded forward: rank 0 draws
         if self._labels is None:
-            self._labels, self._images = describe(
-                fixed, self._label, self._setup.grid, self.config, self._warn
-            )
+            self._labels, self._images = describe(fixed, self._label, self._setup.grid, self.config, warn)
         modules = module_rows(self._sites, cap) if self._modules_due else ()
         self._modules_due = False
-        job = Job(
-            step,
-            trainer.current_epoch,
-            tuple(cap.pending),
-            self._labels,
-            self._images,
-            not trainer.sanity_checking,
-            modules,
-        )
-        self._worker.post(self._channel, ("job", self._channel.id, step, job, False))  # type: ignore[union-attr]
-        self._raise_messages()
-
-    def _ready(self) -> bool:
-        """Back-pressure: at most ``_MAX_IN_FLIGHT`` captures wait for drawing (memory stays bounded and
-        training never waits); a later one is skipped, and the user is told once."""
-        worker = self._worker
-        if worker is None or not worker.alive():
-            self._open()  # the drawing process died: its replacement starts over
-        ch = self._channel
-        if ch is not None and ch.in_flight >= _MAX_IN_FLIGHT:
-            self._skipped += 1
-            per = sum(ch.seconds) / len(ch.seconds) if ch.seconds else float("nan")
-            self._warn_once(
-                "skip",
-                f"AttentionMonitor: captures arrive faster than they can be drawn (about {per:.2g} "
-                "CPU seconds each, at low priority); captures are skipped until drawing catches up. Fewer "
-                "captures (`every_n_steps`), `plots`, `layers` or `samples` make each one cheaper.",
-            )
-            return False
-        return True
+        epoch, diagnose = trainer.current_epoch, not trainer.sanity_checking
+        drawing.submit(Job(step, epoch, tuple(cap.pending), self._labels, self._images, diagnose, modules))
 
     def _take(self, batch: Any) -> None:
         if batch is None:
@@ -321,43 +242,30 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._fixed = first_rows(batch, self.config.samples)
         rows = batch_rows(self._fixed)
         if 0 < rows < self.config.samples:
-            self._warn(
-                f"AttentionMonitor: the first validation batch has only {rows} row(s), fewer than "
-                f"samples={self.config.samples}; pictures are drawn for {rows}. "
-                "Pass `sample_input=` to choose."
+            warn(
+                f"AttentionMonitor: the first validation batch has only {rows} row(s), fewer than samples="
+                f"{self.config.samples}; pictures are drawn for {rows}. Pass `sample_input=` to choose."
             )
-
-    # -- messages, state, cleanup -------------------------------------------------------------------
-
-    def _warn(self, message: str) -> None:
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            self._warn(message)
+            warn(message)
 
-    def _raise_messages(self) -> None:
-        ch = self._channel
-        while ch is not None and ch.messages:
-            self._warn(ch.messages.pop(0))
+    # -- state and cleanup ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The fixed samples, counters and the pipeline's bounded history, so a resumed fit continues."""
-        replay = [job_state(j) if isinstance(j, Job) else j for j in self._restored.get("replay", ())]
-        state = {
-            "samples": self.config.samples,
-            "fixed": self._fixed,
-            "train_fixed": self._train_fixed,
-            "val_runs": self._val_runs,
-            "pipeline": self._restored.get("pipeline"),
-            "replay": replay,
-        }
-        ch = self._channel
-        if ch is not None:  # never waits: the last drawn state, plus the captures still drawing
-            with ch.done:
-                state["pipeline"], state["replay"] = ch.state, [job_state(j) for j in ch.jobs.values()]
-        return state
+        """The fixed samples, counters and the pipeline's bounded history (never waits for drawing)."""
+        drawing = self._drawing.state() if self._drawing is not None else Drawing.saved(self._restored)
+        state = {"fixed": self._fixed, "train_fixed": self._train_fixed, "val_runs": self._val_runs}
+        if (
+            not self._val_runs
+            and self._fixed is None
+            and drawing["pipeline"] is None
+            and not drawing["replay"]
+        ):
+            return {}
+        return {"samples": self.config.samples, **state, **drawing}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._val_runs = state_dict.get("val_runs", 0)
@@ -366,7 +274,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         if self.config.sample_input is None:
             self._fixed = state_dict.get("fixed")
             if saved != self.config.samples and self._fixed is not None:
-                self._warn(
+                warn(
                     f"AttentionMonitor: the checkpoint's fixed samples were taken with samples={saved}; this "
                     f"monitor has samples={self.config.samples}, so they are taken again and the evolution "
                     "strips start over."
@@ -374,8 +282,8 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
                 self._fixed, self._train_fixed, state_dict = None, None, {}
         replay = [job_from_state(j) for j in state_dict.get("replay", [])]
         self._restored = {"pipeline": state_dict.get("pipeline"), "replay": replay}
-        if self._worker is not None and self._setup is not None:
-            self._open()  # restored after setup: the pipeline starts from the checkpoint's history
+        if self._drawing is not None:
+            self._drawing.open(self._restored)  # restored after setup: start from the checkpoint
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._close(wait=True)
@@ -388,19 +296,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._close(wait=True)
 
     def _close(self, wait: bool) -> None:
-        worker, ch = self._worker, self._channel
-        if worker is None or ch is None:
-            return
-        if wait and not worker.wait(ch, _DRAIN_SECONDS):
-            self._warn(
-                f"AttentionMonitor: {ch.in_flight} capture(s) were still drawing after "
-                f"{_DRAIN_SECONDS:.0f} s "
-                "and are lost."
-            )
-        with ch.done:
-            self._restored = {"pipeline": ch.state, "replay": [job_state(j) for j in ch.jobs.values()]}
-            self._seconds_per_capture = list(ch.seconds)  # the drawing process's CPU time (benchmarks)
-        worker.request(ch, "close", _DRAIN_SECONDS)
-        self._raise_messages()
-        worker.forget(ch)
-        self._worker = self._channel = None
+        if self._drawing is not None:
+            self._drawing.close(wait)
+            self._restored, self._seconds_per_capture = self._drawing.restored, self._drawing.seconds
+            self._drawing = None

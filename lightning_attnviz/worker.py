@@ -1,8 +1,8 @@
 """Drawing away from training: one low-priority child process per Python process, shared by monitors.
 
 Training must never wait for pictures nor compete with them for the GIL, so the pipeline runs in a
-child (``python -m lightning_attnviz.worker``, niced, one thread), started on first use and kept for
-the life of the parent. Jobs go over a pipe as pickles (plain data: tensors, arrays, strings);
+child process (:func:`lightning_attnviz.serve.child_main`, niced, one thread), started on first use
+and kept for the life of the parent. Jobs go over a pipe as pickles (plain data: tensors, arrays, strings);
 results and warnings come back over another. The training thread only enqueues: a sender thread
 writes, a reader thread reads. If the child cannot start or dies, the same pipeline runs on a
 background thread in this process instead, and the user is told once.
@@ -15,12 +15,10 @@ and the drawing seconds per capture (to say which capture rate can be sustained)
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import os
 import pickle
 import queue
-import struct
 import subprocess
 import sys
 import threading
@@ -29,104 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-_HEADER = struct.Struct("<Q")
-
-
-def _send(stream: Any, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def _receive(stream: Any) -> Any:
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        raise EOFError
-    (size,) = _HEADER.unpack(header)
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError
-    return pickle.loads(data)
-
-
-class _Serve:
-    """The drawing side: one :class:`~lightning_attnviz.pipeline.Pipeline` (and sinks) per monitor."""
-
-    def __init__(self, reply: Callable[[Any], None]) -> None:
-        self.reply = reply
-        self.pipelines: dict[int, Any] = {}
-        self.sinks: dict[int, list] = {}
-
-    def handle(self, message: tuple) -> None:
-        from lightning_attnviz.pipeline import Pipeline
-        from lightning_attnviz.sinks import TensorBoardSink
-
-        kind, channel = message[0], message[1]
-        if kind == "open":
-            _, _, setup, state, tensorboard_dir = message
-            self._close(channel)
-            self.pipelines[channel] = pipeline = Pipeline(setup)
-            if state:
-                pipeline.load_state_dict(state)
-            self.sinks[channel] = [TensorBoardSink(tensorboard_dir)] if tensorboard_dir else []
-        elif kind == "job":
-            _, _, job_id, job, want_outputs = message
-            started = time.process_time()
-            outputs, messages = self.pipelines[channel].run(job)
-            for sink in self.sinks.get(channel, []):
-                try:
-                    sink.write(outputs)
-                except Exception as err:  # one sink failing must not lose the others, nor the job
-                    messages.append(
-                        f"AttentionMonitor: writing to {type(sink).__name__} failed "
-                        f"({type(err).__name__}: {err})."
-                    )
-            seconds = time.process_time() - started
-            state = self.pipelines[channel].state_dict()  # so a checkpoint never waits for drawing
-            self.reply(("done", channel, job_id, outputs if want_outputs else None, messages, seconds, state))
-        elif kind == "replay":
-            self.pipelines[channel].replay(message[3])
-        elif kind == "state":
-            pipeline = self.pipelines.get(channel)
-            self.reply(("state", channel, message[2], None if pipeline is None else pipeline.state_dict()))
-        elif kind == "close":
-            self._close(channel)
-            self.reply(("closed", channel, message[2]))
-
-    def _close(self, channel: int) -> None:
-        for sink in self.sinks.pop(channel, []):
-            sink.close()
-        self.pipelines.pop(channel, None)
-
-
-def _child_main(result_fd: int) -> None:
-    """Entry of the drawing process: read jobs from stdin until EOF, answer on ``result_fd``."""
-    import signal
-    import warnings
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it drains us
-    warnings.simplefilter("ignore")  # this process's own state: its warnings reach nobody anyway
-    with contextlib.suppress(OSError):
-        os.nice(19)
-    import torch
-
-    torch.set_num_threads(1)
-    out = os.fdopen(result_fd, "wb")
-    serve = _Serve(lambda m: _send(out, m))
-    stdin = sys.stdin.buffer
-    while True:
-        try:
-            message = _receive(stdin)
-        except EOFError:
-            break
-        try:
-            serve.handle(message)
-        except Exception as err:  # a job that cannot run at all: answer, never die
-            if message[0] == "job":
-                text = f"AttentionMonitor: drawing a capture failed ({type(err).__name__}: {err})."
-                _send(out, ("done", message[1], message[2], None, [text], 0.0, None))
-    for channel in list(serve.pipelines):
-        serve._close(channel)
+from lightning_attnviz.serve import Serve, receive, send
 
 
 @dataclass
@@ -136,13 +37,13 @@ class Channel:
     id: int
     in_flight: int = 0
     messages: list[str] = field(default_factory=list)
-    outputs: list[Any] = field(default_factory=list)  # for sinks that live in the training process
     seconds: list[float] = field(default_factory=list)  # drawing CPU seconds of recent captures
     lost: int = 0
     state: Any = None  # the pipeline's state after the last job drawn
     jobs: dict[int, Any] = field(default_factory=dict)  # jobs sent and not drawn yet, by id
     replies: dict[int, Any] = field(default_factory=dict)
     done: threading.Condition = field(default_factory=threading.Condition)
+    on_outputs: Callable[[Any], None] | None = None  # sinks in this process, called on the reader thread
 
 
 class Worker:
@@ -156,7 +57,7 @@ class Worker:
         self._pid = os.getpid()
         self.mode = "process"
         self._process: subprocess.Popen | None = None
-        self._local: _Serve | None = None
+        self._local: Serve | None = None
         self.failure: str | None = None
         if use_process:
             try:
@@ -171,7 +72,7 @@ class Worker:
     def _start_process(self) -> None:
         read_fd, write_fd = os.pipe()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        code = f"from lightning_attnviz.worker import _child_main; _child_main({write_fd})"
+        code = f"from lightning_attnviz.serve import child_main; child_main({write_fd})"
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", code],
@@ -189,14 +90,14 @@ class Worker:
 
     def _start_thread(self) -> None:
         self.mode = "thread"
-        self._local = _Serve(self._route)
+        self._local = Serve(self._route)
         threading.Thread(target=self._local_loop, name="attnviz-draw", daemon=True).start()
 
     # -- public -------------------------------------------------------------------------------------
 
-    def channel(self) -> Channel:
+    def channel(self, on_outputs: Callable[[Any], None] | None = None) -> Channel:
         with self._lock:
-            ch = Channel(next(self._ids))
+            ch = Channel(next(self._ids), on_outputs=on_outputs)
             self._channels[ch.id] = ch
         return ch
 
@@ -257,7 +158,7 @@ class Worker:
                 if message is None:
                     stdin.close()
                     return
-                _send(stdin, message)
+                send(stdin, message)
             except (OSError, ValueError, pickle.PicklingError, TypeError, AttributeError) as err:
                 if message is not None and message[0] == "job":
                     self._route(
@@ -277,7 +178,7 @@ class Worker:
     def _read_loop(self, results: Any) -> None:
         while True:
             try:
-                message = _receive(results)
+                message = receive(results)
             except (EOFError, OSError, pickle.UnpicklingError):
                 break
             self._route(message)
@@ -309,16 +210,22 @@ class Worker:
         ch = self._channels.get(cid)
         if ch is None:
             return
+        if kind == "done" and message[3] is not None and ch.on_outputs is not None:
+            try:  # loggers in this process: written here, off the training thread, before "done"
+                ch.on_outputs(message[3])
+            except Exception as err:
+                with ch.done:
+                    ch.messages.append(
+                        f"AttentionMonitor: logging a capture failed ({type(err).__name__}: {err})."
+                    )
         with ch.done:
             if kind == "done":
-                _, _, job_id, outputs, messages, seconds, state = message
+                _, _, job_id, _, messages, seconds, state = message
                 ch.in_flight = max(0, ch.in_flight - 1)
                 ch.jobs.pop(job_id, None)
                 ch.state = state if state is not None else ch.state
                 ch.messages.extend(messages)
                 ch.seconds = [*ch.seconds, seconds][-8:]
-                if outputs is not None:
-                    ch.outputs.append(outputs)
             else:
                 ch.replies[message[2]] = message[3] if kind == "state" else True
             ch.done.notify_all()

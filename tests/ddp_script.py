@@ -54,7 +54,7 @@ def main(out: Path) -> None:
         "epoch": trainer.current_epoch,
         "weights": weights_digest(model),
         "finished": trainer.state.finished,
-        "had_writer": monitor._setup is not None,  # the drawing pipeline was set up
+        "had_writer": monitor._setup is not None,  # the drawing pipeline was set up (rank 0)
         "last_capture_step": monitor._last_step,
     }
     (out / f"rank_{trainer.global_rank}.json").write_text(json.dumps(result))
