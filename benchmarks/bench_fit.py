@@ -13,7 +13,9 @@ drawing process's CPU seconds per capture.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -152,24 +154,39 @@ def fit_seconds(name: str, monitored: bool, quick: bool, epochs: int) -> tuple[f
     return seconds, draw
 
 
+def run_one(name: str, monitored: bool, quick: bool, epochs: int) -> tuple[float, float]:
+    """One fit in a fresh Python process, as a user's script would run it: the monitor's drawing
+    process starts inside that fit and is counted."""
+    command = [sys.executable, __file__, "--one", name, "--epochs", str(epochs)]
+    command += ["--monitored"] if monitored else []
+    command += ["--quick"] if quick else []
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    seconds, draw = json.loads(result.stdout.strip().splitlines()[-1])
+    return seconds, draw
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workloads", nargs="+", default=["gpt", "vit"])
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--monitored", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    epochs = 2 if args.quick else 4
-    fit_seconds("gpt", True, True, 1)  # warm up: imports, the drawing process
+    epochs = args.epochs or (2 if args.quick else 4)
+    if args.one:
+        print(json.dumps(fit_seconds(args.one, args.monitored, args.quick, epochs)))
+        return
     print("| workload | plain fit (s) | with AttentionMonitor (s) | ratio | drawing CPU s per capture |")
     print("|---|---|---|---|---|")
     for name in args.workloads:
         plain, watched, draws = [], [], []
-        for _ in range(args.repeats):
-            plain.append(fit_seconds(name, False, args.quick, epochs)[0])
-            seconds, draw = fit_seconds(name, True, args.quick, epochs)
+        for _ in range(args.repeats):  # interleaved, each fit in a fresh process
+            plain.append(run_one(name, False, args.quick, epochs)[0])
+            seconds, draw = run_one(name, True, args.quick, epochs)
             watched.append(seconds)
             draws.append(draw)
         p, w = statistics.median(plain), statistics.median(watched)

@@ -13,13 +13,13 @@ key of one is not "hot", one key of 64 is).
 
 from __future__ import annotations
 
-import io
 import math
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from lightning_attnviz import layout
 from lightning_attnviz.layout import Canvas
@@ -205,13 +205,24 @@ def evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title, not
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of an ``(H, W, 3)`` uint8 picture.
 
-    zlib level 1 without PIL's ``optimize``: our pictures are flat colour and white space, which even
-    the fastest level compresses to within ~20 % of level 6 at a fifth of the time (see
-    ``benchmarks/bench_render.py``); level 0 would make event files several times larger.
+    Written directly: rows unfiltered (filter type 0) and zlib level 1. Our pictures are flat colour,
+    glyphs and white space, which that compresses within ~1.5× of PIL's adaptive filtering at level 6,
+    about 3× faster than PIL at level 1 (PIL tries every row filter); zlib releases the GIL meanwhile.
     """
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB").save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    height, width = image.shape[:2]
+    rows = np.zeros((height, 1 + width * 3), dtype=np.uint8)  # a leading 0 per row: no filter
+    rows[:, 1:] = image.reshape(height, -1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    pixels = zlib.compress(rows.tobytes(), 1)
+    return _PNG + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 PLOT_KINDS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution")

@@ -82,8 +82,8 @@ class Serve:
         self.pipelines.pop(channel, None)
 
 
-def child_main(result_fd: int) -> None:
-    """Entry of the drawing process: read jobs from stdin until EOF, answer on ``result_fd``."""
+def _quiet_and_low() -> None:
+    """The drawing process's own settings: low priority, one thread, no terminal signals."""
     import signal
     import warnings
 
@@ -94,19 +94,41 @@ def child_main(result_fd: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    out = os.fdopen(result_fd, "wb")
+
+
+def serve_forever(jobs: Any, out: Any) -> None:
+    """Read jobs until EOF, answer each; a job that cannot run at all is answered, never fatal."""
     serve = Serve(lambda m: send(out, m))
-    stdin = sys.stdin.buffer
     while True:
         try:
-            message = receive(stdin)
+            message = receive(jobs)
         except EOFError:
             break
         try:
             serve.handle(message)
-        except Exception as err:  # a job that cannot run at all: answer, never die
+        except Exception as err:
             if message[0] == "job":
                 text = f"AttentionMonitor: drawing a capture failed ({type(err).__name__}: {err})."
                 send(out, ("done", message[1], message[2], None, [text], 0.0, None))
     for channel in list(serve.pipelines):
         serve._close(channel)
+
+
+def child_main(result_fd: int) -> None:
+    """Entry of a spawned drawing process: jobs on stdin, answers on ``result_fd``."""
+    _quiet_and_low()
+    serve_forever(sys.stdin.buffer, os.fdopen(result_fd, "wb"))
+
+
+def forked_main(job_fd: int, result_fd: int) -> None:
+    """Entry of a forked drawing process (never returns: a fork must not run the parent's code on)."""
+    try:
+        import signal
+
+        for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP"):  # the parent's handlers are not ours
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
+        _quiet_and_low()
+        serve_forever(os.fdopen(job_fd, "rb"), os.fdopen(result_fd, "wb"))
+    finally:
+        os._exit(0)

@@ -15,6 +15,7 @@ and the drawing seconds per capture (to say which capture rate can be sustained)
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import pickle
@@ -61,7 +62,7 @@ class Worker:
         self.failure: str | None = None
         if use_process:
             try:
-                self._start_process()
+                self._start_fork() if _can_fork() else self._start_process()
             except OSError as err:
                 self.failure = f"the drawing process could not start ({err})"
         if self._process is None:
@@ -85,6 +86,30 @@ class Worker:
         finally:
             os.close(write_fd)
         results = os.fdopen(read_fd, "rb")
+        threading.Thread(target=self._send_loop, name="attnviz-send", daemon=True).start()
+        threading.Thread(target=self._read_loop, args=(results,), name="attnviz-read", daemon=True).start()
+
+    def _start_fork(self) -> None:
+        """Fork the drawing process from this one: no second import of torch (~1.5 s of CPU a spawned
+        process spends before its first picture). Everything it runs is imported first, so no import
+        lock can be held by another thread at the fork, and it never touches CUDA or the parent's
+        objects; it only reads jobs and writes files and answers."""
+        import lightning_attnviz.pipeline
+        import lightning_attnviz.record
+        import lightning_attnviz.sinks  # noqa: F401
+        from lightning_attnviz.serve import forked_main
+
+        job_r, job_w = os.pipe()
+        result_r, result_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            os.close(job_w)
+            os.close(result_r)
+            forked_main(job_r, result_w)
+        os.close(job_r)
+        os.close(result_w)
+        self._process = _Forked(pid, os.fdopen(job_w, "wb"))  # type: ignore[assignment]
+        results = os.fdopen(result_r, "rb")
         threading.Thread(target=self._send_loop, name="attnviz-send", daemon=True).start()
         threading.Thread(target=self._read_loop, args=(results,), name="attnviz-read", daemon=True).start()
 
@@ -245,6 +270,41 @@ class Worker:
                     )
                 ch.in_flight = 0
                 ch.done.notify_all()
+
+
+def _can_fork() -> bool:
+    """Fork on Linux (fast, copy-on-write); spawn elsewhere (macOS frameworks are not fork-safe)."""
+    how = os.environ.get("ATTNVIZ_WORKER", "process")
+    return how != "spawn" and sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+class _Forked:
+    """The forked child seen through the parts of ``subprocess.Popen`` the worker uses."""
+
+    def __init__(self, pid: int, stdin: Any) -> None:
+        self.pid, self.stdin, self._code = pid, stdin, None
+
+    def poll(self) -> int | None:
+        if self._code is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return -1
+            if pid:
+                self._code = os.waitstatus_to_exitcode(status)
+        return self._code
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("drawing process", timeout)
+            time.sleep(0.02)
+        return self._code
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, 9)
 
 
 _shared: Worker | None = None
