@@ -256,19 +256,20 @@ class Worker:
             ch.done.notify_all()
 
     def _on_death(self) -> None:
+        """Tell every monitor, once, that the drawing process ended and what was lost with it."""
         code = self._process.poll() if self._process is not None else None
         with self._lock:
             channels = list(self._channels.values())
         for ch in channels:
             with ch.done:
-                if ch.in_flight:
-                    ch.lost += ch.in_flight
-                    ch.jobs.clear()
-                    ch.messages.append(
-                        f"AttentionMonitor: the drawing process ended (exit code {code}); {ch.in_flight} "
-                        "capture(s) in progress were lost. Drawing continues on a background thread."
-                    )
+                lost = f"; {ch.in_flight} capture(s) being drawn were lost" if ch.in_flight else ""
+                ch.lost += ch.in_flight
+                ch.messages.append(
+                    f"AttentionMonitor: the drawing process ended (exit code {code}){lost}; drawing "
+                    "continues on a background thread."
+                )
                 ch.in_flight = 0
+                ch.jobs.clear()
                 ch.done.notify_all()
 
 
