@@ -13,6 +13,7 @@ from lightning_attnviz.worker import Channel, Worker, shared_worker
 
 MAX_IN_FLIGHT = 8  # captures taken and not yet drawn; beyond this, captures are skipped
 DRAIN_SECONDS = 120.0  # the longest the end of a fit waits for its pictures
+INTERRUPT_SECONDS = 15.0  # after an exception or Ctrl-C, wait less: the user wants out
 
 
 def warn(message: str) -> None:
@@ -104,14 +105,14 @@ class Drawing:
         with ch.done:
             return {"pipeline": ch.state, "replay": [job_state(j) for j in ch.jobs.values()]}
 
-    def close(self, wait: bool = True) -> None:
-        """Wait for every capture taken (bounded), close the pipeline; safe to call twice."""
+    def close(self, wait: bool = True, seconds: float = DRAIN_SECONDS) -> None:
+        """Wait up to ``seconds`` for every capture taken, close the pipeline; safe to call twice."""
         worker, ch = self._worker, self._channel
         if worker is None or ch is None:
             return
-        if wait and not worker.wait(ch, DRAIN_SECONDS):
+        if wait and not worker.wait(ch, seconds):
             warn(
-                f"AttentionMonitor: {ch.in_flight} capture(s) were still drawing after {DRAIN_SECONDS:.0f} s "
+                f"AttentionMonitor: {ch.in_flight} capture(s) were still drawing after {seconds:.0f} s "
                 "and are lost."
             )
         self.restored = self.state()

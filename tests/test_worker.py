@@ -65,3 +65,20 @@ def test_a_dead_drawing_process_is_noticed_and_drawing_goes_on(tmp_path):
     events = read_events(trainer.logger.log_dir)
     # nothing was in flight when it died: every capture is drawn, by the replacement
     assert [e.step for e in events.Images("attention/sample_0/model.h.0.attn/heatmap")] == [3, 6, 9]
+
+
+class CtrlC(Callback):
+    """Presses Ctrl-C at the start of the third epoch, after two captures were handed over."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_still_writes_every_capture_taken(tmp_path):
+    trainer = make_trainer(tmp_path, [AttentionMonitor(plots=["heatmap"]), CtrlC()], max_epochs=5)
+    with pytest.raises(SystemExit):  # Lightning's graceful shutdown ends with exit(1)
+        trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+    assert trainer.interrupted
+    events = read_events(trainer.logger.log_dir)
+    assert [e.step for e in events.Images("attention/sample_0/model.h.0.attn/heatmap")] == [3, 6]
