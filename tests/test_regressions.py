@@ -484,3 +484,16 @@ def test_resume_with_a_shorter_strip_length_draws_shorter_strips(tmp_path):
     # a strip grows by one column per capture up to strip_length: capped at 2 columns from the 2nd capture
     assert resumed[-1].width == resumed[-2].width == resumed[-3].width == fresh[-1].width
     assert fresh[0].width < fresh[1].width
+
+
+def test_an_unwritable_capture_folder_costs_the_npz_only(tmp_path):
+    trainer = make_trainer(tmp_path, [AttentionMonitor(plots=["heatmap"])], max_epochs=1)
+    log_dir = tmp_path / "tb" / "version_0"
+    log_dir.mkdir(parents=True)
+    (log_dir / "attention_captures").write_text("a file where the folder should be")
+    with pytest.warns(RuntimeWarning, match=r"saving the capture file .*step_00000003.npz failed") as seen:
+        trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+    assert not [w for w in seen if "pictures" in str(w.message)]  # it does not blame the pictures
+    events = read_events(log_dir)
+    assert [e.step for e in events.Images("attention/sample_0/model.h.0.attn/heatmap")] == [3]
+    assert events.Scalars("attention_stats/entropy/model.h.0.attn/mean")
