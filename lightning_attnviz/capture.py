@@ -24,11 +24,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from lightning_attnviz.checks import check_int
 from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention, named_modules
-from lightning_attnviz.pending import AttentionMap, Inputs, MHAInputs, Path, Pending, compute
+from lightning_attnviz.flex import flex_scores
+from lightning_attnviz.layouts import CallInputs, read_call, unsupported_warning
+from lightning_attnviz.pending import AttentionMap, Inputs, Path, Pending, ScoresInputs, compute
 from lightning_attnviz.taps import _Interceptor, encoder_layer_tap, encoder_tap, mha_tap
 
 __all__ = ["AttentionCapture", "AttentionMap", "capture_attention"]
@@ -74,6 +77,10 @@ class AttentionCapture:
         self._mode_on = False
         self._padded_width: int | None = None  # set by nn.TransformerEncoder for nested inputs
         self._failed: set[str] = set()
+        self._flex_calls: list[tuple[str, tuple, dict]] = []  # FlexAttention calls not yet recorded
+        self._by_name = {site.name: site for site in self.sites}
+        self.skipped: dict[str, str] = {}  # modules whose layout is not captured: {name: why}
+        self.call = CallInputs()  # what the model's own forward was given (batch, padding, decoder)
 
     @property
     def maps(self) -> dict[str, Tensor]:
@@ -107,7 +114,11 @@ class AttentionCapture:
         try:
             named = named_modules(self.model)
             for site in self.sites:
-                self._install(site, named)
+                if site.layout.supported:
+                    self._install(site, named)
+                else:
+                    self._skip(site.name, unsupported_warning(site.name, site.layout), stacklevel=4)
+            self._read_calls(self.model)
         except BaseException:
             self.close()
             raise
@@ -117,7 +128,7 @@ class AttentionCapture:
         self.close()
         if exc[0] is None:
             seen = {r.module for r in self.records.values()} | {p.module for p in self.pending}
-            silent = sorted(self._entered - seen - self._failed)
+            silent = sorted(self._entered - seen - self._failed - set(self.skipped))
             if silent:
                 warnings.warn(
                     f"These modules ran but computed no attention that could be captured: {silent}. "
@@ -148,6 +159,22 @@ class AttentionCapture:
         else:
             self._wrap_scope(module, site)
 
+    def _read_calls(self, model: nn.Module) -> None:
+        """Read the batch size, attention mask and decoder inputs of each call of the model itself."""
+        original = model.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            self.call = read_call(args, kwargs)
+            return original(*args, **kwargs)
+
+        self._set_forward(model, forward, tap=False)
+
+    def _skip(self, name: str, message: str, stacklevel: int = 3) -> None:
+        """Declare ``name``'s attention not captured, with one warning that says what is not shown."""
+        if name not in self.skipped:
+            self.skipped[name] = message
+            warnings.warn(message, UserWarning, stacklevel=stacklevel)
+
     def _wrap(self, module: nn.Module, before: Callable[[tuple, dict], None]) -> None:
         """Run ``before(args, kwargs)`` ahead of ``module``'s own forward, for this instance only."""
         if getattr(module.forward, "_attnviz_tap", False):
@@ -175,13 +202,15 @@ class AttentionCapture:
                 self._scope.pop()
                 if not self._scope:
                     self._mode_off()
+                    if self._flex_calls:
+                        self._record_flex()
 
         self._set_forward(module, forward)
 
-    def _set_forward(self, module: nn.Module, forward: Callable[..., Any]) -> None:
+    def _set_forward(self, module: nn.Module, forward: Callable[..., Any], tap: bool = True) -> None:
         had_own = "forward" in module.__dict__
         previous = module.__dict__.get("forward")
-        forward._attnviz_tap = True  # type: ignore[attr-defined]
+        forward._attnviz_tap = tap  # type: ignore[attr-defined]
         module.forward = forward  # type: ignore[method-assign]
 
         def restore() -> None:
@@ -202,76 +231,41 @@ class AttentionCapture:
 
     # -- recording --------------------------------------------------------------------------------
 
-    def _record_mha(
-        self,
-        name: str,
-        query: Tensor,
-        key: Tensor,
-        *,
-        num_heads: int,
-        in_proj_weight: Tensor | None,
-        in_proj_bias: Tensor | None,
-        q_proj_weight: Tensor | None = None,
-        k_proj_weight: Tensor | None = None,
-        bias_k: Tensor | None = None,
-        add_zero_attn: bool = False,
-        key_padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-        batch_first: bool = False,
-        dropout_p: float = 0.0,
-        self_attention: bool = False,
-    ) -> None:
-        """Record multi-head attention from ``nn.MultiheadAttention``'s parameters (or
-        ``F.multi_head_attention_forward``'s arguments); with ``self_attention``, padded query rows
-        are hidden too. Separate q/k projections are used when ``in_proj_weight`` is ``None``."""
-        s = self.samples
-        if query.dim() == 3:  # keep only the sampled rows
-            rows = (slice(None, s),) if batch_first else (slice(None), slice(None, s))
-            query, key = query[rows], key[rows]
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask[:s]
-            if attn_mask is not None and attn_mask.dim() == 3:  # (N·H, L, S)
-                attn_mask = attn_mask[: s * num_heads]
-        embed = query.shape[-1] if in_proj_weight is None else in_proj_weight.shape[0] // 3
-        if in_proj_weight is None:
-            q_weight, k_weight = q_proj_weight, k_proj_weight
-        else:
-            q_weight, k_weight = in_proj_weight[:embed], in_proj_weight[embed : 2 * embed]
-        bias = in_proj_bias
-        keep = self.keep
-        inputs = MHAInputs(
-            query=keep(query),
-            key=keep(key),
-            num_heads=num_heads,
-            q_weight=keep(q_weight),
-            k_weight=keep(k_weight),
-            q_bias=keep(None if bias is None else bias[:embed]),
-            k_bias=keep(None if bias is None else bias[embed : 2 * embed]),
-            bias_k=keep(bias_k),
-            add_zero_attn=add_zero_attn,
-            key_padding_mask=keep(key_padding_mask),
-            attn_mask=keep(attn_mask),
-            is_causal=bool(is_causal),
-            batch_first=batch_first,
-            hide_padded_queries=self_attention,
-        )
-        self._add(
-            name,
-            inputs,
-            path="mha",
-            causal=bool(is_causal),
-            masked=key_padding_mask is not None or attn_mask is not None or bool(is_causal),
-            gqa_groups=1,
-            scale=(q_weight.shape[0] // num_heads) ** -0.5,
-            dropout_p=dropout_p,
-        )
+    def _record_flex(self) -> None:
+        """Record the FlexAttention calls seen so far: their masked, score-modded scores, sampled rows."""
+        calls, self._flex_calls = self._flex_calls, []
+        for name, args, kwargs in calls:
+            try:
+                scores = flex_scores(args, kwargs, self.samples)
+            except _COMPUTE_ERRORS as err:
+                self._fail(name, err)
+                continue
+            self._add(
+                name,
+                ScoresInputs(self.keep(scores)),
+                path="flex",
+                causal=None,
+                masked=bool(torch.isneginf(scores).any()),
+                gqa_groups=args[0].shape[-3] // args[1].shape[-3],
+                scale=float(args[5]) if len(args) > 5 else None,
+                dropout_p=0.0,
+            )
+
+    def _fail(self, name: str, err: BaseException) -> None:
+        if name not in self._failed:
+            self._failed.add(name)
+            message = failure_message(name, err)
+            self.failures.append(message)
+            warnings.warn(message, UserWarning, stacklevel=4)
 
     def _add(self, name: str, inputs: Inputs, path: Path, **meta: Any) -> None:
         """Record one call of ``name`` under its next key: pending, or computed now."""
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         key = name if call == 0 else f"{name}#{call}"
+        site = self._by_name.get(name)
+        if site is not None:
+            meta.update(axes=site.axes, layout=site.layout.kind, note=site.layout.note)
         pending = Pending(key=key, module=name, call=call, path=path, inputs=inputs, **meta)
         if self.defer:
             self.pending.append(pending)
@@ -279,11 +273,7 @@ class AttentionCapture:
         try:
             self.records[key] = compute(pending, self.max_tokens, self.stats)
         except _COMPUTE_ERRORS as err:  # never the user's exception: their forward is unaffected
-            if name not in self._failed:
-                self._failed.add(name)
-                message = failure_message(name, err)
-                self.failures.append(message)
-                warnings.warn(message, UserWarning, stacklevel=3)
+            self._fail(name, err)
 
 
 def failure_message(module: str, err: BaseException) -> str:

@@ -11,6 +11,8 @@ from typing import Literal
 
 from torch import nn
 
+from lightning_attnviz.layouts import TOKEN, Axis, Layout, axes_of, classify, is_special
+
 ModuleSelector = None | str | Sequence[str] | Callable[[str, nn.Module], bool]
 Tap = Literal["mha", "encoder_layer", "function"]
 
@@ -32,6 +34,9 @@ class AttentionSite:
             watches the module's ``scaled_dot_product_attention`` / softmax calls.
         num_heads: heads, when the module says so.
         fused: whether the module uses a fused kernel (timm's ``fused_attn``), when it says so.
+        layout: what its weights mean (:func:`~lightning_attnviz.layouts.classify`); an unsupported
+            layout is not tapped, and its note says why.
+        axes: (query, key) axis of its maps: ``"source"`` or ``"target"`` (decoder) tokens.
     """
 
     name: str
@@ -39,6 +44,8 @@ class AttentionSite:
     tap: Tap
     num_heads: int | None = None
     fused: bool | None = None
+    layout: Layout = TOKEN
+    axes: tuple[Axis, Axis] = ("source", "source")
 
 
 def find_attention(model: nn.Module, modules: ModuleSelector = None) -> list[AttentionSite]:
@@ -85,7 +92,9 @@ def named_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _looks_like_attention(module: nn.Module) -> bool:
-    return isinstance(module, nn.MultiheadAttention) or bool(_ATTENTION_CLASS.search(type(module).__name__))
+    if isinstance(module, nn.MultiheadAttention) or is_special(module):
+        return True
+    return bool(_ATTENTION_CLASS.search(type(module).__name__))
 
 
 def _innermost(names: list[str]) -> list[str]:
@@ -108,8 +117,8 @@ def _match_patterns(names: list[str], patterns: list[str]) -> list[str]:
 
 def _site(name: str, module: nn.Module, named: dict[str, nn.Module]) -> AttentionSite:
     tap: Tap = "function"
+    parent = (named.get(name.rpartition(".")[0]) if "." in name else named.get("")) if name else None
     if isinstance(module, nn.MultiheadAttention):
-        parent = named.get(name.rpartition(".")[0]) if "." in name else named.get("")
         owned = isinstance(parent, nn.TransformerEncoderLayer) and parent.self_attn is module
         tap = "encoder_layer" if owned else "mha"
     return AttentionSite(
@@ -118,6 +127,8 @@ def _site(name: str, module: nn.Module, named: dict[str, nn.Module]) -> Attentio
         tap=tap,
         num_heads=_num_heads(module),
         fused=_fused(module),
+        layout=classify(module, parent),
+        axes=axes_of(name),
     )
 
 

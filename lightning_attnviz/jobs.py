@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from lightning_attnviz.config import MonitorConfig
-from lightning_attnviz.pending import MHAInputs, Pending, SDPAInputs, SoftmaxOutput
+from lightning_attnviz.pending import MHAInputs, Pending, ScoresInputs, SDPAInputs, SoftmaxOutput
 from lightning_attnviz.tags import Tags
 from lightning_attnviz.vision import PatchGrid
 
@@ -61,7 +61,7 @@ def job_state(job: Job) -> dict[str, Any]:
 
 
 def job_from_state(state: dict[str, Any]) -> Job:
-    kinds = {cls.__name__: cls for cls in (SDPAInputs, MHAInputs, SoftmaxOutput)}
+    kinds = {cls.__name__: cls for cls in (SDPAInputs, MHAInputs, SoftmaxOutput, ScoresInputs)}
     pending = tuple(
         Pending(
             **{k: v for k, v in p.items() if k not in ("kind", "inputs")},

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from lightning_attnviz.pooling import Computed, RowStats
-from lightning_attnviz.weights import collect_weights, mha_weights, sdpa_weights
+from lightning_attnviz.weights import collect_weights, mha_weights, scores_weights, sdpa_weights
 
-Path = Literal["sdpa", "mha", "eager_softmax"]
+Path = Literal["sdpa", "mha", "eager_softmax", "flex"]
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,22 @@ class MHAInputs:
 
 @dataclass(frozen=True)
 class SoftmaxOutput:
-    """The weights an eager attention computed itself, ``(s, H, L, S)``."""
+    """The weights an eager attention computed itself, ``(s, H, L, S)``; ``padded_queries`` ``(s, L)``
+    (True: padding, from the batch's attention mask) when known."""
 
     weights: Tensor
+    padded_queries: Tensor | None = None
 
 
-Inputs = SDPAInputs | MHAInputs | SoftmaxOutput
+@dataclass(frozen=True)
+class ScoresInputs:
+    """Scores a tap finished itself, ``(s, H, L, S)``, ``-inf`` where hidden: FlexAttention's scores
+    after the model's ``score_mod`` and block mask (:func:`~lightning_attnviz.flex.flex_scores`)."""
+
+    scores: Tensor
+
+
+Inputs = SDPAInputs | MHAInputs | SoftmaxOutput | ScoresInputs
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,9 @@ class Pending:
     gqa_groups: int
     scale: float | None
     dropout_p: float
+    axes: tuple[str, str] = ("source", "source")
+    layout: str = "token"
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,10 @@ class AttentionMap:
         block: ``(query rows, keys)`` per cell when the map was block-pooled while capturing
             (``max_tokens``): query rows averaged, keys summed, so rows still sum to 1. ``(1, 1)``: exact.
         stats: per-row statistics at full resolution (with ``stats=True``).
+        axes: (query, key) token axis: ``"source"`` (``input_ids``) or ``"target"`` (decoder inputs).
+        layout: :data:`~lightning_attnviz.layouts.Kind` of the module: ``"token"``, ``"pool"`` (the
+            latent's row is the overlay) or ``"talking_heads"`` (softmax before the head mix).
+        note: what the map shows where that is not plain token attention, for the module table.
     """
 
     key: str
@@ -135,6 +152,9 @@ class AttentionMap:
     length: tuple[int, int] = (0, 0)
     block: tuple[int, int] = (1, 1)
     stats: RowStats | None = None
+    axes: tuple[str, str] = ("source", "source")
+    layout: str = "token"
+    note: str | None = None
 
 
 def compute(
@@ -180,8 +200,10 @@ def compute(
                 stats=stats,
                 sink_keys=sink_keys,
             )
+        elif isinstance(x, ScoresInputs):
+            result = scores_weights(x.scores, max_tokens, stats, sink_keys)
         else:
-            result = collect_weights(x.weights, max_tokens, stats, sink_keys)
+            result = collect_weights(x.weights, max_tokens, stats, sink_keys, x.padded_queries)
     return AttentionMap(
         key=pending.key,
         module=pending.module,
@@ -197,6 +219,9 @@ def compute(
         length=result.length,
         block=result.block,
         stats=result.stats,
+        axes=pending.axes,
+        layout=pending.layout,
+        note=pending.note,
     )
 
 

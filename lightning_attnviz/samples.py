@@ -118,3 +118,55 @@ def images(fixed: Any, mean: Sequence[float] | None, std: Sequence[float] | None
         found.append(fixed["pixel_values"])
     found += [t for t in tensors(fixed) if t.is_floating_point() and t.dim() == 4]
     return [unnormalize(image, mean, std) for image in found[0].float()] if found else []
+
+
+def target_ids(inputs: Any) -> tuple[Tensor | None, bool]:
+    """The decoder's token ids: ``decoder_input_ids``, else ``labels`` (``True``: to be shifted right
+    as the model does, the decoder start token first); ``(None, False)`` when neither is given."""
+    if not isinstance(inputs, Mapping):
+        return None, False
+    for name, shifted in (("decoder_input_ids", False), ("labels", True)):
+        ids = inputs.get(name)
+        if isinstance(ids, Tensor) and ids.dim() == 2 and not ids.is_floating_point():
+            return ids, shifted
+    return None, False
+
+
+def has_target(inputs: Any) -> bool:
+    """Whether the batch carries decoder inputs: ids (:func:`target_ids`), embeddings, or a second
+    float sequence (``nn.Transformer``'s ``tgt``) in a tuple batch."""
+    if isinstance(inputs, Mapping):
+        return any(
+            isinstance(inputs.get(k), Tensor)
+            for k in ("decoder_input_ids", "decoder_inputs_embeds", "labels", "tgt")
+        )
+    if isinstance(inputs, (tuple, list)) and len(inputs) > 1:
+        return all(isinstance(t, Tensor) and t.is_floating_point() and t.dim() == 3 for t in inputs[:2])
+    return False
+
+
+def axis_labels(
+    fixed: Any, labeller: Callable[[list[int]], Sequence[str]] | None, grid: PatchGrid | None, count: int
+) -> dict[str, list[list[str] | None]]:
+    """Labels per sample for each token axis a map can have (see ``AttentionMap.axes``).
+
+    ``"source"``: :func:`token_labels` (``input_ids``, or the image grid). ``"target"``: the decoder's
+    tokens from ``decoder_input_ids`` or ``labels`` shifted right (``"<start>"`` first, ``-100`` shown as
+    ``"<pad>"``); positions (``None``) when the decoder got embeddings (``nn.Transformer``'s ``tgt``); the
+    source labels when there is no decoder input (a decoder-only model).
+    """
+    source = token_labels(fixed, labeller, grid, count)
+    if not has_target(fixed):
+        return {"source": source, "target": source}
+    ids, shifted = target_ids(fixed)
+    if ids is None or labeller is None:
+        return {"source": source, "target": [None] * count}
+    target: list[list[str] | None] = []
+    for row in ids[:count].tolist():
+        known = [i for i in (row[:-1] if shifted else row)]
+        words = [
+            short_label(str(t)) if i >= 0 else "<pad>"
+            for i, t in zip(known, labeller([max(i, 0) for i in known]), strict=False)
+        ]
+        target.append(["<start>", *words] if shifted else words)
+    return {"source": source, "target": target}

@@ -25,7 +25,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_attnviz.discover import AttentionSite
-from lightning_attnviz.pending import SDPAInputs, SoftmaxOutput
+from lightning_attnviz.flex import FLEX_HOP
+from lightning_attnviz.layouts import folded_batch, folded_warning
+from lightning_attnviz.pending import MHAInputs, SDPAInputs, SoftmaxOutput
 
 if TYPE_CHECKING:
     from lightning_attnviz.capture import AttentionCapture
@@ -52,6 +54,13 @@ class _Interceptor(TorchFunctionMode):
         if cap is None or not cap._scope:
             return out
         site = cap._scope[-1]
+        if func is FLEX_HOP and FLEX_HOP is not None:
+            # FlexAttention runs its operator under Dynamo even in eager mode: only append here (Dynamo
+            # replays the append with the real tensors); the capture computes it once out of the trace.
+            cap._flex_calls.append((site.name, args, kwargs))
+            return out
+        if cap._flex_calls and not torch.compiler.is_dynamo_compiling():
+            cap._record_flex()
         if func is F.scaled_dot_product_attention:
             self._sdpa(cap, site, args, kwargs)
         elif func in _SOFTMAX_FUNCS:
@@ -63,6 +72,9 @@ class _Interceptor(TorchFunctionMode):
     def _sdpa(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
         bound = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
         q, k, mask = bound["query"], bound["key"], bound.get("attn_mask")
+        if q.dim() >= 3 and folded_batch(q.shape[0], cap.call):
+            cap._skip(site.name, folded_warning(site.name, q.shape[0], cap.call.batch), stacklevel=6)
+            return
         if mask is not None and mask.dim() == q.dim() and mask.shape[0] > 1:
             mask = mask[: cap.samples]  # a learned bias passed as the mask may change after this step
         gqa = bool(bound.get("enable_gqa", False))
@@ -92,10 +104,16 @@ class _Interceptor(TorchFunctionMode):
             out = out.view(-1, site.num_heads, *out.shape[-2:])  # (B·H, L, S) -> (B, H, L, S)
         if out.dim() != 4:
             return
+        if folded_batch(out.shape[0], cap.call):
+            cap._skip(site.name, folded_warning(site.name, out.shape[0], cap.call.batch), stacklevel=6)
+            return
         kept = cap.keep(out[: cap.samples].detach())
+        padded = cap.call.padded
+        if padded is not None and (cap.call.encoder_decoder or padded.shape[-1] != out.shape[-2]):
+            padded = None  # only a self-attention over the masked sequence has these query rows
         cap._add(
             site.name,
-            SoftmaxOutput(kept),
+            SoftmaxOutput(kept, cap.keep(None if padded is None else padded[: cap.samples])),
             path="eager_softmax",
             causal=None,
             masked=None,
@@ -107,7 +125,8 @@ class _Interceptor(TorchFunctionMode):
     def _mha_functional(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
         b = _MHA_FUNCTIONAL_SIG.bind(*args, **kwargs).arguments
         separate = b.get("use_separate_proj_weight", False)
-        cap._record_mha(
+        record_mha(
+            cap,
             site.name,
             b["query"],
             b["key"],
@@ -200,8 +219,9 @@ def encoder_tap(cap: AttentionCapture, encoder: nn.TransformerEncoder) -> Callab
 def _record_module(
     cap: AttentionCapture, name: str, mha: nn.MultiheadAttention, query: Tensor, key: Tensor, **kw: Any
 ) -> None:
-    """:meth:`AttentionCapture._record_mha` with the parameters of an ``nn.MultiheadAttention`` instance."""
-    cap._record_mha(
+    """:func:`record_mha` with the parameters of an ``nn.MultiheadAttention`` instance."""
+    record_mha(
+        cap,
         name,
         query,
         key,
@@ -214,4 +234,70 @@ def _record_module(
         add_zero_attn=mha.add_zero_attn,
         dropout_p=mha.dropout if mha.training else 0.0,
         **kw,
+    )
+
+
+def record_mha(
+    cap: AttentionCapture,
+    name: str,
+    query: Tensor,
+    key: Tensor,
+    *,
+    num_heads: int,
+    in_proj_weight: Tensor | None,
+    in_proj_bias: Tensor | None,
+    q_proj_weight: Tensor | None = None,
+    k_proj_weight: Tensor | None = None,
+    bias_k: Tensor | None = None,
+    add_zero_attn: bool = False,
+    key_padding_mask: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    batch_first: bool = False,
+    dropout_p: float = 0.0,
+    self_attention: bool = False,
+) -> None:
+    """Record multi-head attention from ``nn.MultiheadAttention``'s parameters (or
+    ``F.multi_head_attention_forward``'s arguments); with ``self_attention``, padded query rows
+    are hidden too. Separate q/k projections are used when ``in_proj_weight`` is ``None``."""
+    s = cap.samples
+    if query.dim() == 3:  # keep only the sampled rows
+        rows = (slice(None, s),) if batch_first else (slice(None), slice(None, s))
+        query, key = query[rows], key[rows]
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask[:s]
+        if attn_mask is not None and attn_mask.dim() == 3:  # (N·H, L, S)
+            attn_mask = attn_mask[: s * num_heads]
+    embed = query.shape[-1] if in_proj_weight is None else in_proj_weight.shape[0] // 3
+    if in_proj_weight is None:
+        q_weight, k_weight = q_proj_weight, k_proj_weight
+    else:
+        q_weight, k_weight = in_proj_weight[:embed], in_proj_weight[embed : 2 * embed]
+    bias = in_proj_bias
+    keep = cap.keep
+    inputs = MHAInputs(
+        query=keep(query),
+        key=keep(key),
+        num_heads=num_heads,
+        q_weight=keep(q_weight),
+        k_weight=keep(k_weight),
+        q_bias=keep(None if bias is None else bias[:embed]),
+        k_bias=keep(None if bias is None else bias[embed : 2 * embed]),
+        bias_k=keep(bias_k),
+        add_zero_attn=add_zero_attn,
+        key_padding_mask=keep(key_padding_mask),
+        attn_mask=keep(attn_mask),
+        is_causal=bool(is_causal),
+        batch_first=batch_first,
+        hide_padded_queries=self_attention,
+    )
+    cap._add(
+        name,
+        inputs,
+        path="mha",
+        causal=bool(is_causal),
+        masked=key_padding_mask is not None or attn_mask is not None or bool(is_causal),
+        gqa_groups=1,
+        scale=(q_weight.shape[0] // num_heads) ** -0.5,
+        dropout_p=dropout_p,
     )

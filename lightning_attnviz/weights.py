@@ -167,15 +167,69 @@ def _full_visible(
     return out
 
 
-def collect_weights(
-    weights: Tensor, max_tokens: int | None = None, stats: bool = False, sink_keys: int = 1
+def scores_weights(
+    scores: Tensor, max_tokens: int | None = None, stats: bool = False, sink_keys: int = 1
 ) -> Computed:
-    """Pass weights a model computed itself (eager softmax) through the same pooling and statistics,
-    a block of rows at a time. Exact zeros are taken as masked positions.
+    """softmax over keys of scores a tap already finished (FlexAttention's post-``score_mod`` scores),
+    a block of rows at a time; ``-inf`` marks a hidden key, and a row with no visible key gets zero.
 
     Shape:
-        weights: ``(s, H, q, k)``.
+        scores: ``(s, H, q, k)``.
     """
+    samples, heads, length, width = scores.shape
+    collector = _Collector(samples, heads, length, width, max_tokens, stats, scores.device, sink_keys)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
+    for start in range(0, length, rows):
+        chunk = scores[..., start : start + rows, :].float()
+        allowed = ~torch.isneginf(chunk)
+        weights = chunk.softmax(dim=-1).masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
+        collector.add(start, weights, allowed)
+    hidden = torch.isneginf(scores)
+    full = (~hidden).cpu() if bool(hidden.any()) and not collector.pooled else None
+    collector.masked = collector.masked and bool(hidden.any())
+    return collector.result(full)
+
+
+def hide_fully_masked_rows(weights: Tensor, padded_queries: Tensor | None) -> Tensor:
+    """Zero the rows an eager softmax spread uniformly because every key was masked.
+
+    An eager kernel that masks with a large negative number (DeBERTa, many Hugging Face models) turns
+    a padded query's row into 1/n over every key: attention to nothing, drawn as attention to all.
+    Such a row is exactly uniform; it is zeroed when its query is padding (``padded_queries``, from
+    the batch's attention mask) or, without a mask, when the map has exact zeros elsewhere (so a mask
+    was in use). Nothing else changes.
+
+    Shape:
+        weights: ``(s, H, L, S)``; padded_queries: ``(s, L)`` bool, True for padding.
+    """
+    if weights.shape[-1] < 2:
+        return weights
+    uniform = (weights == weights[..., :1]).all(-1)  # (s, H, L)
+    if padded_queries is not None and padded_queries.shape == (weights.shape[0], weights.shape[-2]):
+        empty = uniform & padded_queries[:, None, :].to(uniform.device)
+    else:
+        masking = (weights == 0).flatten(-2).any(-1)[..., None]  # (s, H, 1)
+        empty = uniform & masking
+    if not bool(empty.any()):
+        return weights
+    return weights.masked_fill(empty[..., None], 0.0)
+
+
+def collect_weights(
+    weights: Tensor,
+    max_tokens: int | None = None,
+    stats: bool = False,
+    sink_keys: int = 1,
+    padded_queries: Tensor | None = None,
+) -> Computed:
+    """Pass weights a model computed itself (eager softmax) through the same pooling and statistics,
+    a block of rows at a time. Exact zeros are taken as masked positions; rows spread uniformly over
+    fully masked keys are zeroed first (:func:`hide_fully_masked_rows`).
+
+    Shape:
+        weights: ``(s, H, q, k)``; padded_queries: ``(s, q)`` bool, True for padding.
+    """
+    weights = hide_fully_masked_rows(weights, padded_queries)
     samples, heads, length, width = weights.shape
     collector = _Collector(samples, heads, length, width, max_tokens, stats, weights.device, sink_keys)
     rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
