@@ -3,7 +3,8 @@
 Trains a hand-written vision transformer on images it generates: coloured clutter (soft blobs and
 thin lines) with one small white shape at a random spot, whose shape (square, cross or ring) is the
 class, so the CLS token has to find the shape and read it. Logs the CLS attention over the image per
-layer and head, the attention rollout and the atlas to TensorBoard every epoch (and at step 0), and
+layer and head, the attention rollout, the atlas, the evolution strips and the layer × head matrices of
+the attention statistics to TensorBoard every epoch (and at step 0), and
 prints how to open them. Runs on a CPU in about half a minute.
 
     python examples/vision_demo.py [--epochs 6] [--logdir runs]
@@ -161,7 +162,8 @@ def main() -> None:
         image_mean=MEAN,  # undo the normalisation, so the pictures show the images as generated
         image_std=STD,
         samples=3,
-        plots=("overlay", "overlay_heads", "rollout", "atlas"),
+        # the defaults (overlay, rollout, atlas, evolution, stats) and every head over the image
+        plots=("overlay", "overlay_heads", "rollout", "atlas", "evolution", "stats"),
         log_sanity_check=True,  # step 0: attention before training
     )
     trainer = pl.Trainer(

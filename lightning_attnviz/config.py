@@ -24,13 +24,15 @@ from lightning_attnviz.reduce_vision import HEAD_FUSIONS
 from lightning_attnviz.samples import first_rows, tensors, token_labeller
 from lightning_attnviz.vision import PatchGrid
 
-TEXT_PLOTS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution")
-VISION_PLOTS: tuple[str, ...] = ("overlay", "overlay_heads", "rollout")
-ALL_PLOTS = (*TEXT_PLOTS, *VISION_PLOTS)
+# "stats": per metric one layer × head matrix of the whole model per capture (not per sample), so a
+# 144-head model needs no 144 scalar series per metric to be read; it belongs to both kinds of run.
+TEXT_PLOTS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution", "stats")
+VISION_PLOTS: tuple[str, ...] = ("overlay", "overlay_heads", "rollout", "stats")
+ALL_PLOTS = tuple(dict.fromkeys((*TEXT_PLOTS, *VISION_PLOTS)))
 # Defaults: the pictures that answer "what does each layer attend to, and how did it change" without
 # drowning TensorBoard; the Attention tab holds every layer × head × step for the rest.
-TEXT_DEFAULT_PLOTS: tuple[str, ...] = ("heatmap", "heads", "atlas", "evolution")
-VISION_DEFAULT_PLOTS: tuple[str, ...] = ("overlay", "rollout", "atlas", "evolution")
+TEXT_DEFAULT_PLOTS: tuple[str, ...] = ("heatmap", "heads", "atlas", "evolution", "stats")
+VISION_DEFAULT_PLOTS: tuple[str, ...] = ("overlay", "rollout", "atlas", "evolution", "stats")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
 
 

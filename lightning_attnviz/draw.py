@@ -5,22 +5,49 @@ capture's :class:`~lightning_attnviz.jobs.Job` and what was computed from it; th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
 
 from lightning_attnviz import record
 from lightning_attnviz.history import History
 from lightning_attnviz.jobs import Job, Setup
 from lightning_attnviz.pending import AttentionMap
-from lightning_attnviz.reduce import AttentionView, make_views
+from lightning_attnviz.reduce import AttentionView, LayerStats, make_views
 from lightning_attnviz.reduce_vision import cls_to_patches, mean_received, rollout
 from lightning_attnviz.render import Picture, render_views
+from lightning_attnviz.render_stats import StatsPicture, render_stats
 from lightning_attnviz.render_vision import overlay, overlay_grid
+from lightning_attnviz.tags import Tags
+
+# what the stats matrices of the previous capture were drawn from: (step, stats, drift)
+PreviousStats = tuple[int, Sequence[LayerStats], Mapping[str, np.ndarray]]
+
+
+def picture_tag(tags: Tags, picture: Picture) -> str:
+    """The TensorBoard tag of a drawn picture."""
+    if isinstance(picture, StatsPicture):
+        return tags.stats_picture(picture.metric)
+    kind = picture.kind if picture.head is None else "heatmap"
+    return tags.picture(kind, picture.sample, picture.layer, picture.head)
 
 
 def picture_groups(
-    setup: Setup, history: History, views: list[AttentionView], records: list[AttentionMap], job: Job
+    setup: Setup,
+    history: History,
+    views: list[AttentionView],
+    records: list[AttentionMap],
+    job: Job,
+    stats: Sequence[LayerStats] = (),
+    drift: Mapping[str, np.ndarray] | None = None,
+    previous: PreviousStats | None = None,
 ) -> list[tuple[str, Callable[[], list[Picture]]]]:
-    """``(kind, draw)`` per picture kind ``setup.plots`` asks for: each is drawn, and fails, on its own."""
+    """``(kind, draw)`` per picture kind ``setup.plots`` asks for: each is drawn, and fails, on its own.
+
+    Args:
+        stats, drift: this capture's per-head scalars (in forward order) and drift, for ``"stats"``.
+        previous: what the previous capture's stats pictures were drawn from, for their change panels.
+    """
     c = setup.config
     strips = {}
     if "evolution" in setup.plots:
@@ -34,11 +61,27 @@ def picture_groups(
     ]
     if c.heads:
         groups.append(("head heatmaps", lambda: render_views(views, job.step, [], c.heads, c.top_k, strips)))
+    if "stats" in setup.plots and stats:
+        groups.append(("stats", lambda: stats_pictures(setup, stats, drift, job, previous)))
     if setup.grid is not None and job.images:
         for kind in ("overlay", "overlay_heads", "rollout"):
             if kind in setup.plots:
                 groups.append((kind, lambda kind=kind: vision(setup, kind, records, job)))
     return groups
+
+
+def stats_pictures(
+    setup: Setup,
+    stats: Sequence[LayerStats],
+    drift: Mapping[str, np.ndarray] | None,
+    job: Job,
+    previous: PreviousStats | None,
+) -> list[Picture]:
+    """One layer × head matrix per metric, the sink keys and distance unit as this run counts them."""
+    grid, c = setup.grid, setup.config
+    sink = c.sink_tokens or (grid.prefix_tokens if grid is not None and grid.prefix_tokens else 1)
+    unit = "pixels" if grid is not None else "positions"
+    return list(render_stats(stats, drift, job.step, previous, sink, unit))
 
 
 def vision(setup: Setup, kind: str, records: list[AttentionMap], job: Job) -> list[Picture]:

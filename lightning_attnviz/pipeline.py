@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lightning_attnviz import formats
-from lightning_attnviz.draw import picture_groups, tab_records
+from lightning_attnviz.draw import PreviousStats, picture_groups, picture_tag, tab_records
 from lightning_attnviz.history import Diagnostics, History
 from lightning_attnviz.jobs import Job, Setup, job_from_state, job_state
 from lightning_attnviz.pending import AttentionMap, Pending, compute
@@ -66,6 +66,7 @@ class Pipeline:
         self.history = History(c.strip_length)
         self.diagnostics = Diagnostics(c.entropy_collapse, c.uniform_entropy)
         self.layers: list[str] = []  # every layer logged so far, for the custom-scalars layout
+        self.previous_stats: PreviousStats | None = None  # for the stats pictures' change panels
         self._warned: set[str] = set()
         self.messages: list[str] = []
 
@@ -121,7 +122,9 @@ class Pipeline:
                 _scalars(out.scalars, tags, metric, st.layer, per_head, c.head_stats)
         if c.histograms:
             self._step("histograms", lambda: _histograms(out.histograms, tags, records))
-        self._pictures(out, views, records, job)
+        self._pictures(out, views, records, job, stats, drift)
+        if stats:
+            self.previous_stats = (job.step, stats, drift)
         if c.dashboard:
             self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, records, labels, job))
         if c.save_captures and self.setup.log_dir is not None and views:
@@ -235,15 +238,24 @@ class Pipeline:
         return {layer: np.mean(values, axis=0) for layer, values in per_layer.items()}
 
     def _pictures(
-        self, out: Outputs, views: list[AttentionView], records: list[AttentionMap], job: Job
+        self,
+        out: Outputs,
+        views: list[AttentionView],
+        records: list[AttentionMap],
+        job: Job,
+        stats: list[LayerStats],
+        drift: dict[str, np.ndarray],
     ) -> None:
         tags = self.setup.tags
-        for kind, draw in picture_groups(self.setup, self.history, views, records, job):
+        groups = picture_groups(
+            self.setup, self.history, views, records, job, stats, drift, self.previous_stats
+        )
+        for kind, draw in groups:
             pictures = self._step(f"drawing the {kind} pictures", draw) or []
             for p in pictures:
                 png = self._step(f"encoding the {kind} pictures", lambda p=p: encode_png(p.image))
                 if png is not None:
-                    tag = tags.picture(p.kind if p.head is None else "heatmap", p.sample, p.layer, p.head)
+                    tag = picture_tag(tags, p)
                     out.pictures.append(
                         EncodedPicture(
                             tag, p.kind, p.sample, p.layer, png, p.image.shape[1], p.image.shape[0]

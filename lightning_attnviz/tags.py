@@ -11,6 +11,9 @@ a monitor given ``name="x"`` writes ``attention_x/...``, ``attention_stats_x/...
 - ``attention/sample_<i>/<layer>/overlay`` and ``.../overlay_heads``: attention over the image
 - ``attention/sample_<i>/atlas``: every layer × head of the sample
 - ``attention/sample_<i>/rollout``: attention rollout over the image
+- ``attention/stats/<metric>``: per metric (``entropy_norm``, ``distance``, ``sink``, ``max_weight``,
+  ``drift``) one layer × head matrix of the whole model, averaged over the fixed samples, with the
+  change since the previous capture
 - ``attention/modules``: text table of the attention modules, once per fit (and again when new
   layers appear); stored as ``attention/modules/text_summary``
 - ``attention_stats/<metric>/<layer>/mean``: per layer, averaged over heads and the fixed samples;
@@ -69,6 +72,10 @@ class Tags:
         if layer is None:
             return f"{base}/{kind}"
         return f"{base}/{clean(layer)}/{kind if head is None else f'head_{head}'}"
+
+    def stats_picture(self, metric: str) -> str:
+        """The layer × head matrix of one metric (one picture per capture, for the whole model)."""
+        return f"{self.pictures}/stats/{metric}"
 
     def stat(self, metric: str, layer: str, head: int | None = None) -> str:
         return f"{self.stats}/{metric}/{clean(layer)}/{'mean' if head is None else f'head_{head}'}"

@@ -1,6 +1,8 @@
 """AttentionMonitor in a real Trainer, writing real TensorBoard event files."""
 
+import csv
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -42,11 +44,13 @@ def test_documented_tags_one_step_per_capture(tmp_path):
         for layer in layers:
             for kind in ("heatmap", "head_1", "heads", "evolution"):  # arrows only when asked for
                 expected.add(f"attention/sample_{s}/{layer}/{kind}")
+    # the whole model's layer × head matrices, one per metric (drift from the second capture on)
+    expected |= {f"attention/stats/{m}" for m in ("entropy_norm", "distance", "sink", "max_weight", "drift")}
     assert set(events.Tags()["images"]) == expected
     steps = [3, 6, 9]  # one capture per validation run, at trainer.global_step
     for tag in expected:
         images = events.Images(tag)
-        assert [e.step for e in images] == steps, tag
+        assert [e.step for e in images] == (steps[1:] if tag.endswith("stats/drift") else steps), tag
         if not tag.endswith("evolution"):
             assert len({(e.width, e.height) for e in images}) == 1, tag  # same size every capture
         assert _png(images[-1]).std() > 0.05, tag  # not blank
@@ -184,12 +188,31 @@ def test_numpy_integers_and_floats_are_accepted():
 
 
 def test_no_tensorboard_logger_warns_once_and_training_goes_on(tmp_path):
-    trainer = make_trainer(tmp_path, [AttentionMonitor()], logger=CSVLogger(tmp_path))
-    with pytest.warns(
-        RuntimeWarning, match=r"found no TensorBoardLogger in `trainer.loggers`.*TensorBoardLogger"
-    ):
+    """Without a TensorBoardLogger the monitor still logs: a CSVLogger gets the scalars in
+    metrics.csv and the pictures as PNG files (a CSV cannot hold them), without a warning; only a
+    Trainer without any logger is told that nothing is logged (once)."""
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    trainer = make_trainer(tmp_path, [AttentionMonitor()], logger=logger)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
         trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
     assert trainer.state.finished
+    assert not [w for w in record if "AttentionMonitor" in str(w.message)]
+    stat = "attention_stats/entropy/model.h.0.attn/mean"
+    with open(f"{logger.log_dir}/metrics.csv", newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f) if r.get(stat)] == [3, 6]
+    for step in (3, 6):
+        picture = imread(f"{logger.log_dir}/attention/step_{step}/sample_0/model.h.0.attn/heatmap.png")
+        assert picture.ndim == 3 and picture.shape[0] > 50
+
+    trainer = make_trainer(tmp_path, [AttentionMonitor()], logger=False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+    assert trainer.state.finished
+    told = [w for w in record if "nothing is logged" in str(w.message)]
+    assert len(told) == 1 and told[0].category is RuntimeWarning
+    assert "`logger=False`" in str(told[0].message)
 
 
 def test_no_attention_modules_warns(tmp_path):

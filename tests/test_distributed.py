@@ -86,9 +86,11 @@ def test_ddp_logs_once_from_rank_zero_and_ranks_stay_in_step(tmp_path, record_pr
         for layer in layers
         for kind in ("heatmap", "head_1", "heads", "evolution")  # the default plots
     }
+    expected |= {f"attention/stats/{m}" for m in ("entropy_norm", "distance", "sink", "max_weight", "drift")}
     assert set(events.Tags()["images"]) == expected
     for tag in expected:
-        assert [e.step for e in events.Images(tag)] == [2, 4], tag  # one image per capture, no duplicate
+        steps = [4] if tag.endswith("stats/drift") else [2, 4]  # drift: from the second capture on
+        assert [e.step for e in events.Images(tag)] == steps, tag  # one image per capture, no duplicate
     assert len(events.Tensors(MODULES_TAG + "/text_summary")) == 1
     saved = sorted(p.name for p in (log_dir / CAPTURE_DIR).iterdir())
     assert saved == ["step_00000002.npz", "step_00000004.npz"]
