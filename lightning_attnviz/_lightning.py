@@ -8,7 +8,7 @@ callback recognises loggers and strategies by the classes of every installed pac
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -29,6 +29,11 @@ CALLBACKS: tuple[type, ...] = tuple(_load("callbacks:Callback"))
 if not CALLBACKS:  # pragma: no cover - the package declares pytorch-lightning as a dependency
     raise ImportError("lightning_attnviz needs `pytorch_lightning` or `lightning` installed")
 TENSORBOARD_LOGGERS: tuple[type, ...] = tuple(_load("loggers:TensorBoardLogger"))
+# Importing these classes imports neither wandb nor mlflow: Lightning loads the clients lazily.
+WANDB_LOGGERS: tuple[type, ...] = tuple(_load("loggers:WandbLogger"))
+MLFLOW_LOGGERS: tuple[type, ...] = tuple(_load("loggers:MLFlowLogger"))
+CSV_LOGGERS: tuple[type, ...] = tuple(_load("loggers:CSVLogger"))
+LoggerKind = Literal["tensorboard", "wandb", "mlflow", "csv", "other"]
 # Strategies that split the model across ranks: every rank must run the capture forward together.
 SHARDED: tuple[type, ...] = tuple(
     cls
@@ -41,6 +46,19 @@ REPLICATED: tuple[type, ...] = tuple(_load("strategies:DDPStrategy"))
 
 def is_tensorboard(logger: Any) -> bool:
     return isinstance(logger, TENSORBOARD_LOGGERS)
+
+
+def logger_kind(logger: Any) -> LoggerKind:
+    """Which sink a logger of either Lightning package gets (subclasses count as their base)."""
+    for kind, classes in (
+        ("tensorboard", TENSORBOARD_LOGGERS),
+        ("wandb", WANDB_LOGGERS),
+        ("mlflow", MLFLOW_LOGGERS),
+        ("csv", CSV_LOGGERS),
+    ):
+        if isinstance(logger, classes):
+            return kind  # type: ignore[return-value]
+    return "other"
 
 
 def capture_on_every_rank(strategy: Any, world_size: int) -> bool:
@@ -57,22 +75,22 @@ def capture_on_every_rank(strategy: Any, world_size: int) -> bool:
     return not isinstance(strategy, REPLICATED)
 
 
-def logging_problem(trainer: Any) -> tuple[str | None, list]:
-    """Why nothing can be logged in this fit (or ``None``), and the TensorBoard loggers."""
+def logging_problem(trainer: Any) -> str | None:
+    """Why nothing can be logged in this fit, or ``None``; decided alike on every rank (a sharded
+    capture forward needs every rank to agree on capturing). Which logger gets what is
+    :class:`lightning_attnviz.loggers.LoggerSinks`'s."""
     if getattr(trainer, "fast_dev_run", False):
-        message = (
+        return (
             "AttentionMonitor: nothing is logged under `fast_dev_run` (Lightning replaces the loggers with "
             "a dummy one), so no attention is captured."
         )
-        return message, []
-    boards = [lg for lg in trainer.loggers if is_tensorboard(lg)]
-    if not boards:
-        message = (
-            "AttentionMonitor found no TensorBoardLogger in `trainer.loggers` and will draw nothing. "
-            "Add one: `Trainer(logger=TensorBoardLogger('logs'))`."
+    if not trainer.loggers:
+        return (
+            "AttentionMonitor: the Trainer has no logger (`logger=False`), so nothing is logged and no "
+            "attention is captured. Add one: TensorBoardLogger gets everything; WandbLogger, MLFlowLogger "
+            "and CSVLogger get the pictures and scalars."
         )
-        return message, []
-    return None, boards
+    return None
 
 
 def to_device(batch: Any, device: Any) -> Any:

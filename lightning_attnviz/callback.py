@@ -11,6 +11,7 @@ from lightning_attnviz.config import MonitorConfig, default_plots
 from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention
 from lightning_attnviz.drawing import Drawing, warn
 from lightning_attnviz.fixed import capture_forward, describe, first_val_batch, module_rows
+from lightning_attnviz.loggers import LoggerSinks
 from lightning_attnviz.pipeline import Job, Setup, job_from_state
 from lightning_attnviz.samples import Tokens, batch_rows, default_forward, first_rows, token_labeller
 from lightning_attnviz.tags import Tags
@@ -134,7 +135,10 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
                 f"`name`: this Trainer has several AttentionMonitors with name={self.config.name!r}; their "
                 "tags and files would overwrite each other. Give each a distinct `name=`."
             )
-        problem, boards = lit.logging_problem(trainer)
+        if getattr(self, "_sinks", None) is not None:
+            self._sinks.close()  # the previous fit's: its loggers as they were
+        self._sinks = sinks = LoggerSinks.plan(trainer, self.config.stats)
+        problem = lit.logging_problem(trainer) or sinks.problem
         if problem is None:
             try:
                 self._sites = find_attention(pl_module, self.config.modules)
@@ -152,12 +156,14 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._everywhere = lit.capture_on_every_rank(trainer.strategy, trainer.world_size)
         self._enabled = True
         if trainer.is_global_zero:
-            board = str(boards[0].log_dir)
+            sinks.open()  # each logger gets what it can show; the first TensorBoardLogger everything
+            for message in sinks.warnings:
+                warn(message)
             config = replace(self.config, sample_input=None, forward_fn=None, tokens=None, modules=None)
             plots = default_plots(self.config, grid is not None)
-            saves = board if self.config.save_captures else None
+            saves = sinks.captures_dir if self.config.save_captures else None
             self._setup = Setup(config, plots, grid, Tags(self.config.name), saves)
-            self._drawing = Drawing(self._setup, board)
+            self._drawing = Drawing(self._setup, sinks.tensorboard_dir, on_outputs=sinks.on_outputs)
 
     # -- when ---------------------------------------------------------------------------------------
 
