@@ -9,7 +9,7 @@ from typing import Any, Literal
 from lightning_attnviz import _lightning as lit
 from lightning_attnviz.config import MonitorConfig, default_plots
 from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention
-from lightning_attnviz.drawing import Drawing, warn
+from lightning_attnviz.drawing import DRAIN_SECONDS, INTERRUPT_SECONDS, Drawing, warn
 from lightning_attnviz.fixed import capture_forward, describe, first_val_batch, module_rows
 from lightning_attnviz.loggers import LoggerSinks
 from lightning_attnviz.pipeline import Job, Setup, job_from_state
@@ -117,7 +117,8 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._setup: Setup | None = None
         self._last_step: int | None = None
         self._modules_due = True
-        self._labels: tuple | None = None
+        self._labels: tuple | None = None  # per sample: source tokens, target (decoder) tokens
+        self._targets: tuple = ()
         self._images: tuple = ()
         self._warned: set[str] = set()
 
@@ -135,8 +136,6 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
                 f"`name`: this Trainer has several AttentionMonitors with name={self.config.name!r}; their "
                 "tags and files would overwrite each other. Give each a distinct `name=`."
             )
-        if getattr(self, "_sinks", None) is not None:
-            self._sinks.close()  # the previous fit's: its loggers as they were
         self._sinks = sinks = LoggerSinks.plan(trainer, self.config.stats)
         problem = lit.logging_problem(trainer) or sinks.problem
         if problem is None:
@@ -236,11 +235,16 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         if drawing is None or self._setup is None:
             return  # a rank that only takes part in a sharded forward: rank 0 draws
         if self._labels is None:
-            self._labels, self._images = describe(fixed, self._label, self._setup.grid, self.config, warn)
+            self._labels, self._targets, self._images = describe(
+                fixed, self._label, self._setup.grid, self.config, warn
+            )
         modules = module_rows(self._sites, cap) if self._modules_due else ()
         self._modules_due = False
         epoch, diagnose = trainer.current_epoch, not trainer.sanity_checking
-        drawing.submit(Job(step, epoch, tuple(cap.pending), self._labels, self._images, diagnose, modules))
+        pending = tuple(cap.pending)
+        drawing.submit(
+            Job(step, epoch, pending, self._labels, self._images, diagnose, modules, self._targets)
+        )
 
     def _take(self, batch: Any) -> None:
         if batch is None:
@@ -295,14 +299,19 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._close(wait=True)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._close(wait=True)
+        """Ctrl-C or an error: what was captured is still written (a shorter bounded wait), and what
+        could not be is counted in a warning."""
+        self._close(wait=True, seconds=INTERRUPT_SECONDS)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Everything captured is drawn and written before this returns; safe to call twice."""
         self._close(wait=True)
 
-    def _close(self, wait: bool) -> None:
+    def _close(self, wait: bool, seconds: float = DRAIN_SECONDS) -> None:
         if self._drawing is not None:
-            self._drawing.close(wait)
+            self._drawing.close(wait, seconds)
             self._restored, self._seconds_per_capture = self._drawing.restored, self._drawing.seconds
             self._drawing = None
+        if getattr(self, "_sinks", None) is not None:
+            self._sinks.close()  # the loggers as they were before this fit
+            self._sinks = None

@@ -19,6 +19,7 @@ from lightning_attnviz.render import Picture, render_views
 from lightning_attnviz.render_stats import StatsPicture, render_stats
 from lightning_attnviz.render_vision import overlay, overlay_grid
 from lightning_attnviz.tags import Tags
+from lightning_attnviz.vision import PatchGrid
 
 # what the stats matrices of the previous capture were drawn from: (step, stats, drift)
 PreviousStats = tuple[int, Sequence[LayerStats], Mapping[str, np.ndarray]]
@@ -86,7 +87,7 @@ def stats_pictures(
 
 def vision(setup: Setup, kind: str, records: list[AttentionMap], job: Job) -> list[Picture]:
     """Attention over the image: CLS → patches (or the mean received) per layer, and rollout."""
-    grid, c = setup.grid, setup.config
+    grid = setup.grid
     if grid is None:
         return []
     on_grid = [
@@ -94,37 +95,30 @@ def vision(setup: Setup, kind: str, records: list[AttentionMap], job: Job) -> li
     ]
     what = "CLS → patches" if grid.prefix_tokens else "mean attention received"
     heat_of = cls_to_patches if grid.prefix_tokens else mean_received
+    pools = [r for r in records if getattr(r, "layout", "token") == "pool" and r.block == (1, 1)]
     pictures = []
     for sample, image in enumerate(job.images):
         on_sample = [r for r in on_grid if sample < r.weights.shape[0]]
-        if kind == "rollout" and on_sample:
-            rolled = rollout(
-                [r.weights[sample] for r in on_sample],
-                c.rollout_fusion,
-                c.rollout_discard,
-                grid.prefix_tokens,
-            )
-            heat = heat_of(rolled[None], grid)[0]
-            note = f"{len(on_sample)} layers, {c.rollout_fusion} over heads"
-            note += f", {c.rollout_discard:.0%} discarded" if c.rollout_discard else ""
-            title = ("attention rollout", f"sample {sample} · step {job.step}")
-            pictures.append(
-                Picture(
-                    "rollout",
-                    sample,
-                    None,
-                    overlay(image, heat, title, f"{note}; {what}", grid.patch_size),
-                )
-            )
+        rows = [_pool_row(r, sample, grid) for r in pools]
+        if kind == "rollout":
+            if on_sample:
+                readout = next((row for row in rows if row is not None), None)
+                pictures.append(_rollout(setup, image, on_sample, sample, readout, job.step))
             continue
-        for r in on_sample if kind != "rollout" else []:
+        for r in on_sample:
             heats = heat_of(r.weights[sample], grid)  # (heads, rows, cols)
-            title = (r.key, f"sample {sample} · step {job.step}")
-            if kind == "overlay":
-                image_out = overlay(image, heats.mean(axis=0), title, f"head mean; {what}", grid.patch_size)
-            else:
-                image_out = overlay_grid(image, heats, title, what, grid.patch_size)
-            pictures.append(Picture(kind, sample, r.key, image_out))
+            pictures.append(
+                _over(kind, sample, image, heats, (r.key, f"sample {sample} · step {job.step}"), what, grid)
+            )
+        for r, row in zip(pools, rows, strict=True):
+            if row is not None:  # the latent → patches row the classifier reads
+                heats = row[:, grid.prefix_tokens :].reshape(-1, grid.rows, grid.cols)
+                note = "attention pool → patches (what the classifier reads), mean over latents"
+                pictures.append(
+                    _over(
+                        kind, sample, image, heats, (r.key, f"sample {sample} · step {job.step}"), note, grid
+                    )
+                )
     return pictures
 
 
@@ -135,7 +129,8 @@ def tab_records(
     maps kept whole, so patches stay patches) and, for images, the picture itself."""
     grid, c = setup.grid, setup.config
     limit = max(c.dashboard_tokens, grid.length if grid is not None else 0)
-    for view in make_views(records, labels, limit):
+    targets = [None if x is None else list(x) for x in job.target_labels]
+    for view in make_views(records, labels, limit, targets):
         on_grid = grid is not None and not view.note and view.weights.shape[-1] == grid.length
         image = job.images[view.sample] if on_grid and view.sample < len(job.images) else None
         blob = record.encode_map(
@@ -152,3 +147,61 @@ def tab_records(
             prefix_tokens=grid.prefix_tokens if on_grid and grid is not None else 0,
         )
         into.append((setup.tags.tab(view.sample, view.layer), blob))
+
+
+def _pool_row(record: AttentionMap, sample: int, grid: PatchGrid) -> np.ndarray | None:
+    """An attention pool's weights on the grid's tokens, ``(heads, grid.length)``, averaged over its
+    latent queries (keys that are only the patches get zero prefix columns); ``None`` if its keys are
+    not this grid's tokens."""
+    if sample >= record.weights.shape[0]:
+        return None
+    w = record.weights[sample].double().numpy().mean(axis=-2)  # (heads, keys)
+    if w.shape[-1] == grid.length:
+        return w
+    if w.shape[-1] == grid.patches:
+        return np.concatenate([np.zeros((w.shape[0], grid.prefix_tokens)), w], axis=-1)
+    return None
+
+
+def _over(
+    kind: str, sample: int, image: np.ndarray, heats: np.ndarray, title: tuple, what: str, grid: PatchGrid
+) -> Picture:
+    """One layer's heat over the image: the head mean (``overlay``) or every head (``overlay_heads``)."""
+    if kind == "overlay":
+        return Picture(
+            kind,
+            sample,
+            title[0],
+            overlay(image, heats.mean(axis=0), title, f"head mean; {what}", grid.patch_size),
+        )
+    return Picture(kind, sample, title[0], overlay_grid(image, heats, title, what, grid.patch_size))
+
+
+def _rollout(
+    setup: Setup,
+    image: np.ndarray,
+    records: list[AttentionMap],
+    sample: int,
+    readout: np.ndarray | None,
+    step: int,
+) -> Picture:
+    """Attention rollout through the layers over the image, read out by the CLS token, the attention
+    pool's row when the model has one, or the mean attention received."""
+    grid, c = setup.grid, setup.config
+    assert grid is not None  # vision() returns early without a grid
+    rolled = rollout(
+        [r.weights[sample] for r in records], c.rollout_fusion, c.rollout_discard, grid.prefix_tokens
+    )
+    note = f"{len(records)} layers, {c.rollout_fusion} over heads"
+    note += f", {c.rollout_discard:.0%} discarded" if c.rollout_discard else ""
+    if readout is not None:
+        heat = (readout.mean(axis=0) @ rolled)[grid.prefix_tokens :].reshape(grid.rows, grid.cols)
+        note += "; read out by the attention pool"
+    elif grid.prefix_tokens:
+        heat = cls_to_patches(rolled[None], grid)[0]
+        note += "; CLS → patches"
+    else:
+        heat = mean_received(rolled[None], grid)[0]
+        note += "; mean attention received"
+    title = ("attention rollout", f"sample {sample} · step {step}")
+    return Picture("rollout", sample, None, overlay(image, heat, title, note, grid.patch_size))

@@ -12,8 +12,8 @@ from lightning_attnviz import _lightning as lit
 from lightning_attnviz.capture import AttentionCapture
 from lightning_attnviz.config import MonitorConfig
 from lightning_attnviz.discover import AttentionSite
+from lightning_attnviz.samples import axis_labels
 from lightning_attnviz.samples import images as sample_images
-from lightning_attnviz.samples import token_labels
 from lightning_attnviz.vision import PatchGrid
 
 
@@ -69,12 +69,13 @@ def describe(
     grid: PatchGrid | None,
     config: MonitorConfig,
     warn: Callable[[str], None],
-) -> tuple[tuple, tuple]:
-    """Token labels and displayable images of the fixed samples; a failing labeller costs the labels
-    (positions are shown), never the capture."""
+) -> tuple[tuple, tuple, tuple]:
+    """Source token labels, target (decoder) token labels and displayable images of the fixed
+    samples; a failing labeller costs the labels (positions are shown), never the capture."""
     n = config.samples
     try:
-        labels = token_labels(fixed, labeller, grid, n)
+        axes = axis_labels(fixed, labeller, grid, n)
+        labels, targets = axes["source"], axes["target"]
     except BaseException as err:  # even SystemExit from a user's labeller; never Ctrl-C
         if isinstance(err, KeyboardInterrupt):
             raise
@@ -83,26 +84,32 @@ def describe(
             "axes show positions instead."
         )
         labels = [None if grid is None else grid.labels()] * n
+        targets = [None] * n
     images: list = []
     if grid is not None:
         try:
             images = sample_images(fixed, config.image_mean, config.image_std)
         except (ValueError, RuntimeError, TypeError) as err:
             warn(f"AttentionMonitor: the sample images cannot be shown ({err}); no overlays are drawn.")
-    return tuple(None if x is None else tuple(x) for x in labels), tuple(images)
+    as_tuples = lambda rows: tuple(None if x is None else tuple(x) for x in rows)  # noqa: E731
+    return as_tuples(labels), as_tuples(targets), tuple(images)
 
 
 def module_rows(sites: list[AttentionSite], cap: AttentionCapture) -> tuple[tuple[str, str, str, str], ...]:
-    """name, type, heads and capture path of every attention module, for the module table."""
+    """name, type, heads and how each attention module was captured, for the module table; a layout
+    capture declares unsupported says so, and a map that is not plain token attention carries its note."""
     paths: dict[str, set[str]] = {}
+    notes: dict[str, set[str]] = {}
     for p in cap.pending:
         paths.setdefault(p.module, set()).add(p.path)
-    return tuple(
-        (
-            s.name,
-            s.module_type,
-            str(s.num_heads or "?"),
-            ", ".join(sorted(paths.get(s.name, ()))) or "not called",
-        )
-        for s in sites
-    )
+        if getattr(p, "note", None):
+            notes.setdefault(p.module, set()).add(p.note)
+    skipped = getattr(cap, "skipped", {})
+
+    def how(name: str) -> str:
+        if name in skipped:
+            return f"not captured: {skipped[name]}"
+        via = ", ".join(sorted(paths.get(name, ()))) or "not called"
+        return "; ".join([via, *sorted(notes.get(name, ()))])
+
+    return tuple((s.name, s.module_type, str(s.num_heads or "?"), how(s.name)) for s in sites)

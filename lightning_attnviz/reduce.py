@@ -50,20 +50,30 @@ def make_views(
     records: Sequence[AttentionMap],
     labels: Sequence[Sequence[str] | None],
     max_tokens: int = 64,
+    target_labels: Sequence[Sequence[str] | None] = (),
 ) -> list[AttentionView]:
     """One view per (sample, record), in sample-major then forward order.
 
     Args:
         records: captured maps of the fixed samples.
-        labels: per sample, one label per token, or ``None`` for positions. Labels are used for an
-            axis whose length matches them (keys of a cross-attention get positions).
+        labels: per sample, one label per source token (``input_ids``, or image patches), or
+            ``None`` for positions.
         max_tokens: longer axes are block-pooled to at most this many rows/columns.
+        target_labels: per sample, the decoder's tokens. Each axis is labelled from the token axis
+            the record names (:attr:`AttentionMap.axes`): a cross-attention's queries are target
+            tokens and its keys source tokens. An axis whose length does not match its labels shows
+            positions.
     """
     views = []
     samples = min((r.weights.shape[0] for r in records), default=0)
     for sample in range(samples):
-        tokens = labels[sample] if sample < len(labels) else None
+        per_axis = {
+            "source": labels[sample] if sample < len(labels) else None,
+            "target": target_labels[sample] if sample < len(target_labels) else None,
+        }
         for record in records:
+            axes = getattr(record, "axes", ("source", "source"))
+            q_tokens, k_tokens = per_axis.get(axes[0]), per_axis.get(axes[1])
             weights = record.weights[sample].numpy()
             visible = None
             if record.visible is not None:  # broadcastable to (s, H, q, k)
@@ -77,8 +87,8 @@ def make_views(
                     sample=sample,
                     weights=np.ascontiguousarray(weights, dtype=np.float32),
                     visible=None if visible is None else np.ascontiguousarray(visible),
-                    q_labels=_labels(tokens, q_len),
-                    k_labels=_labels(tokens, k_len),
+                    q_labels=_labels(q_tokens, q_len),
+                    k_labels=_labels(k_tokens, k_len),
                 ),
                 max_tokens,
                 length=(q_len, k_len),

@@ -130,8 +130,8 @@ def test_bf16_true_logs_every_capture(tmp_path):
     events = read_events(trainer.logger.log_dir)
     tags = events.Tags()["images"]
     assert HEATMAP in tags
-    for tag in tags:
-        assert _steps(events, tag) == [3, 6], tag
+    for tag in tags:  # drift, a change, exists from the second capture on
+        assert _steps(events, tag) == ([6] if tag.endswith("/drift") else [3, 6]), tag
     assert _steps(events, "attention_stats/entropy/model.h.0.attn/mean", "Scalars") == [3, 6]
 
 
