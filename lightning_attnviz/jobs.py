@@ -37,6 +37,7 @@ class Job:
     images: tuple[np.ndarray, ...]  # per sample, (H, W, 3) float in [0, 1] (vision runs)
     diagnose: bool  # False for the sanity check: an untrained model's uniform heads are no news
     modules: tuple[tuple[str, str, str, str], ...] = ()  # module table rows, when it is due
+    target_labels: tuple[tuple[str, ...] | None, ...] = ()  # decoder tokens per sample (encoder–decoder)
 
 
 def job_state(job: Job) -> dict[str, Any]:
@@ -56,6 +57,7 @@ def job_state(job: Job) -> dict[str, Any]:
         "pending": pending,
         "diagnose": job.diagnose,
         "labels": [None if x is None else list(x) for x in job.labels],
+        "target_labels": [None if x is None else list(x) for x in job.target_labels],
         "images": [torch.from_numpy(np.ascontiguousarray(x)) for x in job.images],
     }
 
@@ -75,5 +77,6 @@ def job_from_state(state: dict[str, Any]) -> Job:
         pending=pending,
         diagnose=state["diagnose"],
         labels=tuple(None if x is None else tuple(x) for x in state["labels"]),
+        target_labels=tuple(None if x is None else tuple(x) for x in state.get("target_labels", ())),
         images=tuple(x.numpy() for x in state["images"]),
     )

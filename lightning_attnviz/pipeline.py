@@ -82,8 +82,8 @@ class Pipeline:
         being drawn when a checkpoint was saved."""
         c = self.setup.config
         records = self._select(self._compute(job.pending, 1))
-        labels = [list(x) if x is not None else None for x in job.labels]
-        self._drift(make_views(records, labels, c.max_tokens), job)
+        labels, targets = _labels(job)
+        self._drift(make_views(records, labels, c.max_tokens, targets), job)
 
     def run(self, job: Job) -> tuple[Outputs, list[str]]:
         """Outputs of one capture and the warnings it raised (each at most once per fit)."""
@@ -111,8 +111,8 @@ class Pipeline:
         if new_layers and c.stats:
             self.layers += new_layers
             out.layout = tags.layout(self.layers, c.head_stats)
-        labels = [list(x) if x is not None else None for x in job.labels]
-        views = self._step("reduction", lambda: make_views(records, labels, c.max_tokens)) or []
+        labels, targets = _labels(job)
+        views = self._step("reduction", lambda: make_views(records, labels, c.max_tokens, targets)) or []
         drift = self._drift(views, job)
         for st in stats:
             values = {m: getattr(st, m) for m in LayerStats.METRICS}
@@ -289,3 +289,10 @@ def _histograms(
         if values.numel():
             stride = max(1, values.numel() // max_values)
             into[tags.histogram(r.key)] = values[::stride].numpy()
+
+
+def _labels(job: Job) -> tuple[list, list]:
+    """The source and target (decoder) labels per sample, as lists."""
+    return [None if x is None else list(x) for x in job.labels], [
+        None if x is None else list(x) for x in job.target_labels
+    ]
