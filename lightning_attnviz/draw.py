@@ -130,7 +130,7 @@ def tab_records(
     grid, c = setup.grid, setup.config
     limit = max(c.dashboard_tokens, grid.length if grid is not None else 0)
     targets = [None if x is None else list(x) for x in job.target_labels]
-    for view in make_views(records, labels, limit, targets):
+    for view in make_views(records, labels, limit, targets, grid.labels() if grid is not None else None):
         on_grid = grid is not None and not view.note and view.weights.shape[-1] == grid.length
         image = job.images[view.sample] if on_grid and view.sample < len(job.images) else None
         blob = record.encode_map(

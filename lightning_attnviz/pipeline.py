@@ -83,7 +83,8 @@ class Pipeline:
         c = self.setup.config
         records = self._select(self._compute(job.pending, 1))
         labels, targets = _labels(job)
-        self._drift(make_views(records, labels, c.max_tokens, targets), job)
+        grid = self.setup.grid.labels() if self.setup.grid is not None else None
+        self._drift(make_views(records, labels, c.max_tokens, targets, grid), job)
 
     def run(self, job: Job) -> tuple[Outputs, list[str]]:
         """Outputs of one capture and the warnings it raised (each at most once per fit)."""
@@ -112,7 +113,10 @@ class Pipeline:
             self.layers += new_layers
             out.layout = tags.layout(self.layers, c.head_stats)
         labels, targets = _labels(job)
-        views = self._step("reduction", lambda: make_views(records, labels, c.max_tokens, targets)) or []
+        grid = self.setup.grid.labels() if self.setup.grid is not None else None
+        views = (
+            self._step("reduction", lambda: make_views(records, labels, c.max_tokens, targets, grid)) or []
+        )
         drift = self._drift(views, job)
         for st in stats:
             values = {m: getattr(st, m) for m in LayerStats.METRICS}

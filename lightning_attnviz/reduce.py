@@ -51,6 +51,7 @@ def make_views(
     labels: Sequence[Sequence[str] | None],
     max_tokens: int = 64,
     target_labels: Sequence[Sequence[str] | None] = (),
+    grid_labels: Sequence[str] | None = None,
 ) -> list[AttentionView]:
     """One view per (sample, record), in sample-major then forward order.
 
@@ -87,8 +88,8 @@ def make_views(
                     sample=sample,
                     weights=np.ascontiguousarray(weights, dtype=np.float32),
                     visible=None if visible is None else np.ascontiguousarray(visible),
-                    q_labels=_labels(q_tokens, q_len),
-                    k_labels=_labels(k_tokens, k_len),
+                    q_labels=_labels(q_tokens, q_len, grid_labels),
+                    k_labels=_labels(k_tokens, k_len, grid_labels),
                 ),
                 max_tokens,
                 length=(q_len, k_len),
@@ -99,9 +100,10 @@ def make_views(
     return views
 
 
-def _labels(tokens: Sequence[str] | None, length: int) -> list[str]:
-    if tokens is not None and len(tokens) == length:
-        return [str(t) for t in tokens]
+def _labels(tokens: Sequence[str] | None, length: int, grid: Sequence[str] | None = None) -> list[str]:
+    for labels in (tokens, grid):
+        if labels is not None and len(labels) == length:
+            return [str(t) for t in labels]
     return [str(i) for i in range(length)]
 
 

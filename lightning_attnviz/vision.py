@@ -195,6 +195,7 @@ def find_grid(model: torch.nn.Module) -> PatchGrid | None:
         if (
             getattr(config, "patch_size", None) is not None
             and getattr(config, "image_size", None) is not None
+            and "swin" not in str(getattr(config, "model_type", ""))  # windows, no CLS: not a ViT grid
         ):
             return grid_from_hf(config)
     return None

@@ -98,3 +98,44 @@ def test_decoder_axes_are_labelled_with_target_tokens(tmp_path):
     assert cross.q_labels == target and cross.k_labels == source  # target queries read source keys
     heatmap = read_events(trainer.logger.log_dir).Images(f"attention/sample_0/{cross.layer}/heatmap")[0]
     assert np.asarray(Image.open(io.BytesIO(heatmap.encoded_image_string))).std() > 10
+
+
+class LitClip(pl.LightningModule):
+    """A small Hugging Face CLIP fed token ids and images together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import transformers as tf
+
+        small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+        vision = dict(small, image_size=32, patch_size=8)
+        config = tf.CLIPConfig(text_config=dict(small, vocab_size=50), vision_config=vision, projection_dim=16)
+        self.clip = tf.CLIPModel(config)
+
+    def forward(self, input_ids, pixel_values):
+        return self.clip(input_ids=input_ids, pixel_values=pixel_values).logits_per_image
+
+    def training_step(self, batch, _):
+        logits = self(**batch)
+        return F.cross_entropy(logits, torch.arange(len(logits)))
+
+    def validation_step(self, batch, _):
+        self.log("val_loss", self.training_step(batch, _))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def test_a_vision_tower_beside_a_text_model_is_labelled_by_patches(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ids, images = torch.randint(0, 49, (8, 6), generator=g), torch.randn(8, 3, 32, 32, generator=g)
+    rows = [{"input_ids": i, "pixel_values": p} for i, p in zip(ids, images, strict=True)]
+    loader = torch.utils.data.DataLoader(rows, batch_size=4)
+    vocab = [f"w{i}" for i in range(50)]
+    trainer = make_trainer(tmp_path, [AttentionMonitor(tokens=vocab, plots=["heatmap"])], max_epochs=1)
+    trainer.fit(LitClip(), loader, loader)
+    saved = load_capture(next((tmp_path / "tb" / "version_0" / Tags().captures_dir).glob("*.npz")))
+    text = next(v for v in saved.views if "text_model" in v.layer and v.sample == 0)
+    vision = next(v for v in saved.views if "vision_model" in v.layer and v.sample == 0)
+    assert text.q_labels == [vocab[i] for i in ids[0].tolist()]
+    assert vision.q_labels == PatchGrid((4, 4), 1, (8, 8)).labels()  # CLS, then row,column
