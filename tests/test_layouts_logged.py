@@ -109,7 +109,8 @@ class LitClip(pl.LightningModule):
 
         small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
         vision = dict(small, image_size=32, patch_size=8)
-        config = tf.CLIPConfig(text_config=dict(small, vocab_size=50), vision_config=vision, projection_dim=16)
+        text = dict(small, vocab_size=50)
+        config = tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
         self.clip = tf.CLIPModel(config)
 
     def forward(self, input_ids, pixel_values):
