@@ -175,15 +175,19 @@ class AttentionCapture:
             self.skipped[name] = message
             warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
-    def _wrap(self, module: nn.Module, before: Callable[[tuple, dict], None]) -> None:
-        """Run ``before(args, kwargs)`` ahead of ``module``'s own forward, for this instance only."""
+    def _wrap(self, module: nn.Module, before: Callable[[tuple, dict], Callable[[Any], None] | None]) -> None:
+        """Run ``before(args, kwargs)`` ahead of ``module``'s own forward, for this instance only; what
+        it returns, if anything, is called with the forward's result."""
         if getattr(module.forward, "_attnviz_tap", False):
             return  # an encoder shared by several tapped layers is wrapped once
         original = module.forward
 
         def forward(*args: Any, **kwargs: Any) -> Any:
-            before(args, kwargs)
-            return original(*args, **kwargs)
+            after = before(args, kwargs)
+            result = original(*args, **kwargs)
+            if after is not None:
+                after(result)
+            return result
 
         self._set_forward(module, forward)
 

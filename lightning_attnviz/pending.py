@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_attnviz.health import Health, Probe, mha_probe, sdpa_probe
 from lightning_attnviz.pooling import Computed, RowStats
 from lightning_attnviz.weights import collect_weights, mha_weights, scores_weights, sdpa_weights
 
@@ -24,8 +25,11 @@ Path = Literal["sdpa", "mha", "eager_softmax", "flex"]
 class SDPAInputs:
     """The arguments of one ``F.scaled_dot_product_attention`` call, sampled rows only.
 
+    ``v`` and ``out`` (the kernel's own output) are kept for the fidelity check and value norms.
+
     Shape:
-        q: ``(s, ..., Hq, L, E)``; k: ``(s, ..., Hk, S, E)``; mask broadcastable to the scores.
+        q: ``(s, ..., Hq, L, E)``; k, v: ``(s, ..., Hk, S, E|Ev)``; mask broadcastable to the scores;
+        out: ``(s, ..., Hq, L, Ev)``.
     """
 
     q: Tensor
@@ -34,13 +38,17 @@ class SDPAInputs:
     causal: bool
     scale: float | None
     gqa: bool
+    v: Tensor | None = None
+    out: Tensor | None = None
 
 
 @dataclass(frozen=True)
 class MHAInputs:
     """What ``nn.MultiheadAttention`` projects queries and keys with, sampled rows only.
 
-    ``hide_padded_queries``: self-attention, where padded query rows get no weight.
+    ``hide_padded_queries``: self-attention, where padded query rows get no weight. ``value`` with the
+    value and output projections, and the module's ``output``, are for the fidelity check and value
+    norms (``output`` is ``None`` where it is not the attention's: a fused encoder layer).
     """
 
     query: Tensor
@@ -57,15 +65,24 @@ class MHAInputs:
     is_causal: bool
     batch_first: bool
     hide_padded_queries: bool
+    value: Tensor | None = None
+    v_weight: Tensor | None = None
+    v_bias: Tensor | None = None
+    bias_v: Tensor | None = None
+    out_weight: Tensor | None = None
+    out_bias: Tensor | None = None
+    output: Tensor | None = None
 
 
 @dataclass(frozen=True)
 class SoftmaxOutput:
     """The weights an eager attention computed itself, ``(s, H, L, S)``; ``padded_queries`` ``(s, L)``
-    (True: padding, from the batch's attention mask) when known."""
+    (True: padding, from the batch's attention mask) when known; ``max_logit`` ``(s, H)`` the largest
+    finite entry of the softmax's input (the logits)."""
 
     weights: Tensor
     padded_queries: Tensor | None = None
+    max_logit: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,7 @@ class AttentionMap:
         layout: :data:`~lightning_attnviz.layouts.Kind` of the module: ``"token"``, ``"pool"`` (the
             latent's row is the overlay) or ``"talking_heads"`` (softmax before the head mix).
         note: what the map shows where that is not plain token attention, for the module table.
+        health: max logit, fidelity and value norms (:class:`~lightning_attnviz.health.Health`).
     """
 
     key: str
@@ -155,6 +173,7 @@ class AttentionMap:
     axes: tuple[str, str] = ("source", "source")
     layout: str = "token"
     note: str | None = None
+    health: Health | None = None
 
 
 def compute(
@@ -174,10 +193,11 @@ def compute(
     """
     x = pending.inputs
     with torch.inference_mode(False), torch.no_grad():
+        probe = _probe(pending, sink_keys)
         if isinstance(x, SDPAInputs):
             samples = x.q.shape[0]
             result: Computed = sdpa_weights(
-                x.q, x.k, x.mask, x.causal, x.scale, x.gqa, samples, max_tokens, stats, sink_keys
+                x.q, x.k, x.mask, x.causal, x.scale, x.gqa, samples, max_tokens, stats, sink_keys, probe
             )
         elif isinstance(x, MHAInputs):
             result = mha_weights(
@@ -199,11 +219,13 @@ def compute(
                 max_tokens=max_tokens,
                 stats=stats,
                 sink_keys=sink_keys,
+                probe=probe,
             )
         elif isinstance(x, ScoresInputs):
-            result = scores_weights(x.scores, max_tokens, stats, sink_keys)
+            result = scores_weights(x.scores, max_tokens, stats, sink_keys, probe)
         else:
             result = collect_weights(x.weights, max_tokens, stats, sink_keys, x.padded_queries)
+        health = probe.result(x.max_logit if isinstance(x, SoftmaxOutput) else None)
     return AttentionMap(
         key=pending.key,
         module=pending.module,
@@ -222,7 +244,32 @@ def compute(
         axes=pending.axes,
         layout=pending.layout,
         note=pending.note,
+        health=health,
     )
+
+
+def _probe(pending: Pending, sink_keys: int) -> Probe:
+    """What reads the scores as they are computed: max logit, and fidelity where values were kept."""
+    x = pending.inputs
+    if isinstance(x, SDPAInputs):
+        return sdpa_probe(x.q, x.v, x.out, pending.dropout_p, sink_keys)
+    if isinstance(x, MHAInputs):
+        return mha_probe(
+            x.value,
+            x.output,
+            num_heads=x.num_heads,
+            batch_first=x.batch_first,
+            samples=_mha_samples(x),
+            v_weight=x.v_weight,
+            v_bias=x.v_bias,
+            bias_v=x.bias_v,
+            add_zero_attn=x.add_zero_attn,
+            out_weight=x.out_weight,
+            out_bias=x.out_bias,
+            dropout_p=pending.dropout_p,
+            sink_keys=sink_keys,
+        )
+    return Probe(sink_keys=sink_keys)
 
 
 def _mha_samples(x: MHAInputs) -> int:

@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_attnviz.discover import AttentionSite
 from lightning_attnviz.flex import FLEX_HOP
+from lightning_attnviz.health import logit_max
 from lightning_attnviz.layouts import folded_batch, folded_warning
 from lightning_attnviz.pending import MHAInputs, SDPAInputs, SoftmaxOutput
 
@@ -62,14 +63,16 @@ class _Interceptor(TorchFunctionMode):
         if cap._flex_calls and not torch.compiler.is_dynamo_compiling():
             cap._record_flex()
         if func is F.scaled_dot_product_attention:
-            self._sdpa(cap, site, args, kwargs)
+            self._sdpa(cap, site, args, kwargs, out)
         elif func in _SOFTMAX_FUNCS:
             self._softmax(cap, site, out, args, kwargs)
         elif func is F.multi_head_attention_forward:
-            self._mha_functional(cap, site, args, kwargs)
+            self._mha_functional(cap, site, args, kwargs, out)
         return out
 
-    def _sdpa(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
+    def _sdpa(
+        self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict, out: Any = None
+    ) -> None:
         bound = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
         q, k, mask = bound["query"], bound["key"], bound.get("attn_mask")
         if q.dim() >= 3 and folded_batch(q.shape[0], cap.call):
@@ -80,8 +83,14 @@ class _Interceptor(TorchFunctionMode):
         gqa = bool(bound.get("enable_gqa", False))
         scale = bound.get("scale")
         causal = bool(bound.get("is_causal", False))
+        v = bound.get("value")
+        v = v[: cap.samples].detach() if isinstance(v, Tensor) and not v.is_nested else None
+        out = out[: cap.samples].detach() if isinstance(out, Tensor) and not out.is_nested else None
+        if torch.compiler.is_dynamo_compiling():  # a consumer of the kernel's output changes the fusion
+            v = out = None
+        s = cap.samples
         inputs = SDPAInputs(
-            cap.keep(q[: cap.samples]), cap.keep(k[: cap.samples]), cap.keep(mask), causal, scale, gqa
+            cap.keep(q[:s]), cap.keep(k[:s]), cap.keep(mask), causal, scale, gqa, cap.keep(v), cap.keep(out)
         )
         cap._add(
             site.name,
@@ -100,6 +109,7 @@ class _Interceptor(TorchFunctionMode):
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         if not isinstance(out, Tensor) or dim not in (-1, out.dim() - 1):
             return
+        logits = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("input")
         if out.dim() == 3 and site.num_heads and out.shape[0] % site.num_heads == 0:
             out = out.view(-1, site.num_heads, *out.shape[-2:])  # (B·H, L, S) -> (B, H, L, S)
         if out.dim() != 4:
@@ -111,9 +121,12 @@ class _Interceptor(TorchFunctionMode):
         padded = cap.call.padded
         if padded is not None and (cap.call.encoder_decoder or padded.shape[-1] != out.shape[-2]):
             padded = None  # only a self-attention over the masked sequence has these query rows
+        top = None  # the softmax's input is the logits: keep their max at finite positions, (s, H)
+        if isinstance(logits, Tensor) and logits.numel() == out.numel():
+            top = cap.keep(logit_max(logits.reshape(out.shape)[: cap.samples]))
         cap._add(
             site.name,
-            SoftmaxOutput(kept, cap.keep(None if padded is None else padded[: cap.samples])),
+            SoftmaxOutput(kept, cap.keep(None if padded is None else padded[: cap.samples]), top),
             path="eager_softmax",
             causal=None,
             masked=None,
@@ -122,7 +135,9 @@ class _Interceptor(TorchFunctionMode):
             dropout_p=0.0,
         )
 
-    def _mha_functional(self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict) -> None:
+    def _mha_functional(
+        self, cap: AttentionCapture, site: AttentionSite, args: tuple, kwargs: dict, out: Any = None
+    ) -> None:
         b = _MHA_FUNCTIONAL_SIG.bind(*args, **kwargs).arguments
         separate = b.get("use_separate_proj_weight", False)
         record_mha(
@@ -141,6 +156,12 @@ class _Interceptor(TorchFunctionMode):
             attn_mask=b.get("attn_mask"),
             is_causal=b.get("is_causal", False),
             dropout_p=float(b["dropout_p"]) if b.get("training", True) else 0.0,
+            value=b["value"],
+            v_proj_weight=b.get("v_proj_weight") if separate else None,
+            bias_v=b["bias_v"],
+            out_proj_weight=b["out_proj_weight"],
+            out_proj_bias=b["out_proj_bias"],
+            output=out[0] if isinstance(out, tuple) and out else None,
         )
 
 
@@ -158,21 +179,30 @@ def _unnest(src: Tensor, samples: int, width: int | None) -> tuple[Tensor, Tenso
 
 def mha_tap(
     cap: AttentionCapture, site: AttentionSite, mha: nn.MultiheadAttention
-) -> Callable[[tuple, dict], None]:
-    def before(args: tuple, kwargs: dict) -> None:
+) -> Callable[[tuple, dict], Callable[[Any], None]]:
+    """Reads the call's inputs before the forward and records it after, with the module's output
+    (for the fidelity check), so the recorded call still comes in forward order."""
+
+    def before(args: tuple, kwargs: dict) -> Callable[[Any], None]:
         cap._entered.add(site.name)
         bound = _MHA_FORWARD_SIG.bind(mha, *args, **kwargs).arguments
-        _record_module(
-            cap,
-            site.name,
-            mha,
-            bound["query"],
-            bound["key"],
-            key_padding_mask=bound.get("key_padding_mask"),
-            attn_mask=bound.get("attn_mask"),
-            is_causal=bound.get("is_causal", False),
-            batch_first=mha.batch_first,
-        )
+
+        def after(result: Any) -> None:
+            _record_module(
+                cap,
+                site.name,
+                mha,
+                bound["query"],
+                bound["key"],
+                key_padding_mask=bound.get("key_padding_mask"),
+                attn_mask=bound.get("attn_mask"),
+                is_causal=bound.get("is_causal", False),
+                batch_first=mha.batch_first,
+                value=bound["value"],
+                output=result[0] if isinstance(result, tuple) and result else None,
+            )
+
+        return after
 
     return before
 
@@ -201,6 +231,7 @@ def encoder_layer_tap(
             is_causal=bound.get("is_causal", False),
             batch_first=batch_first,
             self_attention=True,
+            value=src,  # no output: the fused layer's output is not the attention's
         )
 
     return before
@@ -233,6 +264,10 @@ def _record_module(
         bias_k=mha.bias_k,
         add_zero_attn=mha.add_zero_attn,
         dropout_p=mha.dropout if mha.training else 0.0,
+        v_proj_weight=mha.v_proj_weight,
+        bias_v=mha.bias_v,
+        out_proj_weight=mha.out_proj.weight,
+        out_proj_bias=mha.out_proj.bias,
         **kw,
     )
 
@@ -256,25 +291,38 @@ def record_mha(
     batch_first: bool = False,
     dropout_p: float = 0.0,
     self_attention: bool = False,
+    value: Tensor | None = None,
+    v_proj_weight: Tensor | None = None,
+    bias_v: Tensor | None = None,
+    out_proj_weight: Tensor | None = None,
+    out_proj_bias: Tensor | None = None,
+    output: Tensor | None = None,
 ) -> None:
     """Record multi-head attention from ``nn.MultiheadAttention``'s parameters (or
     ``F.multi_head_attention_forward``'s arguments); with ``self_attention``, padded query rows
-    are hidden too. Separate q/k projections are used when ``in_proj_weight`` is ``None``."""
+    are hidden too. Separate q/k/v projections are used when ``in_proj_weight`` is ``None``. ``value``,
+    the value and output projections and the ``output`` are kept for the fidelity check."""
     s = cap.samples
+    if isinstance(output, Tensor) and output.is_nested:
+        output = None
     if query.dim() == 3:  # keep only the sampled rows
         rows = (slice(None, s),) if batch_first else (slice(None), slice(None, s))
         query, key = query[rows], key[rows]
+        value = None if value is None or value.is_nested else value[rows]
+        output = None if output is None or output.dim() != 3 else output[rows]
         if key_padding_mask is not None:
             key_padding_mask = key_padding_mask[:s]
         if attn_mask is not None and attn_mask.dim() == 3:  # (N·H, L, S)
             attn_mask = attn_mask[: s * num_heads]
     embed = query.shape[-1] if in_proj_weight is None else in_proj_weight.shape[0] // 3
     if in_proj_weight is None:
-        q_weight, k_weight = q_proj_weight, k_proj_weight
+        q_weight, k_weight, v_weight = q_proj_weight, k_proj_weight, v_proj_weight
     else:
         q_weight, k_weight = in_proj_weight[:embed], in_proj_weight[embed : 2 * embed]
+        v_weight = in_proj_weight[2 * embed :]
     bias = in_proj_bias
     keep = cap.keep
+    detach = _detached
     inputs = MHAInputs(
         query=keep(query),
         key=keep(key),
@@ -290,6 +338,13 @@ def record_mha(
         is_causal=bool(is_causal),
         batch_first=batch_first,
         hide_padded_queries=self_attention,
+        value=keep(detach(value)),
+        v_weight=keep(detach(v_weight)) if value is not None else None,
+        v_bias=keep(detach(None if bias is None else bias[2 * embed :])) if value is not None else None,
+        bias_v=keep(detach(bias_v)) if value is not None else None,
+        out_weight=keep(detach(out_proj_weight)) if value is not None else None,
+        out_bias=keep(detach(out_proj_bias)) if value is not None else None,
+        output=keep(detach(output)),
     )
     cap._add(
         name,
@@ -301,3 +356,7 @@ def record_mha(
         scale=(q_weight.shape[0] // num_heads) ** -0.5,
         dropout_p=dropout_p,
     )
+
+
+def _detached(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach()

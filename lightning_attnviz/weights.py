@@ -8,12 +8,16 @@ that memory stays O(samples·H·chunk·S) while computing and the user's fused k
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_attnviz.pooling import Computed, _Collector
+
+if TYPE_CHECKING:
+    from lightning_attnviz.health import Probe
 
 # Scores alive at once while computing: samples·heads·rows·keys ≤ this many float32 values (4 MiB),
 # small enough to stay in cache between the matmul, the mask and the softmax (fastest measured here).
@@ -49,6 +53,7 @@ def sdpa_weights(
     max_tokens: int | None = None,
     stats: bool = False,
     sink_keys: int = 1,
+    probe: Probe | None = None,
 ) -> Computed:
     """The weights ``F.scaled_dot_product_attention`` applies, for the first ``samples`` batch rows.
 
@@ -81,7 +86,7 @@ def sdpa_weights(
         else:
             bias = mask.float()
     return _softmax_in_chunks(
-        q, k, scale, bias, visible, causal=is_causal, max_tokens=max_tokens, stats=stats, sink_keys=sink_keys
+        q, k, scale, bias, visible, is_causal, None, max_tokens, stats, sink_keys, probe
     )
 
 
@@ -96,13 +101,15 @@ def _softmax_in_chunks(
     max_tokens: int | None = None,
     stats: bool = False,
     sink_keys: int = 1,
+    probe: Probe | None = None,
 ) -> Computed:
     """softmax(q kᵀ · scale + bias) over keys, with ``visible``, ``causal`` and ``hidden_rows`` applied,
     a block of rows at a time.
 
     Blocks of about 4 MiB keep the intermediates in cache, so the cost is close to one write of the
     result; with ``causal`` only the keys left of the block's last row are computed. ``hidden_rows``
-    (``(s, q)`` bool) marks query rows that get no weight (padded queries).
+    (``(s, q)`` bool) marks query rows that get no weight (padded queries). ``probe`` reads each block's
+    scores (the logits, ``-inf`` where hidden) and weights: the max logit and fidelity come for free.
     """
     samples, heads, length, _ = q.shape
     width = k.shape[-2]
@@ -137,6 +144,8 @@ def _softmax_in_chunks(
             weights = scores.softmax(dim=-1)
             if may_empty:  # a row with no visible key is NaN after softmax; we define it as zero
                 weights.masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
+            if probe is not None:
+                probe.add(start, scores, weights)
             collector.add(start, weights, allowed)  # (s, H, rows, keys ≤ S): the rest is zero
     full_visible = None
     if masked and not collector.pooled:
@@ -168,7 +177,11 @@ def _full_visible(
 
 
 def scores_weights(
-    scores: Tensor, max_tokens: int | None = None, stats: bool = False, sink_keys: int = 1
+    scores: Tensor,
+    max_tokens: int | None = None,
+    stats: bool = False,
+    sink_keys: int = 1,
+    probe: Probe | None = None,
 ) -> Computed:
     """softmax over keys of scores a tap already finished (FlexAttention's post-``score_mod`` scores),
     a block of rows at a time; ``-inf`` marks a hidden key, and a row with no visible key gets zero.
@@ -183,6 +196,8 @@ def scores_weights(
         chunk = scores[..., start : start + rows, :].float()
         allowed = ~torch.isneginf(chunk)
         weights = chunk.softmax(dim=-1).masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
+        if probe is not None:
+            probe.add(start, chunk, weights)
         collector.add(start, weights, allowed)
     hidden = torch.isneginf(scores)
     full = (~hidden).cpu() if bool(hidden.any()) and not collector.pooled else None
@@ -269,6 +284,7 @@ def mha_weights(
     max_tokens: int | None = None,
     stats: bool = False,
     sink_keys: int = 1,
+    probe: Probe | None = None,
 ) -> Computed:
     """The per-head weights of ``nn.MultiheadAttention``, recomputed from its projection weights.
 
@@ -324,17 +340,9 @@ def mha_weights(
         while bias.dim() < 4:
             bias = bias.unsqueeze(0)
     causal = is_causal and attn_mask is None  # with a mask, MHA treats is_causal as a hint only
+    scale = 1.0 / math.sqrt(head_dim)
     return _softmax_in_chunks(
-        q,
-        k,
-        1.0 / math.sqrt(head_dim),
-        bias,
-        None,
-        causal,
-        hidden_rows,
-        max_tokens=max_tokens,
-        stats=stats,
-        sink_keys=sink_keys,
+        q, k, scale, bias, None, causal, hidden_rows, max_tokens, stats, sink_keys, probe
     )
 
 
