@@ -13,6 +13,7 @@ from lightning_attnviz.drawing import DRAIN_SECONDS, INTERRUPT_SECONDS, Drawing,
 from lightning_attnviz.fixed import capture_forward, describe, first_val_batch, module_rows
 from lightning_attnviz.loggers import LoggerSinks
 from lightning_attnviz.pipeline import Job, Setup, job_from_state
+from lightning_attnviz.relevance import relevance_job
 from lightning_attnviz.samples import Tokens, batch_rows, default_forward, first_rows, token_labeller
 from lightning_attnviz.tags import Tags
 from lightning_attnviz.vision import PatchGrid, find_grid
@@ -60,6 +61,13 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         rollout_fusion, rollout_discard: how attention rollout fuses heads and what it discards.
         dashboard: write the maps for TensorBoard's Attention tab, pooled to ``dashboard_tokens``.
         name: a namespace for the tags, files and checkpoint state, needed when one Trainer has two monitors.
+        health: log ``attention_health/*``: each layer's largest logit, the fidelity of its maps to the
+            kernel's output, the value-weighted sink share (see :mod:`lightning_attnviz.health`).
+        max_logit, logit_growth: warn once per layer whose largest logit passes ``max_logit``, or grows
+            ``logit_growth`` times over its first capture to above ``max_logit / 2``.
+        relevance: also run a separate forward and backward at each capture for gradient-weighted
+            relevance (Chefer et al. 2021; see :mod:`lightning_attnviz.relevance`), drawn per sample.
+        relevance_target: ``(output) -> Tensor`` to explain; default the predicted class or next token.
 
     Raises:
         TypeError: an argument has the wrong type. ValueError: an argument is out of range.
@@ -97,6 +105,11 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         dashboard: bool = True,
         dashboard_tokens: int = 128,
         name: str | None = None,
+        health: bool = True,
+        max_logit: float = 200.0,
+        logit_growth: float = 4.0,
+        relevance: bool = False,
+        relevance_target: Callable[[Any], Any] | None = None,
     ) -> None:
         args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.config = MonitorConfig.build(**args)
@@ -159,6 +172,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
             for message in sinks.warnings:
                 warn(message)
             config = replace(self.config, sample_input=None, forward_fn=None, tokens=None, modules=None)
+            config = replace(config, relevance_target=None)  # callables stay in the training process
             plots = default_plots(self.config, grid is not None)
             saves = sinks.captures_dir if self.config.save_captures else None
             self._setup = Setup(config, plots, grid, Tags(self.config.name), saves)
@@ -242,9 +256,12 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._modules_due = False
         epoch, diagnose = trainer.current_epoch, not trainer.sanity_checking
         pending = tuple(cap.pending)
-        drawing.submit(
-            Job(step, epoch, pending, self._labels, self._images, diagnose, modules, self._targets)
-        )
+        job = Job(step, epoch, pending, self._labels, self._images, diagnose, modules, self._targets)
+        if self.config.relevance:  # a separate forward + backward; the training state is left as it was
+            forward, sites = self._forward, self._sites
+            rel = relevance_job(trainer, pl_module, fixed, forward, self.config, sites, self._warn_once)
+            job = replace(job, relevance=rel)
+        drawing.submit(job)
 
     def _take(self, batch: Any) -> None:
         if batch is None:

@@ -3,6 +3,7 @@ frozen. Every stage reads it; nothing changes it during a fit."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from lightning_attnviz.vision import PatchGrid
 # 144-head model needs no 144 scalar series per metric to be read; it belongs to both kinds of run.
 TEXT_PLOTS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution", "stats")
 VISION_PLOTS: tuple[str, ...] = ("overlay", "overlay_heads", "rollout", "stats")
-ALL_PLOTS = tuple(dict.fromkeys((*TEXT_PLOTS, *VISION_PLOTS)))
+# opt-in: value-weighted attention (Kobayashi et al. 2020) per layer; relevance is drawn with relevance=True
+HEALTH_PLOTS: tuple[str, ...] = ("value_weighted",)
+ALL_PLOTS = tuple(dict.fromkeys((*TEXT_PLOTS, *VISION_PLOTS, *HEALTH_PLOTS)))
 # Defaults: the pictures that answer "what does each layer attend to, and how did it change" without
 # drowning TensorBoard; the Attention tab holds every layer × head × step for the rest.
 TEXT_DEFAULT_PLOTS: tuple[str, ...] = ("heatmap", "heads", "atlas", "evolution", "stats")
@@ -70,6 +73,13 @@ class MonitorConfig:
     dashboard: bool = True
     dashboard_tokens: int = 128
     name: str | None = None
+    # attention health (health.py): max logit, fidelity, value-weighted sink share, and their warnings
+    health: bool = True
+    max_logit: float = 200.0  # warn above this logit (see health_report.MAX_LOGIT for why)
+    logit_growth: float = 4.0  # warn when a layer's max logit grows this much over its first capture
+    # gradient-weighted relevance (relevance.py): a separate forward + backward at each capture
+    relevance: bool = False
+    relevance_target: Callable | None = None
 
     @classmethod
     def build(cls, **kwargs: Any) -> MonitorConfig:
@@ -94,6 +104,11 @@ class MonitorConfig:
         for name in ("entropy_collapse", "uniform_entropy"):
             k[name] = check_float(name, k[name], 0, 1, what="a number (normalised entropy)")
         check_callable("forward_fn", k["forward_fn"], "(pl_module, inputs) -> Any")
+        for name in ("health", "relevance"):
+            check_bool(name, k.get(name, False))
+        for name, low, default in (("max_logit", 0, 200.0), ("logit_growth", 1, 4.0)):
+            k[name] = check_float(name, k.get(name, default), low, math.inf, what="a number")
+        check_callable("relevance_target", k.get("relevance_target"), "(output) -> Tensor")
         k["plots"] = check_list(
             "plots", k["plots"], lambda p: isinstance(p, str), "plot kinds", optional=True, choices=ALL_PLOTS
         )

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from lightning_attnviz import record
+from lightning_attnviz.health_report import health_groups
 from lightning_attnviz.history import History
 from lightning_attnviz.jobs import Job, Setup
 from lightning_attnviz.pending import AttentionMap
@@ -68,6 +69,8 @@ def picture_groups(
         for kind in ("overlay", "overlay_heads", "rollout"):
             if kind in setup.plots:
                 groups.append((kind, lambda kind=kind: vision(setup, kind, records, job)))
+    labels = [list(x) if x is not None else None for x in job.labels]
+    groups += health_groups(setup.plots, records, labels, job, c.max_tokens, setup.grid, c.health)
     return groups
 
 

@@ -11,6 +11,7 @@ import torch
 
 from lightning_attnviz.config import MonitorConfig
 from lightning_attnviz.pending import MHAInputs, Pending, ScoresInputs, SDPAInputs, SoftmaxOutput
+from lightning_attnviz.relevance import RelevanceMap
 from lightning_attnviz.tags import Tags
 from lightning_attnviz.vision import PatchGrid
 
@@ -38,6 +39,7 @@ class Job:
     diagnose: bool  # False for the sanity check: an untrained model's uniform heads are no news
     modules: tuple[tuple[str, str, str, str], ...] = ()  # module table rows, when it is due
     target_labels: tuple[tuple[str, ...] | None, ...] = ()  # decoder tokens per sample (encoder–decoder)
+    relevance: tuple[RelevanceMap, ...] = ()  # per sample, with relevance=True
 
 
 def job_state(job: Job) -> dict[str, Any]:
@@ -59,6 +61,10 @@ def job_state(job: Job) -> dict[str, Any]:
         "labels": [None if x is None else list(x) for x in job.labels],
         "target_labels": [None if x is None else list(x) for x in job.target_labels],
         "images": [torch.from_numpy(np.ascontiguousarray(x)) for x in job.images],
+        "relevance": [
+            {**{f.name: getattr(r, f.name) for f in fields(r)}, "matrix": torch.from_numpy(r.matrix.copy())}
+            for r in job.relevance
+        ],
     }
 
 
@@ -79,4 +85,8 @@ def job_from_state(state: dict[str, Any]) -> Job:
         labels=tuple(None if x is None else tuple(x) for x in state["labels"]),
         target_labels=tuple(None if x is None else tuple(x) for x in state.get("target_labels", ())),
         images=tuple(x.numpy() for x in state["images"]),
+        relevance=tuple(
+            RelevanceMap(**{**r, "matrix": r["matrix"].numpy(), "layers": tuple(r["layers"])})
+            for r in state.get("relevance", [])
+        ),
     )

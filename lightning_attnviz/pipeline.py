@@ -21,6 +21,7 @@ import torch
 
 from lightning_attnviz import formats
 from lightning_attnviz.draw import PreviousStats, picture_groups, picture_tag, tab_records
+from lightning_attnviz.health_report import HealthWarnings, health_scalars, module_table
 from lightning_attnviz.history import Diagnostics, History
 from lightning_attnviz.jobs import Job, Setup, job_from_state, job_state
 from lightning_attnviz.pending import AttentionMap, Pending, compute
@@ -65,17 +66,23 @@ class Pipeline:
         c = setup.config
         self.history = History(c.strip_length)
         self.diagnostics = Diagnostics(c.entropy_collapse, c.uniform_entropy)
+        self.health = HealthWarnings(c.max_logit, c.logit_growth)
         self.layers: list[str] = []  # every layer logged so far, for the custom-scalars layout
         self.previous_stats: PreviousStats | None = None  # for the stats pictures' change panels
         self._warned: set[str] = set()
         self.messages: list[str] = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history.state_dict(), "diagnostics": self.diagnostics.state_dict()}
+        return {
+            "history": self.history.state_dict(),
+            "diagnostics": self.diagnostics.state_dict(),
+            "health": self.health.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history.load_state_dict(state.get("history", {}))
         self.diagnostics.load_state_dict(state.get("diagnostics", {}))
+        self.health.load_state_dict(state.get("health", {}))
 
     def replay(self, job: Job) -> None:
         """Bring the history up to ``job`` without logging anything: for captures that were still
@@ -98,8 +105,9 @@ class Pipeline:
         records = self._select(records)
         self._check(records, job)
         if job.modules:
-            header = "| module | type | heads | captured via |\n|---|---|---|---|\n"
-            out.text[tags.modules] = header + "".join("| " + " | ".join(r) + " |\n" for r in job.modules)
+            out.text[tags.modules] = module_table(job.modules, records)
+        if c.health:
+            self._step("attention health", lambda: self._health(out, records, job))
         stats: list[LayerStats] = []
         if c.stats:
             stats = (
@@ -171,6 +179,14 @@ class Pipeline:
                     f"({type(err).__name__}: {err}); the model's own output is unaffected.",
                 )
         return records
+
+    def _health(self, out: Outputs, records: list[AttentionMap], job: Job) -> None:
+        """``attention_health/*`` scalars of each layer, and the warnings they raise."""
+        for r in records:
+            if r.health is not None:
+                health_scalars(out.scalars, self.setup.tags, r.key, r.health, self.setup.config.head_stats)
+                if job.diagnose:
+                    self.messages += self.health.check(r.key, r.health, job.step)
 
     def _select(self, records: list[AttentionMap]) -> list[AttentionMap]:
         """The layers ``layers=`` asks to draw, by index (negative from the end) or name/glob."""

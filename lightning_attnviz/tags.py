@@ -20,6 +20,13 @@ a monitor given ``name="x"`` writes ``attention_x/...``, ``attention_stats_x/...
   metrics ``entropy``, ``entropy_norm``, ``distance``, ``sink``, ``max_weight``, ``drift``. With
   ``head_stats=True`` also ``attention_stats/<metric>/<layer>/head_<h>``.
 - ``attention_hist/<layer>``: histogram of the layer's weights at visible positions
+- ``attention_health/max_logit/<layer>``: the largest scaled logit entering the layer's softmax at a
+  visible position, over the fixed samples and heads (``.../head_<h>`` with ``head_stats``);
+  ``attention_health/fidelity/<layer>``: max |captured weights · values − the model's attention
+  output|; ``attention_health/value_sink/<layer>``: the sink share of value-weighted attention
+- ``attention/stats/max_logit``: the largest logit per layer × head, as the other stats matrices
+- ``attention/sample_<i>/<layer>/value_weighted``: ‖α_ij·f(v_j)‖ per head (Kobayashi et al. 2020)
+- ``attention/sample_<i>/relevance``: gradient-weighted relevance (Chefer et al. 2021), opt-in
 - Attention tab records: ``sample_<i>/<layer>`` under the ``attnviz`` plugin.
 
 A 12-layer model writes 6 × 12 = 72 scalar tags by default (12 × 12 × 6 more with ``head_stats``).
@@ -62,6 +69,15 @@ class Tags:
     @property
     def hist(self) -> str:
         return self._prefix("attention_hist")
+
+    @property
+    def health_prefix(self) -> str:
+        return self._prefix("attention_health")
+
+    def health(self, metric: str, layer: str, head: int | None = None) -> str:
+        """``attention_health/<metric>/<layer>`` (a layer's value) or ``.../head_<h>``."""
+        tag = f"{self.health_prefix}/{metric}/{clean(layer)}"
+        return tag if head is None else f"{tag}/head_{head}"
 
     @property
     def captures_dir(self) -> str:

@@ -45,7 +45,8 @@ def test_documented_tags_one_step_per_capture(tmp_path):
             for kind in ("heatmap", "head_1", "heads", "evolution"):  # arrows only when asked for
                 expected.add(f"attention/sample_{s}/{layer}/{kind}")
     # the whole model's layer × head matrices, one per metric (drift from the second capture on)
-    expected |= {f"attention/stats/{m}" for m in ("entropy_norm", "distance", "sink", "max_weight", "drift")}
+    metrics = ("entropy_norm", "distance", "sink", "max_weight", "drift", "max_logit")
+    expected |= {f"attention/stats/{m}" for m in metrics}
     assert set(events.Tags()["images"]) == expected
     steps = [3, 6, 9]  # one capture per validation run, at trainer.global_step
     for tag in expected:

@@ -229,7 +229,8 @@ def test_two_named_monitors_write_apart(tmp_path):
             "step_00000006.npz",
         ]
     assert all(t.startswith(("attention_a/", "attention_b/")) for t in images), images
-    assert all(t.startswith(("attention_stats_a/", "attention_stats_b/")) for t in scalars), scalars
+    prefixes = tuple(f"attention_{kind}_{n}/" for kind in ("stats", "health") for n in "ab")
+    assert all(t.startswith(prefixes) for t in scalars), scalars
     for tag in images:
         steps = _steps(events, tag)
         assert len(steps) == len(set(steps)), tag
