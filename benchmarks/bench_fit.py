@@ -3,10 +3,10 @@
 The figure that matters to users: everything the monitor does during a fit (the extra forward, the
 copies, drawing in its background process, writing, and waiting for the last capture's pictures at the
 end of the fit) against the same fit without it. Runs are interleaved (plain, monitored, plain, ...)
-and each is a fresh process-state fit with the same seed; the median of each is reported, and the
+and each is a fresh Python process fitting with the same seed; the median of each is reported, and the
 drawing process's CPU seconds per capture.
 
-    python benchmarks/bench_fit.py            # the GPT-style and ViT workloads of the issue
+    python benchmarks/bench_fit.py            # GPT-style (4×4), ViT (4×4) and a 12-layer × 12-head model
     python benchmarks/bench_fit.py --quick    # smaller, for a quick look
 """
 
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 
 import pytorch_lightning as pl
 import torch
@@ -121,6 +122,12 @@ def workload(name: str, quick: bool) -> tuple:
         train = DataLoader(TensorDataset(ids[: steps * batch]), batch_size=batch)
         valid = DataLoader(TensorDataset(ids[steps * batch :]), batch_size=batch)
         return LitGPT, train, valid, {}
+    if name == "deep":  # 12 layers × 12 heads: the most pictures per capture (atlas 12×12, 24 heatmaps, ...)
+        steps, val, length, batch = (8, 2, 64, 8) if quick else (40, 4, 128, 16)
+        ids = torch.randint(0, 256, ((steps + val) * batch, length + 1), generator=g)
+        train = DataLoader(TensorDataset(ids[: steps * batch]), batch_size=batch)
+        valid = DataLoader(TensorDataset(ids[steps * batch :]), batch_size=batch)
+        return partial(LitGPT, d=192, heads=12, layers=12, length=length), train, valid, {}
     steps, val, batch = (10, 2, 32) if quick else (40, 4, 32)
     x = torch.randn((steps + val) * batch, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (len(x),), generator=g)
@@ -170,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workloads", nargs="+", default=["gpt", "vit"])
+    parser.add_argument("--workloads", nargs="+", default=["gpt", "vit", "deep"])
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--monitored", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
