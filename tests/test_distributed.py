@@ -86,7 +86,8 @@ def test_ddp_logs_once_from_rank_zero_and_ranks_stay_in_step(tmp_path, record_pr
         for layer in layers
         for kind in ("heatmap", "head_1", "heads", "evolution")  # the default plots
     }
-    expected |= {f"attention/stats/{m}" for m in ("entropy_norm", "distance", "sink", "max_weight", "drift")}
+    metrics = ("entropy_norm", "distance", "sink", "max_weight", "drift", "max_logit")
+    expected |= {f"attention/stats/{m}" for m in metrics}
     assert set(events.Tags()["images"]) == expected
     for tag in expected:
         steps = [4] if tag.endswith("stats/drift") else [2, 4]  # drift: from the second capture on

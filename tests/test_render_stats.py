@@ -95,7 +95,8 @@ def test_real_fit_logs_a_stats_matrix_per_capture(tmp_path):
     trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
     events = read_events(trainer.logger.log_dir)
     tags = Tags()
-    assert set(events.Tags()["images"]) == {tags.stats_picture(m) for m in STATS_METRICS}
+    shown = {*STATS_METRICS, "max_logit"}  # attention health's matrix is a stats picture too
+    assert set(events.Tags()["images"]) == {tags.stats_picture(m) for m in shown}
     images = events.Images(tags.stats_picture("entropy_norm"))
     assert [e.step for e in images] == [3, 6, 9]
     assert [e.step for e in events.Images(tags.stats_picture("drift"))] == [6, 9]
