@@ -8,13 +8,13 @@ from typing import Any, Literal
 
 from lightning_attnviz import _lightning as lit
 from lightning_attnviz.config import MonitorConfig, default_plots
-from lightning_attnviz.discover import AttentionSite, ModuleSelector, find_attention
+from lightning_attnviz.discover import AttentionSite, ModuleSelector
 from lightning_attnviz.drawing import DRAIN_SECONDS, INTERRUPT_SECONDS, Drawing, warn
-from lightning_attnviz.fixed import capture_forward, describe, first_val_batch, module_rows
+from lightning_attnviz.fixed import FixedSamples, capture_forward, find_sites, first_val_batch, module_rows
 from lightning_attnviz.loggers import LoggerSinks
 from lightning_attnviz.pipeline import Job, Setup, job_from_state
 from lightning_attnviz.relevance import relevance_job
-from lightning_attnviz.samples import Tokens, batch_rows, default_forward, first_rows, token_labeller
+from lightning_attnviz.samples import Tokens, default_forward, token_labeller
 from lightning_attnviz.tags import Tags
 from lightning_attnviz.vision import PatchGrid, find_grid
 
@@ -115,8 +115,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self.config = MonitorConfig.build(**args)
         self._label = token_labeller(tokens)
         self._forward = forward_fn or default_forward
-        self._fixed: Any = self.config.sample_input
-        self._train_fixed: Any = None
+        self._samples = FixedSamples(self.config)
         self._val_runs = 0
         self._restored: dict[str, Any] = {}
         self._seconds_per_capture: list[float] = []  # the drawing process's CPU time (benchmarks)
@@ -130,9 +129,6 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._setup: Setup | None = None
         self._last_step: int | None = None
         self._modules_due = True
-        self._labels: tuple | None = None  # per sample: source tokens, target (decoder) tokens
-        self._targets: tuple = ()
-        self._images: tuple = ()
         self._warned: set[str] = set()
 
     @property
@@ -142,7 +138,8 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._close(wait=False)
         self._reset()
-        self._fixed, self._train_fixed, self._val_runs, self._restored = self.config.sample_input, None, 0, {}
+        self._samples.reset()
+        self._val_runs, self._restored = 0, {}
         names = [cb.config.name for cb in trainer.callbacks if isinstance(cb, AttentionMonitor)]
         if names.count(self.config.name) > 1:
             raise ValueError(
@@ -152,16 +149,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._sinks = sinks = LoggerSinks.plan(trainer, self.config.stats)
         problem = lit.logging_problem(trainer) or sinks.problem
         if problem is None:
-            try:
-                self._sites = find_attention(pl_module, self.config.modules)
-                if not self._sites:
-                    problem = (
-                        f"AttentionMonitor found no attention modules in {type(pl_module).__name__}: "
-                        "it looks for nn.MultiheadAttention and classes named *Attention*/*Attn*. "
-                        "Pass `modules=`."
-                    )
-            except ValueError as err:
-                problem = f"AttentionMonitor: {err}. Nothing will be captured."
+            self._sites, problem = find_sites(pl_module, self.config.modules)
         if problem is not None:
             return warn(problem)
         grid = find_grid(pl_module) if self.config.image_grid == "auto" else self.config.image_grid
@@ -183,12 +171,12 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self._fixed is None and self._enabled:
-            self._take(batch)
+        if self._enabled:
+            self._samples.take(batch, warn)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if self._train_fixed is None and self._enabled:
-            self._train_fixed = first_rows(batch, self.config.samples)
+        if self._enabled:
+            self._samples.take_train(batch)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
@@ -232,9 +220,9 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         step, drawing = trainer.global_step, self._drawing
         if step == self._last_step:
             return  # a step capture and a validation capture at the same step: log once
-        if self._fixed is None:
-            self._take(first_val_batch(trainer))
-        fixed = self._fixed if self._fixed is not None else self._train_fixed
+        if self._samples.rows is None:
+            self._samples.take(first_val_batch(trainer), warn)
+        fixed = self._samples.current()
         if fixed is None or (drawing is not None and not drawing.ready()):
             return
         self._last_step = step
@@ -248,31 +236,17 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
             )
         if drawing is None or self._setup is None:
             return  # a rank that only takes part in a sharded forward: rank 0 draws
-        if self._labels is None:
-            self._labels, self._targets, self._images = describe(
-                fixed, self._label, self._setup.grid, self.config, warn
-            )
+        samples = self._samples
+        samples.describe(self._label, self._setup.grid, warn)
         modules = module_rows(self._sites, cap) if self._modules_due else ()
         self._modules_due = False
-        epoch, diagnose = trainer.current_epoch, not trainer.sanity_checking
-        pending = tuple(cap.pending)
-        job = Job(step, epoch, pending, self._labels, self._images, diagnose, modules, self._targets)
+        epoch, diagnose, pending = trainer.current_epoch, not trainer.sanity_checking, tuple(cap.pending)
+        job = Job(step, epoch, pending, samples.labels, samples.images, diagnose, modules, samples.targets)
         if self.config.relevance:  # a separate forward + backward; the training state is left as it was
             forward, sites = self._forward, self._sites
             rel = relevance_job(trainer, pl_module, fixed, forward, self.config, sites, self._warn_once)
             job = replace(job, relevance=rel)
         drawing.submit(job)
-
-    def _take(self, batch: Any) -> None:
-        if batch is None:
-            return
-        self._fixed = first_rows(batch, self.config.samples)
-        rows = batch_rows(self._fixed)
-        if 0 < rows < self.config.samples:
-            warn(
-                f"AttentionMonitor: the first validation batch has only {rows} row(s), fewer than samples="
-                f"{self.config.samples}; pictures are drawn for {rows}. Pass `sample_input=` to choose."
-            )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -284,29 +258,12 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
     def state_dict(self) -> dict[str, Any]:
         """The fixed samples, counters and the pipeline's bounded history (never waits for drawing)."""
         drawing = self._drawing.state() if self._drawing is not None else Drawing.saved(self._restored)
-        state = {"fixed": self._fixed, "train_fixed": self._train_fixed, "val_runs": self._val_runs}
-        if (
-            not self._val_runs
-            and self._fixed is None
-            and drawing["pipeline"] is None
-            and not drawing["replay"]
-        ):
-            return {}
-        return {"samples": self.config.samples, **state, **drawing}
+        return {**self._samples.state_dict(), "val_runs": self._val_runs, **drawing}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._val_runs = state_dict.get("val_runs", 0)
-        self._train_fixed = state_dict.get("train_fixed")
-        saved = state_dict.get("samples", self.config.samples)
-        if self.config.sample_input is None:
-            self._fixed = state_dict.get("fixed")
-            if saved != self.config.samples and self._fixed is not None:
-                warn(
-                    f"AttentionMonitor: the checkpoint's fixed samples were taken with samples={saved}; this "
-                    f"monitor has samples={self.config.samples}, so they are taken again and the evolution "
-                    "strips start over."
-                )
-                self._fixed, self._train_fixed, state_dict = None, None, {}
+        if not self._samples.load_state_dict(state_dict, warn):
+            state_dict = {}  # other samples: what was drawn from the old ones starts over
         replay = [job_from_state(j) for j in state_dict.get("replay", [])]
         self._restored = {"pipeline": state_dict.get("pipeline"), "replay": replay}
         if self._drawing is not None:

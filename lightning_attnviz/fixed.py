@@ -11,10 +11,12 @@ import torch
 from lightning_attnviz import _lightning as lit
 from lightning_attnviz.capture import AttentionCapture
 from lightning_attnviz.config import MonitorConfig
-from lightning_attnviz.discover import AttentionSite
-from lightning_attnviz.samples import axis_labels
+from lightning_attnviz.discover import AttentionSite, find_attention
+from lightning_attnviz.samples import axis_labels, batch_rows, first_rows
 from lightning_attnviz.samples import images as sample_images
 from lightning_attnviz.vision import PatchGrid
+
+Warn = Callable[[str], None]  # raises one RuntimeWarning on the training thread
 
 
 def capture_forward(
@@ -68,7 +70,7 @@ def describe(
     labeller: Callable | None,
     grid: PatchGrid | None,
     config: MonitorConfig,
-    warn: Callable[[str], None],
+    warn: Warn,
 ) -> tuple[tuple, tuple, tuple]:
     """Source token labels, target (decoder) token labels and displayable images of the fixed
     samples; a failing labeller costs the labels (positions are shown), never the capture."""
@@ -113,3 +115,78 @@ def module_rows(sites: list[AttentionSite], cap: AttentionCapture) -> tuple[tupl
         return "; ".join([via, *sorted(notes.get(name, ()))])
 
     return tuple((s.name, s.module_type, str(s.num_heads or "?"), how(s.name)) for s in sites)
+
+
+class FixedSamples:
+    """The rows every capture runs on: ``sample_input``, else the first validation batch's first rows
+    (a training batch's only when no validation ever runs); kept in checkpoints so a resumed fit
+    draws the same samples."""
+
+    def __init__(self, config: MonitorConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: Any = self.config.sample_input
+        self.train_rows: Any = None
+        self.labels: tuple | None = None  # per sample: source tokens, target tokens, images
+        self.targets: tuple = ()
+        self.images: tuple = ()
+
+    def take(self, batch: Any, warn: Warn) -> None:
+        if batch is None or self.rows is not None:
+            return
+        self.rows = first_rows(batch, self.config.samples)
+        found = batch_rows(self.rows)
+        if 0 < found < self.config.samples:
+            warn(
+                f"AttentionMonitor: the first validation batch has only {found} row(s), fewer than samples="
+                f"{self.config.samples}; pictures are drawn for {found}. Pass `sample_input=` to choose."
+            )
+
+    def take_train(self, batch: Any) -> None:
+        if self.train_rows is None:
+            self.train_rows = first_rows(batch, self.config.samples)
+
+    def current(self) -> Any:
+        return self.rows if self.rows is not None else self.train_rows
+
+    def describe(self, labeller: Callable | None, grid: PatchGrid | None, warn: Warn) -> None:
+        """Labels and images, made once per set of samples."""
+        if self.labels is None:
+            self.labels, self.targets, self.images = describe(
+                self.current(), labeller, grid, self.config, warn
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples": self.config.samples, "fixed": self.rows, "train_fixed": self.train_rows}
+
+    def load_state_dict(self, state: dict[str, Any], warn: Warn) -> bool:
+        """Restore the checkpoint's samples; ``False`` when they were taken with another ``samples``
+        (they are then taken again, and what was drawn from them starts over)."""
+        saved = state.get("samples", self.config.samples)
+        if self.config.sample_input is not None:
+            return True
+        if saved != self.config.samples and state.get("fixed") is not None:
+            warn(
+                f"AttentionMonitor: the checkpoint's fixed samples were taken with samples={saved}; this "
+                f"monitor has samples={self.config.samples}, so they are taken again and the evolution "
+                "strips start over."
+            )
+            return False
+        self.rows, self.train_rows, self.labels = state.get("fixed"), state.get("train_fixed"), None
+        return True
+
+
+def find_sites(pl_module: Any, modules: Any) -> tuple[list[AttentionSite], str | None]:
+    """The attention modules to watch, or why there are none."""
+    try:
+        sites = find_attention(pl_module, modules)
+    except ValueError as err:
+        return [], f"AttentionMonitor: {err}. Nothing will be captured."
+    if sites:
+        return sites, None
+    return [], (
+        f"AttentionMonitor found no attention modules in {type(pl_module).__name__}: it looks for "
+        "nn.MultiheadAttention and classes named *Attention*/*Attn*. Pass `modules=`."
+    )

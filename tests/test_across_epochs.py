@@ -202,7 +202,7 @@ def test_resume_continues_the_same_samples_strips_and_steps(tmp_path):
     _, first = _resumable_fit(tmp_path, 2)
     # the resumed fit is given another validation loader: the samples must come from the checkpoint
     trainer, resumed = _resumable_fit(tmp_path, 4, ckpt_path=tmp_path / "ckpt" / "last.ckpt", val_seed=9)
-    assert torch.equal(resumed._fixed[0], first._fixed[0])
+    assert torch.equal(resumed._samples.rows[0], first._samples.rows[0])
     events = read_events(trainer.logger.log_dir)
     for tag in events.Tags()["images"]:
         steps = [e.step for e in events.Images(tag)]

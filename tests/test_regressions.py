@@ -193,7 +193,7 @@ def test_step_captures_before_validation_use_validation_rows(tmp_path):
     for sample in range(2):
         (view,) = [v for v in saved.views if v.sample == sample and v.layer == "model.h.0.attn"]
         assert view.q_labels == [VOCAB[i] for i in first_val[sample].tolist()]
-    assert torch.equal(monitor._fixed[0], first_val[:2])
+    assert torch.equal(monitor._samples.rows[0], first_val[:2])
 
 
 # -- 7. two monitors in one Trainer ---------------------------------------------------------------
