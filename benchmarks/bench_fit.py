@@ -72,9 +72,9 @@ class LitGPT(pl.LightningModule):
         return self.head(self.blocks(self.emb(ids) + self.pos[: ids.shape[1]]))
 
     def _loss(self, batch: tuple) -> torch.Tensor:
-        (ids,) = batch
-        logits = self(ids[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        x, y = batch  # nanoGPT's (inputs, next tokens): the monitor's default forward is self(x)
+        logits = self(x)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
     def training_step(self, batch: tuple, _: int) -> torch.Tensor:
         return self._loss(batch)
@@ -114,20 +114,30 @@ class LitViT(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
 
+def _tokens(
+    g: torch.Generator, steps: int, val: int, length: int, batch: int
+) -> tuple[DataLoader, DataLoader]:
+    ids = torch.randint(0, 256, ((steps + val) * batch, length + 1), generator=g)
+    x, y = ids[:, :-1], ids[:, 1:]
+    cut = steps * batch
+    return (
+        DataLoader(TensorDataset(x[:cut], y[:cut]), batch_size=batch),
+        DataLoader(TensorDataset(x[cut:], y[cut:]), batch_size=batch),
+    )
+
+
 def workload(name: str, quick: bool) -> tuple:
     g = torch.Generator().manual_seed(0)
     if name == "gpt":
         steps, val, length, batch = (12, 2, 128, 8) if quick else (60, 8, 256, 16)
-        ids = torch.randint(0, 256, ((steps + val) * batch, length + 1), generator=g)
-        train = DataLoader(TensorDataset(ids[: steps * batch]), batch_size=batch)
-        valid = DataLoader(TensorDataset(ids[steps * batch :]), batch_size=batch)
-        return LitGPT, train, valid, {}
+        return (LitGPT, *_tokens(g, steps, val, length, batch), {})
     if name == "deep":  # 12 layers × 12 heads: the most pictures per capture (atlas 12×12, 24 heatmaps, ...)
         steps, val, length, batch = (8, 2, 64, 8) if quick else (40, 4, 128, 16)
-        ids = torch.randint(0, 256, ((steps + val) * batch, length + 1), generator=g)
-        train = DataLoader(TensorDataset(ids[: steps * batch]), batch_size=batch)
-        valid = DataLoader(TensorDataset(ids[steps * batch :]), batch_size=batch)
-        return partial(LitGPT, d=192, heads=12, layers=12, length=length), train, valid, {}
+        return (
+            partial(LitGPT, d=192, heads=12, layers=12, length=length),
+            *_tokens(g, steps, val, length, batch),
+            {},
+        )
     steps, val, batch = (10, 2, 32) if quick else (40, 4, 32)
     x = torch.randn((steps + val) * batch, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (len(x),), generator=g)

@@ -23,6 +23,32 @@ def token_loader(n: int = 32, length: int = 10, batch_size: int = 8, pad: bool =
     return DataLoader(TensorDataset(x, x.roll(-1, dims=1)), batch_size=batch_size)
 
 
+def lit_gpt_for(package: object) -> pl.LightningModule:
+    """A plain nanoGPT LightningModule of ``package`` (``pytorch_lightning`` or ``lightning.pytorch``),
+    to check that both Lightning packages are served."""
+
+    class PackageGPT(package.LightningModule):  # type: ignore[name-defined, misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = GPT(GPTConfig())
+
+        def forward(self, idx):
+            return self.model(idx)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self(x).flatten(0, 1), y.flatten())
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", F.cross_entropy(self(x).flatten(0, 1), y.flatten()))
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+    return PackageGPT()
+
+
 class LitGPT(pl.LightningModule):
     """nanoGPT-style language model (fused SDPA), dropout on so RNG streams matter."""
 

@@ -17,10 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from lightning_models import VOCAB, read_events, token_loader
-from models import GPT, GPTConfig
+from lightning_models import VOCAB, lit_gpt_for, read_events, token_loader
 from PIL import Image
 
 from lightning_attnviz import AttentionMonitor
@@ -39,26 +36,7 @@ def _package(name: str):
 
 
 def _lit_gpt(pl):
-    class LitGPT(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = GPT(GPTConfig())
-
-        def forward(self, idx):
-            return self.model(idx)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return F.cross_entropy(self(x).flatten(0, 1), y.flatten())
-
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            self.log("val_loss", F.cross_entropy(self(x).flatten(0, 1), y.flatten()))
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=1e-2)
-
-    return LitGPT()
+    return lit_gpt_for(pl)
 
 
 def _fit(pl, loggers, monitor=None, **kwargs):

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning_models import VOCAB, LitGPT, LitPrevious, make_trainer, read_events, token_loader
-from models import GPT, GPTConfig
+from lightning_models import VOCAB, LitGPT, LitPrevious, lit_gpt_for, make_trainer, read_events, token_loader
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -421,25 +420,6 @@ def test_fit_with_the_unified_lightning_package(tmp_path):
     import lightning.pytorch as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    class LitGPTUnified(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = GPT(GPTConfig())
-
-        def forward(self, idx):
-            return self.model(idx)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return F.cross_entropy(self(x).flatten(0, 1), y.flatten())
-
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            self.log("val_loss", F.cross_entropy(self(x).flatten(0, 1), y.flatten()))
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=1e-2)
-
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     trainer = L.Trainer(
         logger=logger,
@@ -454,7 +434,7 @@ def test_fit_with_the_unified_lightning_package(tmp_path):
         accelerator="cpu",
         devices=1,
     )
-    trainer.fit(LitGPTUnified(), token_loader(), token_loader(seed=1))
+    trainer.fit(lit_gpt_for(L), token_loader(), token_loader(seed=1))
     assert _steps(read_events(logger.log_dir), HEATMAP) == [3, 6]
 
 
