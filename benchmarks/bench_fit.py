@@ -197,7 +197,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(fit_seconds(args.one, args.monitored, args.quick, epochs)))
         return
-    print("| workload | plain fit (s) | with AttentionMonitor (s) | ratio | drawing CPU s per capture |")
+    columns = ("plain fit (s), median [min–max]", "with AttentionMonitor (s)", "ratio of medians")
+    print(f"| workload | {' | '.join(columns)} | drawing CPU s per capture |")
     print("|---|---|---|---|---|")
     for name in args.workloads:
         plain, watched, draws = [], [], []
@@ -208,7 +209,9 @@ def main() -> None:
             draws.append(draw)
         p, w = statistics.median(plain), statistics.median(watched)
         label = f"{name} (quick)" if args.quick else name
-        print(f"| {label} | {p:.1f} | {w:.1f} | {w / p:.3f}× | {statistics.median(draws):.2f} |")
+        spread = f"[{min(plain):.1f}–{max(plain):.1f}]", f"[{min(watched):.1f}–{max(watched):.1f}]"
+        draw = statistics.median(draws)
+        print(f"| {label} | {p:.1f} {spread[0]} | {w:.1f} {spread[1]} | {w / p:.3f}× | {draw:.2f} |")
         sys.stdout.flush()
 
 
