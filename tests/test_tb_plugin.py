@@ -172,41 +172,24 @@ def test_record_round_trip_weights_mask_image():
 
 def test_record_without_mask_or_image_and_per_head_masks():
     weights = np.full((3, 2, 4), 0.25, np.float32)
-    record = decode_map(
-        encode_map(
+
+    def encode(visible):
+        return encode_map(
             layer="l",
             sample=0,
             step=1,
             weights=weights,
-            visible=None,
+            visible=visible,
             q_labels=["a", "b"],
             k_labels=list("wxyz"),
         )
-    )
+
+    record = decode_map(encode(None))
     assert record.visible is None and record.image is None and record.grid is None
     assert np.allclose(record.weights, 0.25)
-    all_visible = encode_map(
-        layer="l",
-        sample=0,
-        step=1,
-        weights=weights,
-        visible=np.ones((1, 2, 4), bool),
-        q_labels=["a", "b"],
-        k_labels=list("wxyz"),
-    )
-    assert decode_map(all_visible).visible is None  # nothing masked is stored as no mask
+    assert decode_map(encode(np.ones((1, 2, 4), bool))).visible is None  # nothing masked: stored as no mask
     per_head = np.random.default_rng(0).random((3, 2, 4)) > 0.3
-    record = decode_map(
-        encode_map(
-            layer="l",
-            sample=0,
-            step=1,
-            weights=weights,
-            visible=per_head,
-            q_labels=["a", "b"],
-            k_labels=list("wxyz"),
-        )
-    )
+    record = decode_map(encode(per_head))
     assert np.array_equal(record.visible, per_head)
     assert np.all(record.weights[~per_head] == 0)
 
