@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_attnviz.weights import append_extra
+
 # Fidelity: relative error (max |error| / max |output|) above which a map is not what the kernel used.
 # 1e-4 is far above float32 rounding of a recomputed softmax (~1e-6) and far below any real mismatch
 # (a wrong mask or scale is O(1)). Half precision kernels round their own output to ~eps, so the bound
@@ -233,14 +235,8 @@ def mha_probe(
         v = torch.nn.functional.linear(
             batch_major(value).float(), v_weight.detach().float(), None if v_bias is None else v_bias.float()
         )  # (s, S, E)
+        v, _ = append_extra(v, bias_v, add_zero_attn)
         s, _, embed = v.shape
-        extra = []
-        if bias_v is not None:
-            extra.append(bias_v.detach().float().reshape(1, 1, embed).expand(s, 1, embed))
-        if add_zero_attn:
-            extra.append(v.new_zeros(s, 1, embed))
-        if extra:
-            v = torch.cat([v, *extra], dim=1)
         values = v.view(s, v.shape[1], num_heads, embed // num_heads).transpose(1, 2)  # (s, H, S, hd)
         w_out = out_weight.detach().float()
         b_out = None if out_bias is None else out_bias.detach().float()

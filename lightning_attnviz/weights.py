@@ -317,14 +317,9 @@ def mha_weights(
     if bias is not None and bias.dim() == 3:  # (N·H, L, S) -> (s, H, L, S)
         bias = bias.view(batch, num_heads, *bias.shape[-2:])[:samples]
     padding = _to_additive(key_padding_mask, masked_value=True)
-    extra_keys = []
-    if bias_k is not None:
-        extra_keys.append(bias_k.detach().float().reshape(1, 1, embed).expand(s, 1, embed))
-    if add_zero_attn:
-        extra_keys.append(k.new_zeros(s, 1, embed))
-    if extra_keys:
-        k = torch.cat([k, *extra_keys], dim=1)
-        pad = (0, len(extra_keys))
+    k, extra = append_extra(k, bias_k, add_zero_attn)
+    if extra:
+        pad = (0, extra)
         bias = F.pad(bias, pad) if bias is not None else None
         padding = F.pad(padding, pad) if padding is not None else None
     hidden_rows = None
@@ -359,3 +354,19 @@ def _to_additive(mask: Tensor | None, masked_value: bool) -> Tensor | None:
             mask == masked_value, float("-inf")
         )
     return mask.detach().float()
+
+
+def append_extra(t: Tensor, bias: Tensor | None, add_zero_attn: bool) -> tuple[Tensor, int]:
+    """``nn.MultiheadAttention``'s extra keys (or values): ``bias_k``/``bias_v`` then a zero row, appended
+    along the sequence; also how many were appended.
+
+    Shape:
+        t: ``(s, S, E)``; returns ``(s, S + extra, E)``.
+    """
+    s, _, embed = t.shape
+    extra = []
+    if bias is not None:
+        extra.append(bias.detach().float().reshape(1, 1, embed).expand(s, 1, embed))
+    if add_zero_attn:
+        extra.append(t.new_zeros(s, 1, embed))
+    return (torch.cat([t, *extra], dim=1), len(extra)) if extra else (t, 0)
