@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import _trainer
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.reduce import AttentionView
-from lightning_attnviz.render import atlas, head_grid, heatmap
+from lightning_attnviz.analysis.views import AttentionView
+from lightning_attnviz.render.maps import atlas, head_grid, heatmap
 
 
 def _event_bytes(logdir: str) -> int:

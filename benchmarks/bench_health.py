@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from models import GPT, GPTConfig
 
 from lightning_attnviz import capture_attention
-from lightning_attnviz.discover import find_attention
-from lightning_attnviz.pending import Pending, compute
-from lightning_attnviz.relevance import relevance_pass
-from lightning_attnviz.weights import sdpa_weights
+from lightning_attnviz.capture.discover import find_attention
+from lightning_attnviz.capture.inputs import Pending, compute
+from lightning_attnviz.capture.relevance import relevance_pass
+from lightning_attnviz.capture.weights import sdpa_weights
 
 
 def cpu_seconds(fn: Callable[[], object], repeats: int = 3) -> float:

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from lightning_attnviz.reduce import AttentionView
-from lightning_attnviz.render import Strip, arrows, atlas, encode_png, evolution, head_grid, heatmap
-from lightning_attnviz.render_vision import overlay, overlay_grid
+from lightning_attnviz.analysis.views import AttentionView
+from lightning_attnviz.render.maps import Strip, arrows, atlas, encode_png, evolution, head_grid, heatmap
+from lightning_attnviz.render.overlay import overlay, overlay_grid
 
 WORDS = [
     "the",

@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lightning_attnviz.callback import AttentionMonitor
-    from lightning_attnviz.capture import AttentionCapture, AttentionMap, capture_attention
-    from lightning_attnviz.discover import AttentionSite, find_attention
-    from lightning_attnviz.vision import PatchGrid
+    from lightning_attnviz.capture.context import AttentionCapture, AttentionMap, capture_attention
+    from lightning_attnviz.capture.discover import AttentionSite, find_attention
+    from lightning_attnviz.capture.grid import PatchGrid
 
 _WHERE = {
     "AttentionMonitor": "callback",
-    "AttentionCapture": "capture",
-    "AttentionMap": "capture",
-    "capture_attention": "capture",
-    "AttentionSite": "discover",
-    "find_attention": "discover",
-    "PatchGrid": "vision",
+    "AttentionCapture": "capture.context",
+    "AttentionMap": "capture.context",
+    "capture_attention": "capture.context",
+    "AttentionSite": "capture.discover",
+    "find_attention": "capture.discover",
+    "PatchGrid": "capture.grid",
 }
 __all__ = [
     "AttentionCapture",

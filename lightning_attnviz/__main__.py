@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lightning_attnviz.formats import CaptureFileError, SavedCapture, load_capture
-from lightning_attnviz.reduce_vision import cls_to_patches, mean_received, rollout
-from lightning_attnviz.render import PLOT_KINDS, Picture, heatmap, render_views
-from lightning_attnviz.render_vision import overlay
-from lightning_attnviz.tags import Tags
+from lightning_attnviz.analysis.vision import cls_to_patches, mean_received, rollout
+from lightning_attnviz.render.maps import PLOT_KINDS, Picture, heatmap, render_views
+from lightning_attnviz.render.overlay import overlay
+from lightning_attnviz.sinks.capture_file import CaptureFileError, SavedCapture, load_capture
+from lightning_attnviz.sinks.tags import Tags
 
 _VISION = ("overlay", "rollout")
 

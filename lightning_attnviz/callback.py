@@ -6,17 +6,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-from lightning_attnviz import _lightning as lit
-from lightning_attnviz.config import MonitorConfig, default_plots
-from lightning_attnviz.discover import AttentionSite, ModuleSelector
-from lightning_attnviz.drawing import DRAIN_SECONDS, INTERRUPT_SECONDS, Drawing, warn
-from lightning_attnviz.fixed import FixedSamples, capture_forward, find_sites, first_val_batch, module_rows
-from lightning_attnviz.loggers import LoggerSinks
-from lightning_attnviz.pipeline import Job, Setup, job_from_state
-from lightning_attnviz.relevance import relevance_job
-from lightning_attnviz.samples import Tokens, default_forward, token_labeller
-from lightning_attnviz.tags import Tags
-from lightning_attnviz.vision import PatchGrid, find_grid
+from lightning_attnviz.capture.discover import AttentionSite, ModuleSelector
+from lightning_attnviz.capture.grid import PatchGrid, find_grid
+from lightning_attnviz.capture.relevance import relevance_job
+from lightning_attnviz.capture.samples import Tokens, default_forward, token_labeller
+from lightning_attnviz.config import build_config
+from lightning_attnviz.fixed_samples import (
+    FixedSamples,
+    capture_forward,
+    find_sites,
+    first_val_batch,
+    module_rows,
+)
+from lightning_attnviz.pipeline.client import DRAIN_SECONDS, INTERRUPT_SECONDS, Drawing, warn
+from lightning_attnviz.pipeline.messages import Job, Setup, job_from_state
+from lightning_attnviz.render.plots import default_plots
+from lightning_attnviz.sinks.loggers import LoggerSinks
+from lightning_attnviz.sinks.tags import Tags
+from lightning_attnviz.util import lightning as lit
 
 
 class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
@@ -62,11 +69,11 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         dashboard: write the maps for TensorBoard's Attention tab, pooled to ``dashboard_tokens``.
         name: a namespace for the tags, files and checkpoint state, needed when one Trainer has two monitors.
         health: log ``attention_health/*``: each layer's largest logit, the fidelity of its maps to the
-            kernel's output, the value-weighted sink share (see :mod:`lightning_attnviz.health`).
+            kernel's output, the value-weighted sink share (see :mod:`lightning_attnviz.capture.probe`).
         max_logit, logit_growth: warn once per layer whose largest logit passes ``max_logit``, or grows
             ``logit_growth`` times over its first capture to above ``max_logit / 2``.
         relevance: also run a separate forward and backward at each capture for gradient-weighted
-            relevance (Chefer et al. 2021; see :mod:`lightning_attnviz.relevance`), drawn per sample.
+            relevance (Chefer et al. 2021; see :mod:`lightning_attnviz.capture.relevance`), drawn per sample.
         relevance_target: ``(output) -> Tensor`` to explain; default the predicted class or next token.
 
     Raises:
@@ -112,7 +119,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         relevance_target: Callable[[Any], Any] | None = None,
     ) -> None:
         args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        self.config = MonitorConfig.build(**args)
+        self.config = build_config(**args)
         self._label = token_labeller(tokens)
         self._forward = forward_fn or default_forward
         self._samples = FixedSamples(self.config)
@@ -161,7 +168,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
                 warn(message)
             config = replace(self.config, sample_input=None, forward_fn=None, tokens=None, modules=None)
             config = replace(config, relevance_target=None)  # callables stay in the training process
-            plots = default_plots(self.config, grid is not None)
+            plots = default_plots(self.config.plots, grid is not None)
             saves = sinks.captures_dir if self.config.save_captures else None
             self._setup = Setup(config, plots, grid, Tags(self.config.name), saves)
             self._drawing = Drawing(self._setup, sinks.tensorboard_dir, on_outputs=sinks.on_outputs)

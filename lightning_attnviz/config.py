@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from lightning_attnviz.checks import (
+from lightning_attnviz.analysis.vision import HEAD_FUSIONS
+from lightning_attnviz.capture.discover import ModuleSelector
+from lightning_attnviz.capture.grid import PatchGrid
+from lightning_attnviz.capture.samples import first_rows, tensors, token_labeller
+from lightning_attnviz.pipeline.settings import MonitorConfig
+from lightning_attnviz.render.plots import ALL_PLOTS
+from lightning_attnviz.util.checks import (
     check_bool,
     check_callable,
     check_choice,
@@ -20,125 +25,59 @@ from lightning_attnviz.checks import (
     is_index,
     is_layer_selector,
 )
-from lightning_attnviz.discover import ModuleSelector
-from lightning_attnviz.reduce_vision import HEAD_FUSIONS
-from lightning_attnviz.samples import first_rows, tensors, token_labeller
-from lightning_attnviz.vision import PatchGrid
 
-# "stats": per metric one layer × head matrix of the whole model per capture (not per sample), so a
-# 144-head model needs no 144 scalar series per metric to be read; it belongs to both kinds of run.
-TEXT_PLOTS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution", "stats")
-VISION_PLOTS: tuple[str, ...] = ("overlay", "overlay_heads", "rollout", "stats")
-# opt-in: value-weighted attention (Kobayashi et al. 2020) per layer; relevance is drawn with relevance=True
-HEALTH_PLOTS: tuple[str, ...] = ("value_weighted",)
-ALL_PLOTS = tuple(dict.fromkeys((*TEXT_PLOTS, *VISION_PLOTS, *HEALTH_PLOTS)))
-# Defaults: the pictures that answer "what does each layer attend to, and how did it change" without
-# drowning TensorBoard; the Attention tab holds every layer × head × step for the rest.
-TEXT_DEFAULT_PLOTS: tuple[str, ...] = ("heatmap", "heads", "atlas", "evolution", "stats")
-VISION_DEFAULT_PLOTS: tuple[str, ...] = ("overlay", "rollout", "atlas", "evolution", "stats")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
 
 
-@dataclass(frozen=True)
-class MonitorConfig:
-    """Everything ``AttentionMonitor(...)`` was given, checked. See the callback for each field."""
-
-    every_n_epochs: int = 1
-    every_n_steps: int | None = None
-    samples: int = 2
-    sample_input: Any = None
-    forward_fn: Callable | None = None
-    modules: ModuleSelector = None
-    layers: tuple[int | str, ...] | None = None
-    heads: tuple[int, ...] = ()
-    tokens: Any = None
-    plots: tuple[str, ...] | None = None
-    max_tokens: int = 64
-    store_tokens: int = 512
-    top_k: int = 3
-    log_sanity_check: bool = False
-    strip_length: int = 8
-    stats: bool = True
-    head_stats: bool = False
-    histograms: bool = True
-    save_captures: bool = True
-    sink_tokens: int | None = None
-    entropy_collapse: float = 0.02
-    uniform_entropy: float = 0.99
-    image_grid: PatchGrid | str | None = "auto"
-    image_mean: tuple[float, ...] | None = None
-    image_std: tuple[float, ...] | None = None
-    rollout_fusion: str = "mean"
-    rollout_discard: float = 0.0
-    dashboard: bool = True
-    dashboard_tokens: int = 128
-    name: str | None = None
-    # attention health (health.py): max logit, fidelity, value-weighted sink share, and their warnings
-    health: bool = True
-    max_logit: float = 200.0  # warn above this logit (see health_report.MAX_LOGIT for why)
-    logit_growth: float = 4.0  # warn when a layer's max logit grows this much over its first capture
-    # gradient-weighted relevance (relevance.py): a separate forward + backward at each capture
-    relevance: bool = False
-    relevance_target: Callable | None = None
-
-    @classmethod
-    def build(cls, **kwargs: Any) -> MonitorConfig:
-        """Check every argument; raise ``TypeError``/``ValueError`` naming the first wrong one."""
-        k = dict(kwargs)
-        k["every_n_epochs"] = check_int("every_n_epochs", k["every_n_epochs"], minimum=0)
-        k["every_n_steps"] = check_int("every_n_steps", k["every_n_steps"], minimum=1, optional=True)
-        k["samples"] = check_int("samples", k["samples"], minimum=1)
-        for name, minimum in (("max_tokens", 2), ("store_tokens", 2), ("dashboard_tokens", 2), ("top_k", 1)):
-            k[name] = check_int(name, k[name], minimum=minimum)
-        k["strip_length"] = check_int("strip_length", k["strip_length"], minimum=2)
-        k["sink_tokens"] = check_int("sink_tokens", k["sink_tokens"], minimum=1, optional=True)
-        for name in ("log_sanity_check", "stats", "head_stats", "histograms", "save_captures", "dashboard"):
-            check_bool(name, k[name])
-        grid = k["image_grid"]
-        if not (grid is None or grid == "auto" or isinstance(grid, PatchGrid)):
-            raise TypeError(f"`image_grid` must be 'auto', None or a PatchGrid, got {grid!r}")
-        check_choice("rollout_fusion", k["rollout_fusion"], HEAD_FUSIONS)
-        k["rollout_discard"] = check_float(
-            "rollout_discard", k["rollout_discard"], 0, 1, high_open=True, what="a fraction"
-        )
-        for name in ("entropy_collapse", "uniform_entropy"):
-            k[name] = check_float(name, k[name], 0, 1, what="a number (normalised entropy)")
-        check_callable("forward_fn", k["forward_fn"], "(pl_module, inputs) -> Any")
-        for name in ("health", "relevance"):
-            check_bool(name, k.get(name, False))
-        for name, low, default in (("max_logit", 0, 200.0), ("logit_growth", 1, 4.0)):
-            k[name] = check_float(name, k.get(name, default), low, math.inf, what="a number")
-        check_callable("relevance_target", k.get("relevance_target"), "(output) -> Tensor")
-        k["plots"] = check_list(
-            "plots", k["plots"], lambda p: isinstance(p, str), "plot kinds", optional=True, choices=ALL_PLOTS
-        )
-        k["heads"] = check_list("heads", k["heads"], is_index, "head indices >= 0")
-        k["layers"] = check_list(
-            "layers", k["layers"], is_layer_selector, "layer indices or names/globs", optional=True
-        )
-        k["modules"] = _check_modules(k["modules"])
-        k["image_mean"] = check_rgb_stats("image_mean", k["image_mean"], positive=False)
-        k["image_std"] = check_rgb_stats("image_std", k["image_std"], positive=True)
-        token_labeller(k["tokens"])  # raises TypeError for what cannot label tokens
-        if k["sample_input"] is not None:
-            if not tensors(k["sample_input"]):
-                raise TypeError(
-                    "`sample_input` must be a tensor or a batch (tuple, list, dict) holding tensors, "
-                    f"got {type(k['sample_input']).__name__}"
-                )
-            k["sample_input"] = first_rows(k["sample_input"], k["samples"])
-        name = k["name"]
-        if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
-            raise ValueError(f"`name` must be None or 1-40 letters, digits, '_' or '-', got {name!r}")
-        return cls(**k)
-
-    @property
-    def state_id(self) -> str:
-        """What tells two monitors of one Trainer apart in a checkpoint (and in the logs)."""
-        modules = self.modules
-        if callable(modules):  # a predicate's repr holds a memory address: use its qualified name
-            modules = getattr(modules, "__qualname__", type(modules).__name__)
-        return f"{self.name or ''}|{modules!r}"
+def build_config(**kwargs: Any) -> MonitorConfig:
+    """Check every argument; raise ``TypeError``/``ValueError`` naming the first wrong one."""
+    k = dict(kwargs)
+    k["every_n_epochs"] = check_int("every_n_epochs", k["every_n_epochs"], minimum=0)
+    k["every_n_steps"] = check_int("every_n_steps", k["every_n_steps"], minimum=1, optional=True)
+    k["samples"] = check_int("samples", k["samples"], minimum=1)
+    for name, minimum in (("max_tokens", 2), ("store_tokens", 2), ("dashboard_tokens", 2), ("top_k", 1)):
+        k[name] = check_int(name, k[name], minimum=minimum)
+    k["strip_length"] = check_int("strip_length", k["strip_length"], minimum=2)
+    k["sink_tokens"] = check_int("sink_tokens", k["sink_tokens"], minimum=1, optional=True)
+    for name in ("log_sanity_check", "stats", "head_stats", "histograms", "save_captures", "dashboard"):
+        check_bool(name, k[name])
+    grid = k["image_grid"]
+    if not (grid is None or grid == "auto" or isinstance(grid, PatchGrid)):
+        raise TypeError(f"`image_grid` must be 'auto', None or a PatchGrid, got {grid!r}")
+    check_choice("rollout_fusion", k["rollout_fusion"], HEAD_FUSIONS)
+    k["rollout_discard"] = check_float(
+        "rollout_discard", k["rollout_discard"], 0, 1, high_open=True, what="a fraction"
+    )
+    for name in ("entropy_collapse", "uniform_entropy"):
+        k[name] = check_float(name, k[name], 0, 1, what="a number (normalised entropy)")
+    check_callable("forward_fn", k["forward_fn"], "(pl_module, inputs) -> Any")
+    for name in ("health", "relevance"):
+        check_bool(name, k.get(name, False))
+    for name, low, default in (("max_logit", 0, 200.0), ("logit_growth", 1, 4.0)):
+        k[name] = check_float(name, k.get(name, default), low, math.inf, what="a number")
+    check_callable("relevance_target", k.get("relevance_target"), "(output) -> Tensor")
+    k["plots"] = check_list(
+        "plots", k["plots"], lambda p: isinstance(p, str), "plot kinds", optional=True, choices=ALL_PLOTS
+    )
+    k["heads"] = check_list("heads", k["heads"], is_index, "head indices >= 0")
+    k["layers"] = check_list(
+        "layers", k["layers"], is_layer_selector, "layer indices or names/globs", optional=True
+    )
+    k["modules"] = _check_modules(k["modules"])
+    k["image_mean"] = check_rgb_stats("image_mean", k["image_mean"], positive=False)
+    k["image_std"] = check_rgb_stats("image_std", k["image_std"], positive=True)
+    token_labeller(k["tokens"])  # raises TypeError for what cannot label tokens
+    if k["sample_input"] is not None:
+        if not tensors(k["sample_input"]):
+            raise TypeError(
+                "`sample_input` must be a tensor or a batch (tuple, list, dict) holding tensors, "
+                f"got {type(k['sample_input']).__name__}"
+            )
+        k["sample_input"] = first_rows(k["sample_input"], k["samples"])
+    name = k["name"]
+    if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
+        raise ValueError(f"`name` must be None or 1-40 letters, digits, '_' or '-', got {name!r}")
+    return MonitorConfig(**k)
 
 
 def _check_modules(modules: Any) -> ModuleSelector:
@@ -158,9 +97,3 @@ def _check_modules(modules: Any) -> ModuleSelector:
         "`modules` must be None, a name or glob, a list of them, or a predicate (name, module) -> bool, "
         f"got {modules!r}"
     )
-
-
-def default_plots(config: MonitorConfig, vision: bool) -> tuple[str, ...]:
-    if config.plots is not None:
-        return config.plots
-    return VISION_DEFAULT_PLOTS if vision else TEXT_DEFAULT_PLOTS

@@ -1,4 +1,4 @@
-"""Writes lightning_attnviz/static/viridis.js from matplotlib's own viridis colormap.
+"""Writes lightning_attnviz/tab/static/viridis.js from matplotlib's own viridis colormap.
 
 The Attention tab and the PNGs (render.py, matplotlib) then draw a weight in the same colour.
 Run it again only if matplotlib's table ever changes: ``.venv/bin/python scripts/gen_viridis.py``.

@@ -16,10 +16,10 @@ from torch import nn
 
 from lightning_attnviz import AttentionMonitor, capture_attention
 from lightning_attnviz.__main__ import animate, render_file
-from lightning_attnviz.formats import load_capture
-from lightning_attnviz.reduce import js_divergence, layer_stats
-from lightning_attnviz.render import render_views
-from lightning_attnviz.tags import Tags
+from lightning_attnviz.analysis.views import js_divergence, layer_stats
+from lightning_attnviz.render.maps import render_views
+from lightning_attnviz.sinks.capture_file import load_capture
+from lightning_attnviz.sinks.tags import Tags
 
 CAPTURE_DIR = Tags().captures_dir
 

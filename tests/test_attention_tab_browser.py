@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_tb_plugin import LAYERS, _get, _tensorboard, _wait_for, write_demo_logs
 
-from lightning_attnviz.record import decode_map
+from lightning_attnviz.tab.record import decode_map
 
 E2E = Path(__file__).parent / "e2e"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -23,7 +23,7 @@ from matplotlib.image import imread
 from pytorch_lightning.loggers import CSVLogger
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.tags import Tags
+from lightning_attnviz.sinks.tags import Tags
 
 MODULES_TAG = Tags().modules
 

@@ -9,7 +9,7 @@ from lightning_models import LitViT, image_loader, make_trainer, read_events
 from torch import nn
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.vision import PatchGrid
+from lightning_attnviz.capture.grid import PatchGrid
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from models import GPT, GPTConfig, gpt_reference_weights
 from torch import nn
 
 from lightning_attnviz import capture_attention, find_attention
-from lightning_attnviz.pending import compute
+from lightning_attnviz.capture.inputs import compute
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from pytorch_lightning.callbacks import Callback
 from torch._dynamo.utils import counters
 
 from lightning_attnviz import AttentionMonitor, capture_attention, find_attention
-from lightning_attnviz.formats import load_capture
-from lightning_attnviz.tags import Tags
+from lightning_attnviz.sinks.capture_file import load_capture
+from lightning_attnviz.sinks.tags import Tags
 
 CAPTURE_DIR = Tags().captures_dir
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lightning_models import read_events
 
-from lightning_attnviz.tags import Tags
+from lightning_attnviz.sinks.tags import Tags
 
 CAPTURE_DIR, MODULES_TAG = Tags().captures_dir, Tags().modules
 

@@ -12,8 +12,8 @@ from lightning_models import LitGPT, make_trainer, read_events, token_loader
 from torch import nn
 
 from lightning_attnviz import AttentionMonitor, capture_attention
-from lightning_attnviz.health import head_norms
-from lightning_attnviz.pending import compute
+from lightning_attnviz.capture.inputs import compute
+from lightning_attnviz.capture.probe import head_norms
 
 B, H, L, S, E = 3, 2, 5, 7, 4
 

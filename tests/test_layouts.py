@@ -11,8 +11,8 @@ from models import hf_pair
 from torch import nn
 
 from lightning_attnviz import capture_attention, find_attention
-from lightning_attnviz.pending import compute
-from lightning_attnviz.samples import axis_labels
+from lightning_attnviz.capture.inputs import compute
+from lightning_attnviz.capture.samples import axis_labels
 
 
 def _capture(model, *args, defer=False, **kwargs):

@@ -12,8 +12,8 @@ from PIL import Image
 from torch import nn
 
 from lightning_attnviz import AttentionMonitor, PatchGrid
-from lightning_attnviz.formats import load_capture
-from lightning_attnviz.tags import Tags
+from lightning_attnviz.sinks.capture_file import load_capture
+from lightning_attnviz.sinks.tags import Tags
 
 
 class LitPooled(pl.LightningModule):

@@ -21,9 +21,9 @@ from lightning_models import VOCAB, lit_gpt_for, read_events, token_loader
 from PIL import Image
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.logger_names import Names, file_path, mlflow_name, wandb_name
-from lightning_attnviz.loggers import CSVSink, LoggerSinks
-from lightning_attnviz.pipeline import EncodedPicture, Outputs
+from lightning_attnviz.sinks.base import EncodedPicture, Outputs
+from lightning_attnviz.sinks.loggers import CSVSink, LoggerSinks
+from lightning_attnviz.sinks.names import Names, file_path, mlflow_name, wandb_name
 
 STEPS = [3, 6]  # two epochs of three training steps: one capture after each validation
 STAT = "attention_stats/entropy/model.h.0.attn/mean"

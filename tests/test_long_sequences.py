@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_attnviz import AttentionMonitor, capture_attention
-from lightning_attnviz.reduce import layer_stats
+from lightning_attnviz.analysis.views import layer_stats
 
 
 def _pool(weights: np.ndarray, qb: int, kb: int) -> np.ndarray:

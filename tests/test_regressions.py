@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.formats import load_capture, save_capture
-from lightning_attnviz.reduce import AttentionView
+from lightning_attnviz.analysis.views import AttentionView
+from lightning_attnviz.sinks.capture_file import load_capture, save_capture
 
 HEATMAP = "attention/sample_0/model.h.0.attn/heatmap"
 

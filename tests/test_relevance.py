@@ -11,8 +11,8 @@ from lightning_models import VOCAB, LitGPT, LitViT, image_loader, make_trainer, 
 from models import GPT, GPTConfig, timm_vit
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.discover import find_attention
-from lightning_attnviz.relevance import relevance_pass
+from lightning_attnviz.capture.discover import find_attention
+from lightning_attnviz.capture.relevance import relevance_pass
 
 
 def _call(model, x):

@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_attnviz import layout
-from lightning_attnviz.reduce import AttentionView
-from lightning_attnviz.render import (
+from lightning_attnviz.analysis.views import AttentionView
+from lightning_attnviz.render import canvas as layout
+from lightning_attnviz.render.maps import (
     MASKED_RGB,
     TOP_RGB,
     UNIFORM_RGB,
@@ -36,7 +36,7 @@ from lightning_attnviz.render import (
     heatmap,
     render_views,
 )
-from lightning_attnviz.render_vision import ALPHA, overlay, overlay_grid
+from lightning_attnviz.render.overlay import ALPHA, overlay, overlay_grid
 
 LUT = (matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
 LONG = "model.bert.encoder.layer.11.attention.self.with.a.much.longer.wrapper.name.around.it.query_key"
@@ -277,7 +277,7 @@ def test_overlay_draws_the_heat_on_the_image():
 def test_overlay_of_an_even_heat_is_the_uniform_colour():
     image = np.zeros((32, 32, 3))
     picture = overlay(image, np.full((4, 4), 1 / 16), "even", patch_size=(8, 8))
-    from lightning_attnviz.render_vision import ALPHA_MIN
+    from lightning_attnviz.render.overlay import ALPHA_MIN
 
     alpha = ALPHA_MIN + (ALPHA - ALPHA_MIN) * 0.4
     even = np.round(alpha * np.array(UNIFORM_RGB)).astype(np.uint8)

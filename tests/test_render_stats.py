@@ -8,9 +8,9 @@ from lightning_models import VOCAB, LitGPT, make_trainer, read_events, token_loa
 from matplotlib.image import imread
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.reduce import LayerStats
-from lightning_attnviz.render_stats import STATS_METRICS, draw_stats, metrics, render_stats, stats_matrix
-from lightning_attnviz.tags import Tags
+from lightning_attnviz.analysis.views import LayerStats
+from lightning_attnviz.render.stats import STATS_METRICS, draw_stats, metrics, render_stats, stats_matrix
+from lightning_attnviz.sinks.tags import Tags
 
 LAYERS = [
     f"model.encoder.layers.{i}.attention.self_attention_with_rotary_embeddings_and_qk_norm" for i in range(3)

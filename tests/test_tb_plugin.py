@@ -22,8 +22,8 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from lightning_attnviz.record import FORMAT, decode_map, encode_map, tab_value
-from lightning_attnviz.tb_plugin import AttentionPlugin
+from lightning_attnviz.tab.plugin import AttentionPlugin
+from lightning_attnviz.tab.record import FORMAT, decode_map, encode_map, tab_value
 
 # the demo logs: layers out of lexicographic order (the tab opens on blocks.10, the last one)
 LAYERS = [

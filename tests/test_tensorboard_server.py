@@ -19,7 +19,7 @@ from lightning_models import VOCAB, LitGPT, make_trainer, read_events, token_loa
 from matplotlib.image import imread
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.record import decode_map
+from lightning_attnviz.tab.record import decode_map
 
 
 def _free_port() -> int:

@@ -14,16 +14,16 @@ import torch
 from models import hf_pair, timm_vit
 
 from lightning_attnviz import capture_attention
-from lightning_attnviz.reduce_vision import (
+from lightning_attnviz.analysis.vision import (
     cls_to_patches,
     mean_attention_distance,
     mean_received,
     query_patch,
     rollout,
-    unnormalize,
 )
-from lightning_attnviz.render_vision import blend, upsample
-from lightning_attnviz.vision import PatchGrid, grid_from_hf, grid_from_timm
+from lightning_attnviz.capture.grid import PatchGrid, grid_from_hf, grid_from_timm
+from lightning_attnviz.capture.samples import unnormalize
+from lightning_attnviz.render.overlay import blend, upsample
 
 
 def random_attention(rng: np.random.Generator, heads: int, length: int) -> np.ndarray:

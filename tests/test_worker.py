@@ -11,7 +11,7 @@ from lightning_models import LitGPT, make_trainer, read_events, token_loader
 from pytorch_lightning.callbacks import Callback
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.worker import shared_worker
+from lightning_attnviz.pipeline.worker import shared_worker
 
 _FIT = textwrap.dedent(
     """
@@ -20,7 +20,7 @@ _FIT = textwrap.dedent(
     import torchvision_standin; torchvision_standin.install()
     from lightning_models import LitGPT, make_trainer, read_events, token_loader
     from lightning_attnviz import AttentionMonitor
-    from lightning_attnviz.worker import shared_worker
+    from lightning_attnviz.pipeline.worker import shared_worker
     trainer = make_trainer({out!r}, [AttentionMonitor(plots=["heatmap"])], max_epochs=2)
     trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
     events = read_events(trainer.logger.log_dir)

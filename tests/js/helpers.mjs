@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
-export const STATIC = new URL("../../lightning_attnviz/static/", import.meta.url);
+export const STATIC = new URL("../../lightning_attnviz/tab/static/", import.meta.url);
 
 const dir = process.env.ATTNVIZ_JS_FIXTURES;
 if (!dir) throw new Error("ATTNVIZ_JS_FIXTURES is not set: run scripts/test_js.sh");

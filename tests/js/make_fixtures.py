@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from lightning_attnviz.record import decode_map, encode_map
+from lightning_attnviz.tab.record import decode_map, encode_map
 
 
 def _records() -> dict[str, bytes]:

@@ -1,0 +1,1 @@
+"""Floor 1, torch only: find attention modules, tap them, and compute exact weights."""

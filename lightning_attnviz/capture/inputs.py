@@ -1,0 +1,278 @@
+"""What a tap keeps of one attention call, and the pure function that turns it into weights.
+
+Capture runs on the training thread and only copies the sampled rows' inputs (q/k, masks, the
+projection weights as they were at that step) into frozen dataclasses of detached CPU tensors.
+:func:`compute` then makes the weights from them, anywhere: right away, on a thread, or in the
+drawing process after a pickle round trip. Nothing here touches a module or a hook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lightning_attnviz.capture.pooling import Computed, RowStats
+from lightning_attnviz.capture.probe import Health, Probe, mha_probe, sdpa_probe
+from lightning_attnviz.capture.weights import collect_weights, mha_weights, scores_weights, sdpa_weights
+
+Path = Literal["sdpa", "mha", "eager_softmax", "flex"]
+
+
+@dataclass(frozen=True)
+class SDPAInputs:
+    """The arguments of one ``F.scaled_dot_product_attention`` call, sampled rows only.
+
+    ``v`` and ``out`` (the kernel's own output) are kept for the fidelity check and value norms.
+
+    Shape:
+        q: ``(s, ..., Hq, L, E)``; k, v: ``(s, ..., Hk, S, E|Ev)``; mask broadcastable to the scores;
+        out: ``(s, ..., Hq, L, Ev)``.
+    """
+
+    q: Tensor
+    k: Tensor
+    mask: Tensor | None
+    causal: bool
+    scale: float | None
+    gqa: bool
+    v: Tensor | None = None
+    out: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class MHAInputs:
+    """What ``nn.MultiheadAttention`` projects queries and keys with, sampled rows only.
+
+    ``hide_padded_queries``: self-attention, where padded query rows get no weight. ``value`` with the
+    value and output projections, and the module's ``output``, are for the fidelity check and value
+    norms (``output`` is ``None`` where it is not the attention's: a fused encoder layer).
+    """
+
+    query: Tensor
+    key: Tensor
+    num_heads: int
+    q_weight: Tensor
+    k_weight: Tensor
+    q_bias: Tensor | None
+    k_bias: Tensor | None
+    bias_k: Tensor | None
+    add_zero_attn: bool
+    key_padding_mask: Tensor | None
+    attn_mask: Tensor | None
+    is_causal: bool
+    batch_first: bool
+    hide_padded_queries: bool
+    value: Tensor | None = None
+    v_weight: Tensor | None = None
+    v_bias: Tensor | None = None
+    bias_v: Tensor | None = None
+    out_weight: Tensor | None = None
+    out_bias: Tensor | None = None
+    output: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SoftmaxOutput:
+    """The weights an eager attention computed itself, ``(s, H, L, S)``; ``padded_queries`` ``(s, L)``
+    (True: padding, from the batch's attention mask) when known; ``max_logit`` ``(s, H)`` the largest
+    finite entry of the softmax's input (the logits)."""
+
+    weights: Tensor
+    padded_queries: Tensor | None = None
+    max_logit: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ScoresInputs:
+    """Scores a tap finished itself, ``(s, H, L, S)``, ``-inf`` where hidden: FlexAttention's scores
+    after the model's ``score_mod`` and block mask (:func:`~lightning_attnviz.flex.flex_scores`)."""
+
+    scores: Tensor
+
+
+Inputs = SDPAInputs | MHAInputs | SoftmaxOutput | ScoresInputs
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One attention call seen during capture, its weights not yet computed.
+
+    Attributes:
+        key: the record's key: the module name for its first call, ``"<name>#<n>"`` for call ``n``.
+        module: qualified name of the module that made the call.
+        call: 0-based index of this call of ``module`` in the capture.
+        path: how the weights are obtained (see :class:`AttentionMap`).
+        inputs: what :func:`compute` needs.
+        causal, masked, gqa_groups, scale, dropout_p: as in :class:`AttentionMap`.
+    """
+
+    key: str
+    module: str
+    call: int
+    path: Path
+    inputs: Inputs
+    causal: bool | None
+    masked: bool | None
+    gqa_groups: int
+    scale: float | None
+    dropout_p: float
+    axes: tuple[str, str] = ("source", "source")
+    layout: str = "token"
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """One attention computation seen during capture.
+
+    Attributes:
+        key: the module name for its first call since the context was entered, ``"<name>#<n>"`` for
+            call ``n`` (a shared module, or self- and cross-attention computed inside one module).
+        module: qualified name of the module that computed it.
+        call: 0-based index of this call of ``module`` since the context was entered.
+        weights: float32 CPU tensor, ``(samples, heads, q_len, k_len)``; rows sum to 1, or to 0 where
+            every key is masked.
+        visible: bool CPU tensor broadcastable to ``weights``, False where a mask hid the key; ``None``
+            when nothing was masked. For eager softmax it is inferred as ``weights != 0``.
+        path: ``"sdpa"`` (recomputed beside ``F.scaled_dot_product_attention``), ``"mha"``
+            (recomputed from ``nn.MultiheadAttention`` projections, fast path or not) or
+            ``"eager_softmax"`` (the model's own softmax output).
+        causal: ``is_causal`` was set; ``None`` when the path does not say (eager softmax).
+        masked: a mask was applied; ``None`` when the path does not say.
+        gqa_groups: query heads per key head (1 without grouped-query attention done by SDPA).
+        scale: the scale applied to ``q·kᵀ``; ``None`` when unknown (eager softmax).
+        dropout_p: dropout applied *after* these weights in train mode; it is not part of them.
+        length: ``(q_len, k_len)`` of the attention as computed.
+        block: ``(query rows, keys)`` per cell when the map was block-pooled while capturing
+            (``max_tokens``): query rows averaged, keys summed, so rows still sum to 1. ``(1, 1)``: exact.
+        stats: per-row statistics at full resolution (with ``stats=True``).
+        axes: (query, key) token axis: ``"source"`` (``input_ids``) or ``"target"`` (decoder inputs).
+        layout: :data:`~lightning_attnviz.layouts.Kind` of the module: ``"token"``, ``"pool"`` (the
+            latent's row is the overlay) or ``"talking_heads"`` (softmax before the head mix).
+        note: what the map shows where that is not plain token attention, for the module table.
+        health: max logit, fidelity and value norms (:class:`~lightning_attnviz.health.Health`).
+    """
+
+    key: str
+    module: str
+    call: int
+    weights: Tensor
+    visible: Tensor | None
+    path: Path
+    causal: bool | None
+    masked: bool | None
+    gqa_groups: int
+    scale: float | None
+    dropout_p: float
+    length: tuple[int, int] = (0, 0)
+    block: tuple[int, int] = (1, 1)
+    stats: RowStats | None = None
+    axes: tuple[str, str] = ("source", "source")
+    layout: str = "token"
+    note: str | None = None
+    health: Health | None = None
+
+
+def compute(
+    pending: Pending, max_tokens: int | None = None, stats: bool = False, sink_keys: int = 1
+) -> AttentionMap:
+    """The weights of one pending call, off the autograd graph, in float32.
+
+    Args:
+        pending: what a tap kept.
+        max_tokens: block-pool maps longer than this while computing (``None``: exact).
+        stats: accumulate per-row statistics at full resolution.
+        sink_keys: how many leading keys the statistics' sink share counts.
+
+    Raises:
+        RuntimeError, ValueError, IndexError, TypeError: the inputs do not make attention weights
+        (the caller turns this into a warning naming the module).
+    """
+    x = pending.inputs
+    with torch.inference_mode(False), torch.no_grad():
+        probe = _probe(pending, sink_keys)
+        if isinstance(x, SDPAInputs):
+            samples = x.q.shape[0]
+            result: Computed = sdpa_weights(
+                x.q, x.k, x.mask, x.causal, x.scale, x.gqa, samples, max_tokens, stats, sink_keys, probe
+            )
+        elif isinstance(x, MHAInputs):
+            result = mha_weights(
+                x.query,
+                x.key,
+                num_heads=x.num_heads,
+                q_weight=x.q_weight,
+                k_weight=x.k_weight,
+                q_bias=x.q_bias,
+                k_bias=x.k_bias,
+                bias_k=x.bias_k,
+                add_zero_attn=x.add_zero_attn,
+                key_padding_mask=x.key_padding_mask,
+                attn_mask=x.attn_mask,
+                is_causal=x.is_causal,
+                batch_first=x.batch_first,
+                samples=_mha_samples(x),
+                hide_padded_queries=x.hide_padded_queries,
+                max_tokens=max_tokens,
+                stats=stats,
+                sink_keys=sink_keys,
+                probe=probe,
+            )
+        elif isinstance(x, ScoresInputs):
+            result = scores_weights(x.scores, max_tokens, stats, sink_keys, probe)
+        else:
+            result = collect_weights(x.weights, max_tokens, stats, sink_keys, x.padded_queries)
+        health = probe.result(x.max_logit if isinstance(x, SoftmaxOutput) else None)
+    return AttentionMap(
+        key=pending.key,
+        module=pending.module,
+        call=pending.call,
+        weights=result.weights,
+        visible=result.visible,
+        path=pending.path,
+        causal=pending.causal,
+        masked=pending.masked,
+        gqa_groups=pending.gqa_groups,
+        scale=pending.scale,
+        dropout_p=pending.dropout_p,
+        length=result.length,
+        block=result.block,
+        stats=result.stats,
+        axes=pending.axes,
+        layout=pending.layout,
+        note=pending.note,
+        health=health,
+    )
+
+
+def _probe(pending: Pending, sink_keys: int) -> Probe:
+    """What reads the scores as they are computed: max logit, and fidelity where values were kept."""
+    x = pending.inputs
+    if isinstance(x, SDPAInputs):
+        return sdpa_probe(x.q, x.v, x.out, pending.dropout_p, sink_keys)
+    if isinstance(x, MHAInputs):
+        return mha_probe(
+            x.value,
+            x.output,
+            num_heads=x.num_heads,
+            batch_first=x.batch_first,
+            samples=_mha_samples(x),
+            v_weight=x.v_weight,
+            v_bias=x.v_bias,
+            bias_v=x.bias_v,
+            add_zero_attn=x.add_zero_attn,
+            out_weight=x.out_weight,
+            out_bias=x.out_bias,
+            dropout_p=pending.dropout_p,
+            sink_keys=sink_keys,
+        )
+    return Probe(sink_keys=sink_keys)
+
+
+def _mha_samples(x: MHAInputs) -> int:
+    if x.query.dim() == 2:
+        return 1
+    return x.query.shape[0 if x.batch_first else 1]

@@ -1,0 +1,244 @@
+"""Attention health and faithful maps: what a capture can say beyond the weights themselves.
+
+- **Max logit.** The largest scaled logit that enters the softmax at a visible position (q·k·scale plus
+  any additive mask, bias or ``score_mod``), per ``(sample, head)``. Logits that grow until softmax is
+  one-hot precede divergence in large runs (Dehghani et al. 2023, ViT-22B, who add qk-layernorm
+  against it; Wortsman et al. 2023 reproduce this "attention logit growth" in small models at high
+  learning rates). It is read where the scores are computed anyway (:class:`Probe`), at no extra pass.
+- **Fidelity.** The captured weights times the model's own values, compared with what the model's
+  attention produced: the SDPA kernel's output, or ``nn.MultiheadAttention``'s output (after its
+  ``out_proj``: the attention output before it is not visible). A maximum absolute error per layer;
+  no other tool checks its maps against the kernel that actually ran.
+- **Value-weighted attention** (Kobayashi et al. 2020): ``‖α_ij · f(v_j)‖`` per head, where ``f`` is
+  the identity at ``F.scaled_dot_product_attention`` (the output projection is the model's own code,
+  not visible there) and the head's slice of ``out_proj`` for ``nn.MultiheadAttention``.
+
+The drawing side (:mod:`lightning_attnviz.pipeline.health`) turns them into tags, pictures and warnings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_attnviz.capture.heads import append_extra, batch_dims_to_heads
+
+# Fidelity: relative error (max |error| / max |output|) above which a map is not what the kernel used.
+# 1e-4 is far above float32 rounding of a recomputed softmax (~1e-6) and far below any real mismatch
+# (a wrong mask or scale is O(1)). Half precision kernels round their own output to ~eps, so the bound
+# is never tighter than 8·eps of the output's dtype (bf16: 0.06, fp16: 0.008).
+FIDELITY_TOLERANCE = 1e-4
+
+
+def fidelity_tolerance(dtype: torch.dtype) -> float:
+    """The relative error a faithful map may show against a kernel output of ``dtype``."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    return max(FIDELITY_TOLERANCE, 8 * eps)
+
+
+@dataclass(frozen=True)
+class Health:
+    """What one attention call says about its own health, beside its weights.
+
+    Attributes:
+        max_logit: ``(s, H)`` float32, the largest scaled logit at a visible position (``-inf`` where
+            nothing is visible); ``None`` where the path cannot see the logits.
+        error: max absolute difference between captured weights · values (· ``out_proj``) and the
+            model's own attention output, over the sampled rows that attend to anything; ``None``
+            when the output could not be compared (eager softmax keeps the model's own weights).
+        scale: max absolute value of that output (the error's reference, for the relative bound).
+        tolerance: the relative error :func:`fidelity_tolerance` allows for the output's dtype.
+        value_norms: ``(s, H, S)`` ‖f(v_j)‖ per key (see the module docstring for ``f``).
+        value_sink: ``(s, H)`` mean over rows of the share of ``‖α_ij f(v_j)‖`` on the sink keys.
+        projected: the value norms include the output projection.
+    """
+
+    max_logit: Tensor | None = None
+    error: float | None = None
+    scale: float | None = None
+    tolerance: float | None = None
+    value_norms: Tensor | None = None
+    value_sink: Tensor | None = None
+    projected: bool = False
+
+    @property
+    def relative_error(self) -> float | None:
+        if self.error is None or self.scale is None:
+            return None
+        return self.error / max(self.scale, 1e-30)
+
+
+class Probe:
+    """Reads each block of scores and weights as :func:`~lightning_attnviz.weights._softmax_in_chunks`
+    computes them: the max logit always, and with ``values`` the fidelity and value-weighted sink.
+
+    Args:
+        values: ``(s, H, S, Ev)`` float32 values the weights multiply.
+        expected: the model's output rows: ``(s, H, L, Ev)``, or with ``project`` ``(s, L, E)``.
+        project: ``(s, H, rows, Ev) → (s, rows, E)`` (heads concatenated, ``out_proj`` applied).
+        norms: ``(s, H, S)`` value norms for the value-weighted sink share.
+        sink_keys: leading keys counted as the sink.
+    """
+
+    def __init__(
+        self,
+        values: Tensor | None = None,
+        expected: Tensor | None = None,
+        project: Callable[[Tensor], Tensor] | None = None,
+        norms: Tensor | None = None,
+        sink_keys: int = 1,
+        tolerance: float | None = None,
+        projected: bool = False,
+    ) -> None:
+        self.values, self.expected, self.project = values, expected, project
+        self.norms, self.sink_keys, self.tolerance, self.projected = norms, sink_keys, tolerance, projected
+        self.max_logit: Tensor | None = None
+        self.error = 0.0 if expected is not None else None
+        self.sink_total: Tensor | None = None
+        self.sink_rows: Tensor | None = None
+
+    def add(self, start: int, scores: Tensor, weights: Tensor) -> None:
+        """Rows ``start : start + rows``: ``scores`` ``(s, H, rows, keys)`` with ``-inf`` where hidden,
+        ``weights`` their softmax (rows with nothing visible zeroed); keys beyond ``keys`` are hidden."""
+        top = scores.detach().float().amax(dim=(-2, -1))
+        self.max_logit = top if self.max_logit is None else torch.maximum(self.max_logit, top)
+        keys, stop = weights.shape[-1], start + weights.shape[-2]
+        live = weights.sum(-1) > 0  # (s, H, rows): rows that attend to anything
+        if self.values is not None and self.expected is not None:
+            out = weights @ self.values[..., :keys, :]  # (s, H, rows, Ev)
+            rows = self.expected[..., start:stop, :].float()
+            if self.project is not None:
+                out, live_rows = self.project(out), live.all(1)[..., None]  # (s, rows, E), (s, rows, 1)
+            else:
+                live_rows = live[..., None]
+            gap = torch.where(live_rows, (out - rows).abs(), 0.0)
+            self.error = max(self.error or 0.0, float(gap.amax()) if gap.numel() else 0.0)
+        if self.norms is not None:
+            moved = weights * self.norms[:, :, None, :keys]  # ‖α_ij f(v_j)‖, (s, H, rows, keys)
+            total = moved.sum(-1)
+            share = torch.where(total > 0, moved[..., : self.sink_keys].sum(-1) / total.clamp_min(1e-30), 0.0)
+            counted = total > 0
+            add_total = share.sum(-1, dtype=torch.float64)
+            add_rows = counted.sum(-1)
+            self.sink_total = add_total if self.sink_total is None else self.sink_total + add_total
+            self.sink_rows = add_rows if self.sink_rows is None else self.sink_rows + add_rows
+
+    def result(self, max_logit: Tensor | None = None) -> Health:
+        """What was read; ``max_logit`` stands in for paths that saw the logits elsewhere (eager)."""
+        logit = self.max_logit if max_logit is None else max_logit
+        scale = None
+        if self.expected is not None:
+            scale = float(self.expected.float().abs().amax()) if self.expected.numel() else 0.0
+        sink = None
+        if self.sink_total is not None and self.sink_rows is not None:
+            sink = (self.sink_total / self.sink_rows.clamp_min(1)).float()
+            sink = sink.masked_fill(self.sink_rows == 0, float("nan"))
+        return Health(
+            max_logit=None if logit is None else logit.float().cpu(),
+            error=self.error,
+            scale=scale,
+            tolerance=self.tolerance,
+            value_norms=None if self.norms is None else self.norms.float().cpu(),
+            value_sink=None if sink is None else sink.cpu(),
+            projected=self.projected,
+        )
+
+
+def logit_max(scores: Tensor) -> Tensor:
+    """``(s, H)``: the largest finite entry of each ``(s, H, L, S)`` softmax input (eager attention
+    masks with ``-inf`` or a large negative number; either way the max is at a visible key)."""
+    s = scores.detach().float()
+    return s.masked_fill(~torch.isfinite(s), float("-inf")).amax(dim=(-2, -1))
+
+
+def head_norms(values: Tensor, out_weight: Tensor | None = None) -> Tensor:
+    """``(s, H, S)`` ‖v_j‖, or ‖W_O^h v_j‖ with ``out_weight`` ``(E_out, H·hd)`` (the head's columns of
+    the output projection), through the head's ``hd × hd`` Gram matrix so no ``(s, H, S, E)`` exists.
+
+    Shape:
+        values: ``(s, H, S, hd)``.
+    """
+    v = values.float()
+    if out_weight is None:
+        return v.norm(dim=-1)
+    heads, hd = v.shape[1], v.shape[-1]
+    w = out_weight.float().reshape(out_weight.shape[0], heads, hd).transpose(0, 1)  # (H, E_out, hd)
+    gram = w.transpose(-2, -1) @ w  # (H, hd, hd)
+    sq = ((v @ gram[None]) * v).sum(-1)
+    return sq.clamp_min(0).sqrt()
+
+
+# -- probes for each path (plain tensors: built by pending.compute) -------------------------------------
+
+
+def sdpa_probe(q: Tensor, v: Tensor | None, out: Tensor | None, dropout_p: float, sink_keys: int) -> Probe:
+    """The probe of one SDPA call: values repeated per query head (GQA), the kernel's output as the
+    reference unless dropout made it random.
+
+    Shape:
+        q: ``(s, ..., Hq, L, E)``; v: ``(s, ..., Hk, S, Ev)``; out: ``(s, ..., Hq, L, Ev)``.
+    """
+    if v is None:
+        return Probe(sink_keys=sink_keys)
+    values = batch_dims_to_heads(v.detach()).float()
+    q_heads = batch_dims_to_heads(q[:1]).shape[1]
+    if values.shape[1] != q_heads:
+        values = values.repeat_interleave(q_heads // values.shape[1], dim=1)
+    expected = None if out is None or dropout_p > 0 else batch_dims_to_heads(out.detach())
+    tolerance = None if expected is None else fidelity_tolerance(out.dtype)
+    return Probe(values, expected, None, head_norms(values), sink_keys, tolerance)
+
+
+def mha_probe(
+    value: Tensor | None,
+    output: Tensor | None,
+    *,
+    num_heads: int,
+    batch_first: bool,
+    samples: int,
+    v_weight: Tensor | None,
+    v_bias: Tensor | None,
+    bias_v: Tensor | None,
+    add_zero_attn: bool,
+    out_weight: Tensor | None,
+    out_bias: Tensor | None,
+    dropout_p: float,
+    sink_keys: int,
+) -> Probe:
+    """The probe of one ``nn.MultiheadAttention`` call: the module's own value projection (``bias_v``
+    and ``add_zero_attn`` appended as it does), ``out_proj`` applied to A·V, and the module's output as
+    the reference (the attention output before ``out_proj`` is not visible from outside).
+
+    Shape:
+        value, output: ``(L, N, E)``, ``(N, L, E)`` with ``batch_first``, or unbatched ``(L, E)``.
+    """
+    if value is None or v_weight is None or out_weight is None:
+        return Probe(sink_keys=sink_keys)
+
+    def batch_major(t: Tensor) -> Tensor:
+        t = t.detach()
+        if t.dim() == 2:
+            return t.unsqueeze(0)
+        return (t if batch_first else t.transpose(0, 1))[:samples]
+
+    with torch.autocast(value.device.type, enabled=False):
+        v = torch.nn.functional.linear(
+            batch_major(value).float(), v_weight.detach().float(), None if v_bias is None else v_bias.float()
+        )  # (s, S, E)
+        v, _ = append_extra(v, bias_v, add_zero_attn)
+        s, _, embed = v.shape
+        values = v.view(s, v.shape[1], num_heads, embed // num_heads).transpose(1, 2)  # (s, H, S, hd)
+        w_out = out_weight.detach().float()
+        b_out = None if out_bias is None else out_bias.detach().float()
+
+    def project(heads_out: Tensor) -> Tensor:  # (s, H, rows, hd) -> (s, rows, E)
+        joined = heads_out.transpose(1, 2).reshape(heads_out.shape[0], heads_out.shape[2], -1)
+        return torch.nn.functional.linear(joined, w_out, b_out)
+
+    nested = output is not None and output.is_nested
+    expected = None if output is None or nested or dropout_p > 0 else batch_major(output)
+    tolerance = None if expected is None else fidelity_tolerance(output.dtype)
+    return Probe(values, expected, project, head_norms(values, w_out), sink_keys, tolerance, projected=True)

@@ -1,0 +1,345 @@
+"""Attention weights A = softmax(QKᵀ·scale + mask), recomputed beside the user's own kernel.
+
+These functions never run the model's attention: they take the q/k (or the projection weights) the
+model used and compute A for the first few batch rows only, in float32, in chunks of query rows, so
+that memory stays O(samples·H·chunk·S) while computing and the user's fused kernel keeps running.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_attnviz.capture.heads import append_extra, batch_dims_to_heads
+from lightning_attnviz.capture.pooling import Computed, _Collector
+from lightning_attnviz.capture.probe import Probe
+
+# Scores alive at once while computing: samples·heads·rows·keys ≤ this many float32 values (4 MiB),
+# small enough to stay in cache between the matmul, the mask and the softmax (fastest measured here).
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _slice_mask(mask: Tensor, ndim: int, samples: int) -> Tensor:
+    """Broadcast ``mask`` to ``ndim`` dims and keep its first ``samples`` batch rows."""
+    while mask.dim() < ndim:
+        mask = mask.unsqueeze(0)
+    if mask.shape[0] > 1:
+        mask = mask[:samples]
+    return batch_dims_to_heads(mask) if ndim != 4 else mask
+
+
+def sdpa_weights(
+    query: Tensor,
+    key: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    samples: int = 1,
+    max_tokens: int | None = None,
+    stats: bool = False,
+    sink_keys: int = 1,
+    probe: Probe | None = None,
+) -> Computed:
+    """The weights ``F.scaled_dot_product_attention`` applies, for the first ``samples`` batch rows.
+
+    Follows SDPA's documented semantics: a bool ``attn_mask`` marks positions that *may* be attended,
+    a float one is added to the scores, ``is_causal`` is the top-left aligned lower triangle, and
+    ``enable_gqa`` repeats each key head for ``Hq // Hk`` query heads. Rows where every key is masked
+    get zero weight (SDPA's output there is undefined).
+
+    Returns:
+        :class:`Computed`: float32 CPU weights (block-pooled beyond ``max_tokens``), the bool mask of
+        attendable positions (``None`` when nothing was masked) and, with ``stats``, row statistics.
+
+    Shape:
+        - query: ``(N, ..., Hq, L, E)``; key: ``(N, ..., Hk, S, E)``.
+        - weights: ``(samples, Hq, L, S)`` unpooled; visible: broadcastable to it.
+    """
+    ndim = query.dim()
+    q = batch_dims_to_heads(query[:samples].detach())
+    k = batch_dims_to_heads(key[:samples].detach())
+    if enable_gqa and k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+
+    bias = None  # additive float32 mask, (1|s, 1|H, L, S)
+    visible = None
+    if attn_mask is not None:
+        mask = _slice_mask(attn_mask.detach(), ndim, samples)
+        if mask.dtype == torch.bool:
+            visible = mask
+        else:
+            bias = mask.float()
+    return _softmax_in_chunks(
+        q, k, scale, bias, visible, is_causal, None, max_tokens, stats, sink_keys, probe
+    )
+
+
+def _softmax_in_chunks(
+    q: Tensor,
+    k: Tensor,
+    scale: float,
+    bias: Tensor | None,
+    visible: Tensor | None,
+    causal: bool = False,
+    hidden_rows: Tensor | None = None,
+    max_tokens: int | None = None,
+    stats: bool = False,
+    sink_keys: int = 1,
+    probe: Probe | None = None,
+) -> Computed:
+    """softmax(q kᵀ · scale + bias) over keys, with ``visible``, ``causal`` and ``hidden_rows`` applied,
+    a block of rows at a time.
+
+    Blocks of about 4 MiB keep the intermediates in cache, so the cost is close to one write of the
+    result; with ``causal`` only the keys left of the block's last row are computed. ``hidden_rows``
+    (``(s, q)`` bool) marks query rows that get no weight (padded queries). ``probe`` reads each block's
+    scores (the logits, ``-inf`` where hidden) and weights: the max logit and fidelity come for free.
+    """
+    samples, heads, length, _ = q.shape
+    width = k.shape[-2]
+    collector = _Collector(samples, heads, length, width, max_tokens, stats, q.device, sink_keys)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
+    kt = k.float().transpose(-2, -1)
+    cols = torch.arange(width, device=q.device)
+    masked = visible is not None or bias is not None or causal or hidden_rows is not None
+    # causal alone never leaves a row without keys (row i sees keys 0..i); other masks may
+    may_empty = visible is not None or bias is not None or hidden_rows is not None
+    with torch.autocast(q.device.type, enabled=False):
+        for start in range(0, length, rows):
+            stop = min(length, start + rows)
+            keys = min(width, stop) if causal else width  # keys right of the last row are all masked
+            # keys right of the block's last row are all masked under `causal`: computed as zeros later
+            scores = (q[..., start:stop, :].float() * scale) @ kt[..., :keys]  # (s, H, rows, keys)
+            if bias is not None:
+                scores += _rows(bias, start, stop)[..., :keys]
+            allowed = None  # structural masks, kept as small as broadcasting allows: (…, rows | 1, keys)
+            if visible is not None:
+                allowed = _rows(visible, start, stop)[..., :keys]
+            if causal:
+                tri = cols[None, :keys] <= torch.arange(start, stop, device=q.device)[:, None]
+                allowed = tri if allowed is None else allowed & tri
+            if hidden_rows is not None:
+                shown = ~hidden_rows[:, start:stop, None][:, None]  # (s, 1, rows, 1)
+                allowed = shown if allowed is None else allowed & shown
+            if allowed is not None:
+                scores.masked_fill_(~allowed, float("-inf"))
+            if bias is not None:  # a float mask can hide positions too
+                allowed = ~torch.isneginf(scores)
+            weights = scores.softmax(dim=-1)
+            if may_empty:  # a row with no visible key is NaN after softmax; we define it as zero
+                weights.masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
+            if probe is not None:
+                probe.add(start, scores, weights)
+            collector.add(start, weights, allowed)  # (s, H, rows, keys ≤ S): the rest is zero
+    full_visible = None
+    if masked and not collector.pooled:
+        full_visible = _full_visible(q, k, bias, visible, causal, hidden_rows)
+    return collector.result(full_visible)
+
+
+def _full_visible(
+    q: Tensor,
+    k: Tensor,
+    bias: Tensor | None,
+    visible: Tensor | None,
+    causal: bool,
+    hidden_rows: Tensor | None,
+) -> Tensor | None:
+    """The mask of attendable positions at full resolution, as small as broadcasting allows."""
+    length, width = q.shape[-2], k.shape[-2]
+    out = None if visible is None else visible.to("cpu", copy=True)
+    if causal:
+        tri = torch.ones(length, width, dtype=torch.bool).tril()
+        out = tri if out is None else out & tri
+    if bias is not None:
+        finite = ~torch.isneginf(bias).cpu()
+        out = finite if out is None else out & finite
+    if hidden_rows is not None:
+        shown = ~hidden_rows.cpu()[:, None, :, None]
+        out = shown if out is None else out & shown
+    return out
+
+
+def scores_weights(
+    scores: Tensor,
+    max_tokens: int | None = None,
+    stats: bool = False,
+    sink_keys: int = 1,
+    probe: Probe | None = None,
+) -> Computed:
+    """softmax over keys of scores a tap already finished (FlexAttention's post-``score_mod`` scores),
+    a block of rows at a time; ``-inf`` marks a hidden key, and a row with no visible key gets zero.
+
+    Shape:
+        scores: ``(s, H, q, k)``.
+    """
+    samples, heads, length, width = scores.shape
+    collector = _Collector(samples, heads, length, width, max_tokens, stats, scores.device, sink_keys)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
+    for start in range(0, length, rows):
+        chunk = scores[..., start : start + rows, :].float()
+        allowed = ~torch.isneginf(chunk)
+        weights = chunk.softmax(dim=-1).masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
+        if probe is not None:
+            probe.add(start, chunk, weights)
+        collector.add(start, weights, allowed)
+    hidden = torch.isneginf(scores)
+    full = (~hidden).cpu() if bool(hidden.any()) and not collector.pooled else None
+    collector.masked = collector.masked and bool(hidden.any())
+    return collector.result(full)
+
+
+def hide_fully_masked_rows(weights: Tensor, padded_queries: Tensor | None) -> Tensor:
+    """Zero the rows an eager softmax spread uniformly because every key was masked.
+
+    An eager kernel that masks with a large negative number (DeBERTa, many Hugging Face models) turns
+    a padded query's row into 1/n over every key: attention to nothing, drawn as attention to all.
+    Such a row is exactly uniform; it is zeroed when its query is padding (``padded_queries``, from
+    the batch's attention mask) or, without a mask, when the map has exact zeros elsewhere (so a mask
+    was in use). Nothing else changes.
+
+    Shape:
+        weights: ``(s, H, L, S)``; padded_queries: ``(s, L)`` bool, True for padding.
+    """
+    if weights.shape[-1] < 2:
+        return weights
+    uniform = (weights == weights[..., :1]).all(-1)  # (s, H, L)
+    if padded_queries is not None and padded_queries.shape == (weights.shape[0], weights.shape[-2]):
+        empty = uniform & padded_queries[:, None, :].to(uniform.device)
+    else:
+        masking = (weights == 0).flatten(-2).any(-1)[..., None]  # (s, H, 1)
+        empty = uniform & masking
+    if not bool(empty.any()):
+        return weights
+    return weights.masked_fill(empty[..., None], 0.0)
+
+
+def collect_weights(
+    weights: Tensor,
+    max_tokens: int | None = None,
+    stats: bool = False,
+    sink_keys: int = 1,
+    padded_queries: Tensor | None = None,
+) -> Computed:
+    """Pass weights a model computed itself (eager softmax) through the same pooling and statistics,
+    a block of rows at a time. Exact zeros are taken as masked positions; rows spread uniformly over
+    fully masked keys are zeroed first (:func:`hide_fully_masked_rows`).
+
+    Shape:
+        weights: ``(s, H, q, k)``; padded_queries: ``(s, q)`` bool, True for padding.
+    """
+    weights = hide_fully_masked_rows(weights, padded_queries)
+    samples, heads, length, width = weights.shape
+    collector = _Collector(samples, heads, length, width, max_tokens, stats, weights.device, sink_keys)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
+    any_zero = False
+    for start in range(0, length, rows):
+        chunk = weights[..., start : start + rows, :].float()
+        nonzero = chunk != 0
+        any_zero = any_zero or not bool(nonzero.all())
+        collector.add(start, chunk, nonzero)
+    full = (weights != 0).cpu() if any_zero and not collector.pooled else None
+    collector.masked = collector.masked and any_zero
+    return collector.result(full)
+
+
+def _rows(mask: Tensor, start: int, stop: int) -> Tensor:
+    """Rows ``start:stop`` of a mask whose query dim may be broadcast (size 1)."""
+    return mask if mask.shape[-2] == 1 else mask[..., start:stop, :]
+
+
+def mha_weights(
+    query: Tensor,
+    key: Tensor,
+    *,
+    num_heads: int,
+    q_weight: Tensor,
+    k_weight: Tensor,
+    q_bias: Tensor | None,
+    k_bias: Tensor | None,
+    bias_k: Tensor | None = None,
+    add_zero_attn: bool = False,
+    key_padding_mask: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    batch_first: bool = False,
+    samples: int = 1,
+    hide_padded_queries: bool = False,
+    max_tokens: int | None = None,
+    stats: bool = False,
+    sink_keys: int = 1,
+    probe: Probe | None = None,
+) -> Computed:
+    """The per-head weights of ``nn.MultiheadAttention``, recomputed from its projection weights.
+
+    Mirrors ``F.multi_head_attention_forward``: bool masks mean *masked* when True (the opposite of
+    SDPA), ``bias_k`` and ``add_zero_attn`` append one key each, a 3-D ``attn_mask`` is per
+    ``batch·head``. Only the first ``samples`` batch rows are projected. With ``hide_padded_queries``
+    (self-attention), rows of padded queries get no weight: on PyTorch's nested fast path they do not
+    exist.
+
+    Shape:
+        - query: ``(L, N, E)``, or ``(N, L, E)`` when ``batch_first``, or unbatched ``(L, E)``.
+        - weights: ``(samples, num_heads, L, S)``.
+    """
+    if query.dim() == 2:  # unbatched
+        query, key = query.unsqueeze(1), key.unsqueeze(1)
+        batch_first = False
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    if not batch_first:
+        query, key = query.transpose(0, 1), key.transpose(0, 1)
+    batch = query.shape[0]
+    query, key = query[:samples].detach(), key[:samples].detach()
+    with torch.autocast(query.device.type, enabled=False):
+        q = F.linear(query.float(), q_weight.detach().float(), _maybe_float(q_bias))
+        k = F.linear(key.float(), k_weight.detach().float(), _maybe_float(k_bias))
+    s, length, embed = q.shape
+    head_dim = embed // num_heads
+
+    bias = _to_additive(attn_mask, masked_value=True)
+    if bias is not None and bias.dim() == 3:  # (N·H, L, S) -> (s, H, L, S)
+        bias = bias.view(batch, num_heads, *bias.shape[-2:])[:samples]
+    padding = _to_additive(key_padding_mask, masked_value=True)
+    k, extra = append_extra(k, bias_k, add_zero_attn)
+    if extra:
+        pad = (0, extra)
+        bias = F.pad(bias, pad) if bias is not None else None
+        padding = F.pad(padding, pad) if padding is not None else None
+    hidden_rows = None
+    if hide_padded_queries and key_padding_mask is not None:
+        hidden_rows = torch.isneginf(_to_additive(key_padding_mask, masked_value=True)[:samples])  # (s, L)
+    if padding is not None:
+        padding = padding[:samples, None, None, :]  # (s, 1, 1, S)
+        bias = padding if bias is None else bias + padding
+
+    q = q.view(s, length, num_heads, head_dim).transpose(1, 2)  # (s, H, L, hd)
+    k = k.view(s, k.shape[1], num_heads, head_dim).transpose(1, 2)  # (s, H, S, hd)
+    if bias is not None:
+        while bias.dim() < 4:
+            bias = bias.unsqueeze(0)
+    causal = is_causal and attn_mask is None  # with a mask, MHA treats is_causal as a hint only
+    scale = 1.0 / math.sqrt(head_dim)
+    return _softmax_in_chunks(
+        q, k, scale, bias, None, causal, hidden_rows, max_tokens, stats, sink_keys, probe
+    )
+
+
+def _maybe_float(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach().float()
+
+
+def _to_additive(mask: Tensor | None, masked_value: bool) -> Tensor | None:
+    """A float32 additive mask: bool entries equal to ``masked_value`` become -inf."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+            mask == masked_value, float("-inf")
+        )
+    return mask.detach().float()

@@ -1,0 +1,290 @@
+"""One capture, from what the taps kept to what the sinks write: compute → reduce → render → encode.
+
+Runs in the drawing process (or thread). It receives plain, picklable data (:class:`Setup` once per
+fit, a :class:`Job` per capture, both from :mod:`lightning_attnviz.pipeline.messages`), owns its state
+(history, diagnostics, warn-once sets), changes nothing global, and returns :class:`Outputs` plus warning
+messages. Every step of a capture fails on its own: a broken picture kind costs that picture, never
+the scalars or the other pictures. What is drawn is :mod:`lightning_attnviz.pipeline.plan`'s; this module
+orders the steps and encodes the results.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_attnviz.analysis.history import Diagnostics, History
+from lightning_attnviz.analysis.views import AttentionView, LayerStats, layer_stats, make_views
+from lightning_attnviz.capture.inputs import AttentionMap, Pending, compute
+from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, module_table
+from lightning_attnviz.pipeline.messages import Job, Setup
+from lightning_attnviz.pipeline.plan import PreviousStats, picture_groups, picture_tag, tab_records
+from lightning_attnviz.render.maps import encode_png
+from lightning_attnviz.sinks import capture_file as formats
+from lightning_attnviz.sinks.base import EncodedPicture, Outputs
+from lightning_attnviz.sinks.tags import Tags
+
+
+class Pipeline:
+    """The drawing side of one monitor during one fit; see the module docstring."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        c = setup.config
+        self.history = History(c.strip_length)
+        self.diagnostics = Diagnostics(c.entropy_collapse, c.uniform_entropy)
+        self.health = HealthWarnings(c.max_logit, c.logit_growth)
+        self.layers: list[str] = []  # every layer logged so far, for the custom-scalars layout
+        self.previous_stats: PreviousStats | None = None  # for the stats pictures' change panels
+        self._warned: set[str] = set()
+        self.messages: list[str] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history.state_dict(),
+            "diagnostics": self.diagnostics.state_dict(),
+            "health": self.health.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.load_state_dict(state.get("history", {}))
+        self.diagnostics.load_state_dict(state.get("diagnostics", {}))
+        self.health.load_state_dict(state.get("health", {}))
+
+    def replay(self, job: Job) -> None:
+        """Bring the history up to ``job`` without logging anything: for captures that were still
+        being drawn when a checkpoint was saved."""
+        c = self.setup.config
+        records = self._select(self._compute(job.pending, 1))
+        labels, targets = _labels(job)
+        grid = self.setup.grid.labels() if self.setup.grid is not None else None
+        self._drift(make_views(records, labels, c.max_tokens, targets, grid), job)
+
+    def run(self, job: Job) -> tuple[Outputs, list[str]]:
+        """Outputs of one capture and the warnings it raised (each at most once per fit)."""
+        self.messages = []
+        c, tags = self.setup.config, self.setup.tags
+        out = Outputs(job.step)
+        sink = c.sink_tokens or (
+            self.setup.grid.prefix_tokens if self.setup.grid and self.setup.grid.prefix_tokens else 1
+        )
+        records = self._compute(job.pending, sink)
+        records = self._select(records)
+        self._check(records, job)
+        if job.modules:
+            out.text[tags.modules] = module_table(job.modules, records)
+        if c.health:
+            self._step("attention health", lambda: self._health(out, records, job))
+        stats: list[LayerStats] = []
+        if c.stats:
+            stats = (
+                self._step("statistics", lambda: [layer_stats(r, sink, self.setup.grid) for r in records])
+                or []
+            )
+            if job.diagnose:
+                self.messages += self.diagnostics.check(stats, job.step)
+        new_layers = [r.key for r in records if r.key not in self.layers]
+        if new_layers and c.stats:
+            self.layers += new_layers
+            out.layout = tags.layout(self.layers, c.head_stats)
+        labels, targets = _labels(job)
+        grid = self.setup.grid.labels() if self.setup.grid is not None else None
+        views = (
+            self._step("reduction", lambda: make_views(records, labels, c.max_tokens, targets, grid)) or []
+        )
+        drift = self._drift(views, job)
+        for st in stats:
+            values = {m: getattr(st, m) for m in LayerStats.METRICS}
+            if st.layer in drift:
+                values["drift"] = drift[st.layer]
+            for metric, per_head in values.items():
+                _scalars(out.scalars, tags, metric, st.layer, per_head, c.head_stats)
+        if c.histograms:
+            self._step("histograms", lambda: _histograms(out.histograms, tags, records))
+        self._pictures(out, views, records, job, stats, drift)
+        if stats:
+            self.previous_stats = (job.step, stats, drift)
+        if c.dashboard:
+            self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, records, labels, job))
+        if c.save_captures and self.setup.log_dir is not None and views:
+            path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
+            images = list(job.images) if self.setup.grid is not None else []
+            self._step(
+                f"saving the capture file {path}",
+                lambda: formats.save_capture(path, views, job.step, job.epoch, self.setup.grid, images),
+            )
+        return out, self.messages
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _step(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as err:  # one step failing must never lose the others
+            self._warn_once(
+                f"step:{what}",
+                f"AttentionMonitor: {what} failed ({type(err).__name__}: {err}); "
+                "the rest of the capture is logged and training goes on.",
+            )
+            return None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.messages.append(message)
+
+    def _compute(self, pending: tuple[Pending, ...], sink: int) -> list[AttentionMap]:
+        c = self.setup.config
+        records = []
+        for p in pending:
+            try:
+                records.append(compute(p, c.store_tokens, c.stats, sink))
+            except Exception as err:  # one step failing must never lose the others
+                self._warn_once(
+                    f"compute:{p.module}",
+                    f"Could not compute attention weights for {p.module!r} "
+                    f"({type(err).__name__}: {err}); the model's own output is unaffected.",
+                )
+        return records
+
+    def _health(self, out: Outputs, records: list[AttentionMap], job: Job) -> None:
+        """``attention_health/*`` scalars of each layer, and the warnings they raise."""
+        for r in records:
+            if r.health is not None:
+                health_scalars(out.scalars, self.setup.tags, r.key, r.health, self.setup.config.head_stats)
+                if job.diagnose:
+                    self.messages += self.health.check(r.key, r.health, job.step)
+
+    def _select(self, records: list[AttentionMap]) -> list[AttentionMap]:
+        """The layers ``layers=`` asks to draw, by index (negative from the end) or name/glob."""
+        chosen = self.setup.config.layers
+        if chosen is None:
+            return records
+        n = len(records)
+        keep = [
+            r
+            for i, r in enumerate(records)
+            if any(
+                (isinstance(sel, int) and sel in (i, i - n))
+                or (isinstance(sel, str) and fnmatch.fnmatchcase(r.key, sel))
+                for sel in chosen
+            )
+        ]
+        if not keep and records:
+            self._warn_once(
+                "layers",
+                f"AttentionMonitor: `layers={list(chosen)}` matches none of the captured "
+                f"layers {[r.key for r in records]}.",
+            )
+        return keep
+
+    def _check(self, records: list[AttentionMap], job: Job) -> None:
+        c, grid = self.setup.config, self.setup.grid
+        pooled = [r for r in records if r.block != (1, 1)]
+        if pooled:
+            longest = max(max(r.length) for r in pooled)
+            self._warn_once(
+                "pooled",
+                f"AttentionMonitor: attention maps up to {longest} tokens long are "
+                f"block-pooled to at most store_tokens={c.store_tokens} per side while capturing, "
+                "to bound memory (query rows averaged, keys summed). Scalars still use every row; "
+                "pictures say how they were pooled.",
+            )
+        for r in records:
+            if not bool(torch.isfinite(r.weights).all()):
+                self._warn_once(
+                    f"nan:{r.key}",
+                    f"AttentionMonitor: attention weights of {r.key!r} are NaN or "
+                    f"infinite at step {job.step} (non-finite inputs or scores). Those cells are drawn "
+                    "gray and left out of the scalars.",
+                )
+        lengths = {n for r in records for n in r.length}
+        for s, labels in enumerate(job.labels if grid is None else ()):
+            if labels is not None and records and len(labels) not in lengths:
+                self._warn_once(
+                    "labels",
+                    f"AttentionMonitor: sample {s} has {len(labels)} token labels but the "
+                    f"captured maps are {sorted(lengths)} tokens long; those axes show positions.",
+                )
+        if grid is not None and records and not any(r.weights.shape[-1] == grid.length for r in records):
+            try:
+                grid.split(records[0].length[-1])
+            except ValueError as err:
+                self._warn_once(
+                    "grid",
+                    "AttentionMonitor draws no image overlays: no captured layer matches the "
+                    f"patch grid ({err}). Pass `image_grid=PatchGrid(...)` for the images you feed.",
+                )
+
+    def _drift(self, views: list[AttentionView], job: Job) -> dict[str, np.ndarray]:
+        per_layer: dict[str, list[np.ndarray]] = {}
+        for view in views:
+            drift = self.history.add(view, job.step, job.epoch)
+            if drift is not None:
+                per_layer.setdefault(view.layer, []).append(drift)
+        return {layer: np.mean(values, axis=0) for layer, values in per_layer.items()}
+
+    def _pictures(
+        self,
+        out: Outputs,
+        views: list[AttentionView],
+        records: list[AttentionMap],
+        job: Job,
+        stats: list[LayerStats],
+        drift: dict[str, np.ndarray],
+    ) -> None:
+        tags = self.setup.tags
+        groups = picture_groups(
+            self.setup, self.history, views, records, job, stats, drift, self.previous_stats
+        )
+        for kind, draw in groups:
+            pictures = self._step(f"drawing the {kind} pictures", draw) or []
+            for p in pictures:
+                png = self._step(f"encoding the {kind} pictures", lambda p=p: encode_png(p.image))
+                if png is not None:
+                    tag = picture_tag(tags, p)
+                    out.pictures.append(
+                        EncodedPicture(
+                            tag, p.kind, p.sample, p.layer, png, p.image.shape[1], p.image.shape[0]
+                        )
+                    )
+
+
+def _scalars(
+    into: dict[str, float], tags: Tags, metric: str, layer: str, per_head: np.ndarray, heads: bool
+) -> None:
+    """The layer's mean over heads (and each head with ``head_stats``); NaN values are skipped."""
+    finite = per_head[np.isfinite(per_head)]
+    if finite.size:
+        into[tags.stat(metric, layer)] = float(finite.mean())
+    if heads:
+        for h, value in enumerate(per_head):
+            if np.isfinite(value):
+                into[tags.stat(metric, layer, h)] = float(value)
+
+
+def _histograms(
+    into: dict[str, np.ndarray], tags: Tags, records: list[AttentionMap], max_values: int = 1 << 20
+) -> None:
+    """Each layer's weights at visible positions (a fixed stride keeps ≤ ``max_values``)."""
+    for r in records:
+        values = r.weights
+        if r.visible is not None:
+            values = values[r.visible.expand_as(values)]
+        values = values.flatten()
+        values = values[torch.isfinite(values)]
+        if values.numel():
+            stride = max(1, values.numel() // max_values)
+            into[tags.histogram(r.key)] = values[::stride].numpy()
+
+
+def _labels(job: Job) -> tuple[list, list]:
+    """The source and target (decoder) labels per sample, as lists."""
+    return [None if x is None else list(x) for x in job.labels], [
+        None if x is None else list(x) for x in job.target_labels
+    ]

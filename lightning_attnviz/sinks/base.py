@@ -1,0 +1,40 @@
+"""What one capture produces for the sinks, and the one protocol every sink follows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class EncodedPicture:
+    tag: str
+    kind: str
+    sample: int
+    layer: str | None
+    png: bytes
+    width: int
+    height: int
+
+
+@dataclass
+class Outputs:
+    """Everything one capture logs, ready for any sink."""
+
+    step: int
+    pictures: list[EncodedPicture] = field(default_factory=list)
+    scalars: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, np.ndarray] = field(default_factory=dict)
+    text: dict[str, str] = field(default_factory=dict)
+    layout: dict | None = None
+    tab: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class Sink(Protocol):
+    """Writes what one capture produced; ``close`` is safe to call twice."""
+
+    def write(self, out: Outputs) -> None: ...
+
+    def close(self) -> None: ...

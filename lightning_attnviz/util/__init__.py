@@ -1,0 +1,1 @@
+"""Helpers every floor may use: argument checks and the Lightning packages' classes."""
