@@ -179,7 +179,7 @@ class LayerStats:
         distance: mean attention distance: in positions for sequences, Σ_j a_ij·|i−j| averaged over
             rows (self-attention only: NaN when queries and keys are different sequences); in pixels
             between patch centres for a layer on an image's patch grid (the ViT paper's measure, see
-            :func:`~lightning_attnviz.vision.mean_attention_distance`).
+            :func:`~lightning_attnviz.capture.grid.mean_attention_distance`).
         sink: mean weight on the first ``sink_tokens`` keys (the attention-sink share).
         max_weight: the largest weight.
     """

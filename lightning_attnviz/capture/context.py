@@ -44,7 +44,7 @@ class AttentionCapture:
 
     Immediately (``defer=False``) each call's weights are computed as the model runs and land in
     :attr:`records`. Deferred, the taps only keep detached CPU copies of the sampled rows' inputs in
-    :attr:`pending`; :func:`~lightning_attnviz.pending.compute` turns each into an
+    :attr:`pending`; :func:`~lightning_attnviz.capture.inputs.compute` turns each into an
     :class:`AttentionMap` later, anywhere (the monitor does it in its drawing process).
     """
 
@@ -309,13 +309,13 @@ def capture_attention(
     Args:
         model: any ``nn.Module`` (a ``torch.compile`` wrapper is looked through).
         samples: how many leading batch rows to keep; memory is O(samples·H·L·S) per call.
-        modules: which modules to watch; see :func:`~lightning_attnviz.discover.find_attention`.
+        modules: which modules to watch; see :func:`~lightning_attnviz.capture.discover.find_attention`.
         max_tokens: ``None`` keeps exact maps. Otherwise a map longer than this is block-pooled while
             it is computed, a block of query rows at a time, so memory stays O(samples·H·max_tokens²)
             however long the sequence (see :attr:`AttentionMap.block`).
         stats: also accumulate per-row statistics at full resolution (:attr:`AttentionMap.stats`).
         defer: only keep detached CPU copies of the sampled rows' inputs (and projection weights) in
-            :attr:`AttentionCapture.pending`; :func:`~lightning_attnviz.pending.compute` makes the
+            :attr:`AttentionCapture.pending`; :func:`~lightning_attnviz.capture.inputs.compute` makes the
             weights later, e.g. in another process while training goes on.
 
     Raises:

@@ -34,7 +34,7 @@ class AttentionSite:
             watches the module's ``scaled_dot_product_attention`` / softmax calls.
         num_heads: heads, when the module says so.
         fused: whether the module uses a fused kernel (timm's ``fused_attn``), when it says so.
-        layout: what its weights mean (:func:`~lightning_attnviz.layouts.classify`); an unsupported
+        layout: what its weights mean (:func:`~lightning_attnviz.capture.kinds.classify`); an unsupported
             layout is not tapped, and its note says why.
         axes: (query, key) axis of its maps: ``"source"`` or ``"target"`` (decoder) tokens.
     """

@@ -88,7 +88,7 @@ class SoftmaxOutput:
 @dataclass(frozen=True)
 class ScoresInputs:
     """Scores a tap finished itself, ``(s, H, L, S)``, ``-inf`` where hidden: FlexAttention's scores
-    after the model's ``score_mod`` and block mask (:func:`~lightning_attnviz.flex.flex_scores`)."""
+    after the model's ``score_mod`` and block mask (:func:`~lightning_attnviz.capture.flex.flex_scores`)."""
 
     scores: Tensor
 
@@ -150,10 +150,10 @@ class AttentionMap:
             (``max_tokens``): query rows averaged, keys summed, so rows still sum to 1. ``(1, 1)``: exact.
         stats: per-row statistics at full resolution (with ``stats=True``).
         axes: (query, key) token axis: ``"source"`` (``input_ids``) or ``"target"`` (decoder inputs).
-        layout: :data:`~lightning_attnviz.layouts.Kind` of the module: ``"token"``, ``"pool"`` (the
+        layout: :data:`~lightning_attnviz.capture.kinds.Kind` of the module: ``"token"``, ``"pool"`` (the
             latent's row is the overlay) or ``"talking_heads"`` (softmax before the head mix).
         note: what the map shows where that is not plain token attention, for the module table.
-        health: max logit, fidelity and value norms (:class:`~lightning_attnviz.health.Health`).
+        health: max logit, fidelity and value norms (:class:`~lightning_attnviz.capture.probe.Health`).
     """
 
     key: str

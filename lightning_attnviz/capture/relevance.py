@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,7 +216,7 @@ def relevance_pass(
         model.eval()
         with torch.random.fork_rng(devices=rng_devices), torch.inference_mode(False), torch.enable_grad():
             inputs = _fresh(inputs)  # tensors made under inference_mode cannot enter autograd
-            with _taps(model, sites) as (mode, skipped), context() if context else _null():
+            with _taps(model, sites) as (mode, skipped), context() if context else nullcontext():
                 output = forward(model, inputs)
             if target_fn is not None:
                 target, row, words = target_fn(output).sum(), None, "the user's relevance_target"
@@ -262,11 +262,6 @@ def _fresh(batch: Any) -> Any:
     from lightning_utilities.core.apply_func import apply_to_collection
 
     return apply_to_collection(batch, Tensor, lambda t: t.clone())
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
 
 
 def relevance_job(

@@ -33,7 +33,7 @@ def receive(stream: Any) -> Any:
 
 
 class Serve:
-    """The drawing side: one :class:`~lightning_attnviz.pipeline.Pipeline` (and sinks) per monitor."""
+    """The drawing side: one :class:`~lightning_attnviz.pipeline.run.Pipeline` (and sinks) per monitor."""
 
     def __init__(self, reply: Callable[[Any], None]) -> None:
         self.reply = reply

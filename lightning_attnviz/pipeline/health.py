@@ -1,7 +1,7 @@
 """The drawing side of attention health: scalars, warnings, the module table's fidelity column, and the
 pictures (the max-logit matrix, value-weighted attention, relevance). Plain functions of what
-:func:`~lightning_attnviz.pending.compute` and :mod:`~lightning_attnviz.capture.relevance` produced; the
-pipeline runs each as a step of its own."""
+:func:`~lightning_attnviz.capture.inputs.compute` and :mod:`~lightning_attnviz.capture.relevance`
+produced; the pipeline runs each as a step of its own."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What one capture draws: the picture kinds as separate drawing steps, the image overlays, and the
-Attention tab's records. Plain functions of the fit's :class:`~lightning_attnviz.jobs.Setup`, the
-capture's :class:`~lightning_attnviz.jobs.Job` and what was computed from it; the
-:class:`~lightning_attnviz.pipeline.Pipeline` runs each step on its own and encodes the results."""
+Attention tab's records. Plain functions of the fit's :class:`~lightning_attnviz.pipeline.messages.Setup`, the
+capture's :class:`~lightning_attnviz.pipeline.messages.Job` and what was computed from it; the
+:class:`~lightning_attnviz.pipeline.run.Pipeline` runs each step on its own and encodes the results."""
 
 from __future__ import annotations
 

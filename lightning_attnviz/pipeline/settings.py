@@ -46,11 +46,12 @@ class MonitorConfig:
     dashboard: bool = True
     dashboard_tokens: int = 128
     name: str | None = None
-    # attention health (health.py): max logit, fidelity, value-weighted sink share, and their warnings
+    # attention health (capture/probe.py, pipeline/health.py): max logit, fidelity, value-weighted
+    # sink share, and their warnings
     health: bool = True
-    max_logit: float = 200.0  # warn above this logit (see health_report.MAX_LOGIT for why)
+    max_logit: float = 200.0  # warn above this logit (see pipeline.health.MAX_LOGIT for why)
     logit_growth: float = 4.0  # warn when a layer's max logit grows this much over its first capture
-    # gradient-weighted relevance (relevance.py): a separate forward + backward at each capture
+    # gradient-weighted relevance (capture/relevance.py): a separate forward + backward at each capture
     relevance: bool = False
     relevance_target: Callable | None = None
 

@@ -1,7 +1,7 @@
 """Drawing away from training: one low-priority child process per Python process, shared by monitors.
 
 Training must never wait for pictures nor compete with them for the GIL, so the pipeline runs in a
-child process (:func:`lightning_attnviz.serve.child_main`, niced, one thread), started on first use
+child process (:func:`lightning_attnviz.pipeline.child.child_main`, niced, one thread), started on first use
 and kept for the life of the parent. Jobs go over a pipe as pickles (plain data: tensors, arrays, strings);
 results and warnings come back over another. The training thread only enqueues: a sender thread
 writes, a reader thread reads. If the child cannot start or dies, the same pipeline runs on a

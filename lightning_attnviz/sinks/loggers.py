@@ -283,7 +283,7 @@ class LoggerSinks:
 
     @property
     def on_outputs(self) -> Callable[[Outputs], None] | None:
-        """What :class:`~lightning_attnviz.drawing.Drawing` calls with each capture's outputs."""
+        """What :class:`~lightning_attnviz.pipeline.client.Drawing` calls with each capture's outputs."""
         return self.write if self.sinks else None
 
     def write(self, out: Outputs) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-PLUGIN_NAME = "attnviz"  # the TensorBoard plugin (tb_plugin.py) lists summaries written under this name
+PLUGIN_NAME = "attnviz"  # the TensorBoard plugin (tab/plugin.py) lists summaries written under this name
 FORMAT = "attnviz/2"
 LEVELS = 254  # quantisation levels per head; byte 255 marks a cell that is not finite
 NOT_FINITE = 255

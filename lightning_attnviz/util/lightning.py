@@ -44,10 +44,6 @@ SHARDED: tuple[type, ...] = tuple(
 REPLICATED: tuple[type, ...] = tuple(_load("strategies:DDPStrategy"))
 
 
-def is_tensorboard(logger: Any) -> bool:
-    return isinstance(logger, TENSORBOARD_LOGGERS)
-
-
 def logger_kind(logger: Any) -> LoggerKind:
     """Which sink a logger of either Lightning package gets (subclasses count as their base)."""
     for kind, classes in (
@@ -78,7 +74,7 @@ def capture_on_every_rank(strategy: Any, world_size: int) -> bool:
 def logging_problem(trainer: Any) -> str | None:
     """Why nothing can be logged in this fit, or ``None``; decided alike on every rank (a sharded
     capture forward needs every rank to agree on capturing). Which logger gets what is
-    :class:`lightning_attnviz.loggers.LoggerSinks`'s."""
+    :class:`lightning_attnviz.sinks.loggers.LoggerSinks`'s."""
     if getattr(trainer, "fast_dev_run", False):
         return (
             "AttentionMonitor: nothing is logged under `fast_dev_run` (Lightning replaces the loggers with "

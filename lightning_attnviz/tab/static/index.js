@@ -1,4 +1,4 @@
-// The Attention tab: TensorBoard's frontend for the maps AttentionMonitor writes (see tb_plugin.py).
+// The Attention tab: TensorBoard's frontend for the maps AttentionMonitor writes (see plugin.py).
 //
 // TensorBoard loads this ES module in an iframe (`/data/plugin_entry.html?name=attnviz`) and calls
 // `render()`. Its sibling modules and style.css come from the plugin's `static/` route: TensorBoard's

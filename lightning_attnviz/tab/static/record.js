@@ -1,4 +1,4 @@
-// The Attention tab's record, format attnviz/2: decoding only (lightning_attnviz/record.py encodes it).
+// The Attention tab's record, format attnviz/2: decoding only (record.py beside the plugin encodes it).
 //
 //   uint32 n (little-endian) · n bytes of JSON header · heads·q·k uint8 weights
 //   (w = byte / 254 · scales[h]; 255 = not finite; masked cells 0) · if header.mask: the visible cells
