@@ -1,7 +1,6 @@
 """The layer × head matrices of the per-head scalars: read back from the pixels and from a real fit."""
 
 import io
-import time
 
 import numpy as np
 from lightning_models import VOCAB, LitGPT, make_trainer, read_events, token_loader
@@ -70,7 +69,7 @@ def test_change_panel_colours_the_difference():
     assert any("change since step 3" in t.text for t in canvas.texts)
 
 
-def test_bounded_size_and_fast():
+def test_bounded_size():
     stats = _stats(48, 64)
     rng = np.random.default_rng(0)
     for s in stats:
@@ -81,11 +80,7 @@ def test_bounded_size_and_fast():
         height, width, _ = p.image.shape
         assert height <= 800 and width <= 1500, (p.metric, p.image.shape)
     small = _stats(12, 12)
-    render_stats(small, None, 1, (0, small, {}))  # glyphs rasterised once
-    start = time.perf_counter()
-    pictures = render_stats(small, None, 1, (0, small, {}))
-    per_picture = (time.perf_counter() - start) / len(pictures)
-    assert per_picture < 0.05, per_picture  # ~10 ms on a laptop core; generous for loaded CI machines
+    pictures = render_stats(small, None, 1, (0, small, {}))  # its time: benchmarks/bench_render.py
     assert stats_matrix(small, "sink").shape == (12, 12)
     assert "drift" not in [p.metric for p in pictures]  # no drift at a first capture
 
