@@ -65,7 +65,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     image, heats = rng.random((224, 224, 3)), rng.random((12, 14, 14))
     stats = [
-        LayerStats(f"model.blocks.{i}.attn", **{m: rng.random(12, dtype=np.float32) for m in LayerStats.METRICS})
+        LayerStats(f"blocks.{i}.attn", **{m: rng.random(12, dtype=np.float32) for m in LayerStats.METRICS})
         for i in range(12)
     ]
     cases = {
