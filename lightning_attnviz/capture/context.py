@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from lightning_attnviz.capture.discover import AttentionSite, ModuleSelector, find_attention, named_modules
 from lightning_attnviz.capture.flex import flex_scores
+from lightning_attnviz.capture.forward import install_forward, is_tapped
 from lightning_attnviz.capture.inputs import AttentionMap, Inputs, Path, Pending, ScoresInputs, compute
 from lightning_attnviz.capture.kinds import CallInputs, read_call, unsupported_warning
 from lightning_attnviz.capture.taps import _Interceptor, encoder_layer_tap, encoder_tap, mha_tap
@@ -178,7 +179,7 @@ class AttentionCapture:
     def _wrap(self, module: nn.Module, before: Callable[[tuple, dict], Callable[[Any], None] | None]) -> None:
         """Run ``before(args, kwargs)`` ahead of ``module``'s own forward, for this instance only; what
         it returns, if anything, is called with the forward's result."""
-        if getattr(module.forward, "_attnviz_tap", False):
+        if is_tapped(module):
             return  # an encoder shared by several tapped layers is wrapped once
         original = module.forward
 
@@ -212,18 +213,7 @@ class AttentionCapture:
         self._set_forward(module, forward)
 
     def _set_forward(self, module: nn.Module, forward: Callable[..., Any], tap: bool = True) -> None:
-        had_own = "forward" in module.__dict__
-        previous = module.__dict__.get("forward")
-        forward._attnviz_tap = tap  # type: ignore[attr-defined]
-        module.forward = forward  # type: ignore[method-assign]
-
-        def restore() -> None:
-            if had_own:
-                module.forward = previous  # type: ignore[method-assign]
-            else:
-                module.__dict__.pop("forward", None)
-
-        self._restore.append(restore)
+        self._restore.append(install_forward(module, forward, tap))
 
     def _mode_on_(self) -> None:
         self._mode.__enter__()
