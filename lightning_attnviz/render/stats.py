@@ -22,7 +22,7 @@ from lightning_attnviz.render import canvas as layout
 from lightning_attnviz.render import text as glyphs
 from lightning_attnviz.render.canvas import Canvas
 from lightning_attnviz.render.maps import Picture, _common_prefix
-from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, MASKED_RGB
+from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, MASKED_RGB, _colorize_diff
 
 STATS_METRICS: tuple[str, ...] = ("entropy_norm", "distance", "sink", "max_weight", "drift")
 _LABEL, _SMALL, _PAD = layout.LABEL, layout.SMALL, layout.PAD
@@ -165,8 +165,7 @@ def _change(now: np.ndarray, before: np.ndarray | None, m: Metric, subtitle: str
     diff = now - before
     finite = np.abs(diff[np.isfinite(diff)])
     span = _nice(max(float(finite.max()) if finite.size else 0.0, m.min_change * scale))
-    rgb = _DIFF_LUT[np.clip((np.nan_to_num(diff) / span + 1) * 127.5, 0, 255).round().astype(np.uint8)]
-    rgb[~np.isfinite(diff)] = MASKED_RGB
+    rgb = _colorize_diff(diff, np.isfinite(diff), span)
     ticks = ((1.0, f"+{span:g}  higher"), (0.5, "0  same"), (0.0, f"−{span:g}  lower"))
     if empty:
         ticks = ((1.0, "higher"), (0.5, "same"), (0.0, "lower"))
