@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image
 
 from lightning_attnviz.analysis.vision import cls_to_patches, mean_received, rollout
-from lightning_attnviz.render.maps import PLOT_KINDS, Picture, heatmap, render_views
+from lightning_attnviz.render.maps import Picture, heatmap, render_views
 from lightning_attnviz.render.overlay import overlay
+from lightning_attnviz.render.plots import TOKEN_PLOTS
 from lightning_attnviz.sinks.capture_file import CaptureFileError, SavedCapture, load_capture
 from lightning_attnviz.sinks.tags import Tags
 
@@ -83,7 +84,7 @@ def render_file(path: Path, out: Path, plots: Sequence[str], fmt: str = "png") -
     saved = load_capture(path)
     out.mkdir(parents=True, exist_ok=True)
     tags, written = Tags(), []
-    token_plots = [p for p in plots if p in PLOT_KINDS and p != "evolution"]
+    token_plots = [p for p in plots if p in TOKEN_PLOTS and p != "evolution"]
     pictures = render_views(saved.views, saved.step, token_plots) + _vision_pictures(saved, plots)
     for picture in pictures:
         target = out / _file_name(
@@ -148,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     render.add_argument("capture", type=Path, help="a step_<step>.npz file")
     render.add_argument("--out", type=Path, default=Path("attention_pictures"))
-    kinds = [p for p in PLOT_KINDS if p != "evolution"] + list(_VISION)
+    kinds = [p for p in TOKEN_PLOTS if p != "evolution"] + list(_VISION)
     render.add_argument("--plots", nargs="+", default=kinds, choices=kinds)
     render.add_argument("--format", default="png", choices=("png", "svg", "pdf"))
     gif = commands.add_parser("gif", help="animate one sample's layer across the saved captures")

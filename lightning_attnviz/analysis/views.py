@@ -168,6 +168,12 @@ def _range_labels(length: int, block: int) -> list[str]:
     return [f"{i}–{min(i + block, length) - 1}" for i in range(0, length, block)]
 
 
+# The per-head statistics of a layer (the fields of LayerStats), and every metric logged per layer:
+# these plus the drift since the previous capture, which needs two captures (analysis.history).
+METRICS: tuple[str, ...] = ("entropy", "entropy_norm", "distance", "sink", "max_weight")
+LOGGED_METRICS: tuple[str, ...] = (*METRICS, "drift")
+
+
 @dataclass(frozen=True)
 class LayerStats:
     """Scalars of one layer, averaged over the fixed samples; ``per_head`` arrays have one value a head.
@@ -191,7 +197,7 @@ class LayerStats:
     sink: np.ndarray
     max_weight: np.ndarray
 
-    METRICS = ("entropy", "entropy_norm", "distance", "sink", "max_weight")
+    METRICS = METRICS
 
 
 def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | None = None) -> LayerStats:

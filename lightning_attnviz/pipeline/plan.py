@@ -18,6 +18,7 @@ from lightning_attnviz.pipeline.health import health_groups
 from lightning_attnviz.pipeline.messages import Job, Setup
 from lightning_attnviz.render.maps import Picture, render_views
 from lightning_attnviz.render.overlay import overlay, overlay_grid
+from lightning_attnviz.render.plots import IMAGE_PLOTS, TOKEN_PLOTS
 from lightning_attnviz.render.stats import StatsPicture, render_stats
 from lightning_attnviz.sinks.tags import Tags
 from lightning_attnviz.tab import record
@@ -57,7 +58,7 @@ def picture_groups(
             strip = history.strip(v.sample, v.layer)
             if strip is not None:
                 strips[(v.sample, v.layer)] = strip
-    kinds = [k for k in setup.plots if k in ("heatmap", "heads", "arrows", "atlas", "evolution")]
+    kinds = [k for k in setup.plots if k in TOKEN_PLOTS]
     groups: list[tuple[str, Callable[[], list[Picture]]]] = [
         (k, lambda k=k: render_views(views, job.step, [k], (), c.top_k, strips)) for k in kinds
     ]
@@ -66,7 +67,7 @@ def picture_groups(
     if "stats" in setup.plots and stats:
         groups.append(("stats", lambda: stats_pictures(setup, stats, drift, job, previous)))
     if setup.grid is not None and job.images:
-        for kind in ("overlay", "overlay_heads", "rollout"):
+        for kind in IMAGE_PLOTS:
             if kind in setup.plots:
                 groups.append((kind, lambda kind=kind: vision(setup, kind, records, job)))
     labels = [list(x) if x is not None else None for x in job.labels]

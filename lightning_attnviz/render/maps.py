@@ -27,6 +27,7 @@ from lightning_attnviz.render import canvas as layout
 from lightning_attnviz.render.arrows import arrows
 from lightning_attnviz.render.arrows import draw_arrows as draw_arrows
 from lightning_attnviz.render.canvas import Canvas
+from lightning_attnviz.render.plots import TOKEN_PLOTS
 from lightning_attnviz.render.scale import (
     _BAR,
     _LABEL,
@@ -216,9 +217,6 @@ def encode_png(image: np.ndarray) -> bytes:
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
-PLOT_KINDS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution")
-
-
 @dataclass(frozen=True)
 class Picture:
     """A rendered image and what it shows; ``layer`` is ``None`` for a whole-model atlas and ``head``
@@ -234,7 +232,7 @@ class Picture:
 def render_views(
     views: Sequence[AttentionView],
     step: int,
-    plots: Sequence[str] = PLOT_KINDS,
+    plots: Sequence[str] = TOKEN_PLOTS,
     heads: Sequence[int] = (),
     top_k: int = 3,
     strips: Mapping[tuple[int, str], Strip] | None = None,
@@ -244,7 +242,7 @@ def render_views(
     Args:
         views: reduced maps of the fixed samples.
         step: the training step, shown in titles.
-        plots: which of :data:`PLOT_KINDS`.
+        plots: which of :data:`~lightning_attnviz.render.plots.TOKEN_PLOTS`.
         heads: heads that also get their own token-labelled heatmap.
         top_k: keys per query in the arrow view.
         strips: for ``"evolution"``, per ``(sample, layer)`` the past head-mean maps with their steps.

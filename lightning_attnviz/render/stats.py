@@ -17,14 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_attnviz.analysis.views import LayerStats
+from lightning_attnviz.analysis.views import LOGGED_METRICS, LayerStats
 from lightning_attnviz.render import canvas as layout
 from lightning_attnviz.render import text as glyphs
 from lightning_attnviz.render.canvas import Canvas
 from lightning_attnviz.render.maps import Picture, _common_prefix
 from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, MASKED_RGB, _colorize_diff
 
-STATS_METRICS: tuple[str, ...] = ("entropy_norm", "distance", "sink", "max_weight", "drift")
+# Pictured: every logged metric but the entropy in nats, whose scale depends on the sequence length
+# (the normalised entropy says the same on one scale for every layer).
+STATS_METRICS: tuple[str, ...] = tuple(m for m in LOGGED_METRICS if m != "entropy")
 _LABEL, _SMALL, _PAD = layout.LABEL, layout.SMALL, layout.PAD
 _MAX_CELL_W, _MAX_CELL_H = 34, 24  # pixels: wide enough for "+0.05" in the cell
 _MATRIX_W, _MATRIX_H = 560, 480  # pixels the head columns and layer rows are scaled towards

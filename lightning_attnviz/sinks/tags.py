@@ -37,7 +37,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-METRICS = ("entropy", "entropy_norm", "distance", "sink", "max_weight", "drift")
+from lightning_attnviz.analysis.views import LOGGED_METRICS
+
+METRICS = LOGGED_METRICS
 
 
 def clean(name: str) -> str:
