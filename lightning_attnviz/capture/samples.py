@@ -33,8 +33,7 @@ def first_rows(batch: Any, samples: int) -> Any:
     A tensor is batched when its first dimension is the batch size (the most common first dimension
     among the batch's tensors); others (a 0-d temperature, a shared table) are kept whole.
     """
-    sizes = [t.shape[0] for t in tensors(batch) if t.dim() > 0]
-    batch_size = max(set(sizes), key=sizes.count) if sizes else None
+    batch_size = batch_rows(batch)
 
     def rows(t: Tensor) -> Tensor:
         t = t.detach()
@@ -46,9 +45,14 @@ def first_rows(batch: Any, samples: int) -> Any:
 
 
 def batch_rows(batch: Any) -> int:
-    """How many rows the batched tensors of ``batch`` have (0 when none)."""
-    sizes = [t.shape[0] for t in tensors(batch) if t.dim() > 0]
-    return max(set(sizes), key=sizes.count) if sizes else 0
+    """How many rows the batched tensors of ``batch`` have: their most common first dimension (0 when
+    none)."""
+    return batch_size([t.shape[0] for t in tensors(batch) if t.dim() > 0]) or 0
+
+
+def batch_size(first_dims: Sequence[int]) -> int | None:
+    """The batch size among tensors' first dimensions: the most common one (``None`` when empty)."""
+    return max(set(first_dims), key=list(first_dims).count) if first_dims else None
 
 
 def tensors(inputs: Any) -> list[Tensor]:
