@@ -27,6 +27,7 @@ from lightning_attnviz.pipeline.plan import PreviousStats, picture_groups, pictu
 from lightning_attnviz.render.maps import encode_png
 from lightning_attnviz.sinks import capture_file as formats
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs
+from lightning_attnviz.sinks.failures import WriteFailures
 from lightning_attnviz.sinks.tags import Tags
 
 
@@ -43,6 +44,7 @@ class Pipeline:
         self.previous_stats: PreviousStats | None = None  # for the stats pictures' change panels
         self._warned: set[str] = set()
         self.messages: list[str] = []
+        self.writes = WriteFailures()  # what could not be written; the caller words it after the sinks
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -114,10 +116,10 @@ class Pipeline:
         if c.save_captures and self.setup.log_dir is not None and views:
             path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
             images = list(job.images) if self.setup.grid is not None else []
-            self._step(
-                f"saving the capture file {path}",
-                lambda: formats.save_capture(path, views, job.step, job.epoch, self.setup.grid, images),
-            )
+            try:
+                formats.save_capture(path, views, job.step, job.epoch, self.setup.grid, images)
+            except Exception as err:  # a full disk: told once with the sinks' failures (self.writes)
+                self.writes.add("the capture files", f"the capture file {path}", err)
         return out, self.messages
 
     # -- steps ------------------------------------------------------------------------------------
