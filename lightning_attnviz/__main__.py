@@ -34,7 +34,7 @@ MIN_FPS, MAX_FPS = 0.01, 100.0  # a GIF frame lasts a whole number of hundredths
 
 
 def _file_name(tag: str, suffix: str) -> str:
-    name = re.sub(r"[^\w.\-]", "_", tag.replace("/", "__"))
+    name = re.sub(r"[^\w.\-#]", "_", tag.replace("/", "__"))  # "#" stays: attn#1 is not attn_1
     if len(name.encode()) > 120:  # file systems refuse names over 255 bytes; keep them readable and unique
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
         name = name.encode()[:100].decode(errors="ignore") + "-" + digest
