@@ -258,11 +258,21 @@ def _meta(grid: dict | None = None) -> tuple[str, bytes, int, int]:
     return _member("meta.npy", np.array(json.dumps(meta)))
 
 
+def _six_members(path: Path, each: int) -> None:
+    """Six float16 members of ``each`` bytes of zeros: a few MB on disk."""
+    header = _npy_header("<f2", (1, 10_000, each // 20_000))
+    data, crc = _deflated(header, each)
+    _write_zip(path, [_meta(), *[(f"w{n}.npy", data, crc, len(header) + each) for n in range(6)]])
+
+
 def _six_members_of_400_mb(path: Path) -> None:
-    """2.3 MB on disk; six members each under the per-member limit, 2.4 GB decoded in all."""
-    header = _npy_header("<f2", (1, 10_000, 20_000))
-    data, crc = _deflated(header, 400_000_000)
-    _write_zip(path, [_meta(), *[(f"w{n}.npy", data, crc, len(header) + 400_000_000) for n in range(6)]])
+    """The reported file: 2.3 MB on disk, six members of 400 MB, 2.4 GB decoded in all."""
+    _six_members(path, 400_000_000)
+
+
+def _six_members_of_200_mb(path: Path) -> None:
+    """Each member under the per-member limit (256 MiB), 1.2 GB decoded in all."""
+    _six_members(path, 200_000_000)
 
 
 def _header_of_80_gb(path: Path) -> None:
@@ -272,13 +282,23 @@ def _header_of_80_gb(path: Path) -> None:
     _write_zip(path, [_meta(), ("w0.npy", data, crc, len(header) + 100)])
 
 
-def _image_of_13000_squared(path: Path) -> None:
-    """A 13000² RGB image (507 MB, under the per-member limit) in 0.5 MB."""
-    header = _npy_header("|u1", (13_000, 13_000, 3))
-    data, crc = _deflated(header, 13_000 * 13_000 * 3)
-    grid = {"grid": [2, 2], "prefix_tokens": 1, "patch_size": [6500, 6500]}
+def _image(path: Path, side: int) -> None:
+    """A ``side``² RGB image of zeros, with a patch grid that covers it."""
+    header = _npy_header("|u1", (side, side, 3))
+    data, crc = _deflated(header, side * side * 3)
+    grid = {"grid": [2, 2], "prefix_tokens": 1, "patch_size": [side // 2, side // 2]}
     weights = _member("w0.npy", np.full((2, 5, 5), 0.2, dtype=np.float16))
-    _write_zip(path, [_meta(grid), weights, ("img0.npy", data, crc, len(header) + 13_000 * 13_000 * 3)])
+    _write_zip(path, [_meta(grid), weights, ("img0.npy", data, crc, len(header) + side * side * 3)])
+
+
+def _image_of_13000_squared(path: Path) -> None:
+    """The reported image: 13000² (507 MB) in 0.5 MB."""
+    _image(path, 13_000)
+
+
+def _image_of_3000_squared(path: Path) -> None:
+    """27 MB, under every size limit, but larger than an image the CLI draws."""
+    _image(path, 3_000)
 
 
 def _grid_of_a_million_pixels_a_side(path: Path) -> None:
@@ -299,7 +319,14 @@ sys.exit(result.returncode)
 
 @pytest.mark.parametrize(
     "make",
-    [_six_members_of_400_mb, _header_of_80_gb, _image_of_13000_squared, _grid_of_a_million_pixels_a_side],
+    [
+        _six_members_of_400_mb,
+        _six_members_of_200_mb,
+        _header_of_80_gb,
+        _image_of_13000_squared,
+        _image_of_3000_squared,
+        _grid_of_a_million_pixels_a_side,
+    ],
 )
 def test_crafted_capture_files_are_one_error_line_at_bounded_memory(tmp_path, make):
     path = tmp_path / "step_00000001.npz"
@@ -410,7 +437,9 @@ class LitSpaced(LitPrevious):
 
 
 def test_two_names_that_clean_alike_get_two_tags_and_a_warning(tmp_path):
-    trainer = make_trainer(tmp_path, [AttentionMonitor(plots=["heatmap"], modules=["pair.a b", "pair.a_b"])], max_epochs=1)
+    trainer = make_trainer(
+        tmp_path, [AttentionMonitor(plots=["heatmap"], modules=["pair.a b", "pair.a_b"])], max_epochs=1
+    )
     with pytest.warns(RuntimeWarning, match=r"would share the tag name 'pair.a_b'; 'pair.a_b' is logged as"):
         trainer.fit(LitSpaced(), token_loader(), token_loader(seed=1))
     scalars = [t for t in read_events(trainer.logger.log_dir).Tags()["scalars"] if "/entropy/" in t]

@@ -34,8 +34,8 @@ from lightning_attnviz.capture.grid import PatchGrid
 
 CAPTURE_FORMAT = "lightning_attnviz.capture/2"
 READABLE_FORMATS = ("lightning_attnviz.capture/1", CAPTURE_FORMAT)
-MAX_MEMBER_BYTES = 512 << 20  # an uncompressed array larger than this is refused (zip bombs)
-MAX_TOTAL_BYTES = 1 << 30  # all arrays of one file together, as they decode (six members under the limit)
+MAX_MEMBER_BYTES = 256 << 20  # an uncompressed array larger than this is refused (zip bombs)
+MAX_TOTAL_BYTES = 512 << 20  # all arrays of one file together, as they decode (six members under the limit)
 MAX_META_BYTES = 16 << 20
 MAX_IMAGE_SIDE = 2048  # pixels (ViT inputs are 224 to 1024); drawing a 2048² overlay takes ~0.9 GB
 _READ_ERRORS = (
