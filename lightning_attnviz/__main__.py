@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -30,10 +31,11 @@ from lightning_attnviz.sinks.capture_file import CaptureFileError, SavedCapture,
 from lightning_attnviz.sinks.tags import Tags
 
 _VISION = ("overlay", "rollout")
+MIN_FPS, MAX_FPS = 0.01, 100.0  # a GIF frame lasts a whole number of hundredths of a second, at most 655 s
 
 
 def _file_name(tag: str, suffix: str) -> str:
-    name = re.sub(r"[^\w.\-]", "_", tag.replace("/", "__"))
+    name = re.sub(r"[^\w.\-#]", "_", tag.replace("/", "__"))  # "#" stays: attn#1 is not attn_1
     if len(name.encode()) > 120:  # file systems refuse names over 255 bytes; keep them readable and unique
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
         name = name.encode()[:100].decode(errors="ignore") + "-" + digest
@@ -81,7 +83,7 @@ def _vision_pictures(saved: SavedCapture, plots: Sequence[str]) -> list[Picture]
 
 def render_file(path: Path, out: Path, plots: Sequence[str], fmt: str = "png") -> list[Path]:
     """Write the pictures of one saved capture; returns their paths."""
-    saved = load_capture(path)
+    saved = _load(path)
     out.mkdir(parents=True, exist_ok=True)
     tags, written = Tags(), []
     token_plots = [p for p in plots if p in TOKEN_PLOTS and p != "evolution"]
@@ -112,10 +114,21 @@ def _save(image: np.ndarray, target: Path, fmt: str) -> None:
 
 
 def animate(directory: Path, layer: str, sample: int, out: Path, fps: float) -> int:
-    """One head-mean heatmap per saved capture, as an animated GIF; returns the number of frames."""
-    frames, layers = [], set()
+    """One head-mean heatmap per saved capture, as an animated GIF; returns the number of frames.
+
+    A file that cannot be read (a partial write, a crafted file, a folder named like a capture) is
+    skipped with one line on stderr; the rest are drawn.
+    """
+    if not directory.is_dir():
+        raise CaptureFileError(f"{directory}: not a folder (give the attention_captures folder)")
+    frames, layers, skipped = [], set(), 0
     for path in sorted(directory.glob("step_*.npz")):
-        saved = load_capture(path)
+        try:
+            saved = _load(path)
+        except CaptureFileError as err:
+            skipped += 1
+            print(f"skipped: {_one_line(err)}", file=sys.stderr)
+            continue
         for view in saved.views:
             layers.add(view.layer)
             if view.layer == layer and view.sample == sample:
@@ -123,9 +136,10 @@ def animate(directory: Path, layer: str, sample: int, out: Path, fps: float) -> 
                 title = (layer, f"sample {sample} · step {saved.step} · epoch {saved.epoch} · head mean")
                 frames.append(heatmap(mean, visible, view.q_labels, view.k_labels, title, view.note))
     if not frames:
-        known = ", ".join(sorted(layers)) or "none (no step_*.npz files)"
+        known = ", ".join(sorted(layers)) or "none (no readable step_*.npz files)"
+        unread = f"; {skipped} file(s) skipped" if skipped else ""
         raise CaptureFileError(
-            f"{directory}: no capture of layer {layer!r}, sample {sample}; layers saved: {known}"
+            f"{directory}: no capture of layer {layer!r}, sample {sample}; layers saved: {known}{unread}"
         )
     height, width = max(f.shape[0] for f in frames), max(f.shape[1] for f in frames)
     padded = [
@@ -135,6 +149,43 @@ def animate(directory: Path, layer: str, sample: int, out: Path, fps: float) -> 
     images = [Image.fromarray(f) for f in padded]
     images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return len(images)
+
+
+def _load(path: Path) -> SavedCapture:
+    if not path.is_file():
+        raise CaptureFileError(f"{path}: not a file")
+    return load_capture(path)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _fps(text: str) -> float:
+    """Frames per second of a GIF: its frames last 0.01 s to 100 s (whole hundredths)."""
+    try:
+        fps = float(text)
+    except ValueError:
+        fps = math.nan
+    if not MIN_FPS <= fps <= MAX_FPS:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a number from {MIN_FPS} to {MAX_FPS:g}, got {text!r}")
+    return fps
+
+
+def _gif_path(text: str) -> Path:
+    if not text.lower().endswith(".gif"):
+        raise argparse.ArgumentTypeError(f"must be a file name ending in .gif, got {text!r}")
+    return Path(text)
+
+
+def _sample(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a sample index >= 0, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,20 +206,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     gif = commands.add_parser("gif", help="animate one sample's layer across the saved captures")
     gif.add_argument("captures", type=Path, help="the attention_captures directory")
     gif.add_argument("--layer", required=True)
-    gif.add_argument("--sample", type=int, default=0)
-    gif.add_argument("--out", type=Path, default=Path("attention.gif"))
-    gif.add_argument("--fps", type=float, default=2.0)
+    gif.add_argument("--sample", type=_sample, default=0)
+    gif.add_argument("--out", type=_gif_path, default=Path("attention.gif"), help="a .gif file")
+    gif.add_argument("--fps", type=_fps, default=2.0, help=f"frames per second, {MIN_FPS} to {MAX_FPS:g}")
     args = parser.parse_args(argv)
     try:
         if args.command == "render":
             for path in render_file(args.capture, args.out, args.plots, args.format):
                 print(path)
         else:
-            if args.fps <= 0:
-                parser.error(f"--fps must be > 0, got {args.fps}")
             print(f"{args.out}: {animate(args.captures, args.layer, args.sample, args.out, args.fps)} frames")
     except (CaptureFileError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
     return 0
 

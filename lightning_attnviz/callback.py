@@ -10,7 +10,7 @@ from lightning_attnviz.capture.discover import AttentionSite, ModuleSelector
 from lightning_attnviz.capture.grid import PatchGrid, find_grid
 from lightning_attnviz.capture.relevance import relevance_job
 from lightning_attnviz.capture.samples import Tokens, default_forward, token_labeller
-from lightning_attnviz.config import build_config
+from lightning_attnviz.config import build_config, setup_problems
 from lightning_attnviz.fixed_samples import (
     FixedSamples,
     capture_forward,
@@ -164,7 +164,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._enabled = True
         if trainer.is_global_zero:
             sinks.open()  # each logger gets what it can show; the first TensorBoardLogger everything
-            for message in sinks.warnings:
+            for message in [*sinks.warnings, *setup_problems(self.config, self._sites, grid)]:
                 warn(message)
             config = replace(self.config, sample_input=None, forward_fn=None, tokens=None, modules=None)
             config = replace(config, relevance_target=None)  # callables stay in the training process

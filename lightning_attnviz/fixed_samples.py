@@ -3,6 +3,7 @@ where they come from before any validation ran, and what the pictures need to kn
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -82,8 +83,8 @@ def describe(
         if isinstance(err, KeyboardInterrupt):
             raise
         warn(
-            f"AttentionMonitor: `tokens` failed to label the samples ({type(err).__name__}: {err}); "
-            "axes show positions instead."
+            f"AttentionMonitor: `tokens` failed to label the samples ({type(err).__name__}: {err}, "
+            f"raised at {raised_at(err)}); axes show positions instead."
         )
         labels = [None if grid is None else grid.labels()] * n
         targets = [None] * n
@@ -115,6 +116,16 @@ def module_rows(sites: list[AttentionSite], cap: AttentionCapture) -> tuple[tupl
         return "; ".join([via, *sorted(notes.get(name, ()))])
 
     return tuple((s.name, s.module_type, str(s.num_heads or "?"), how(s.name)) for s in sites)
+
+
+def raised_at(err: BaseException) -> str:
+    """``file:line in function`` of the innermost frame ``err`` passed through: where a user's
+    callback raised, for a warning that cannot chain the exception itself."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return "an unknown place"
+    last = frames[-1]
+    return f"{last.filename}:{last.lineno} in {last.name}"
 
 
 class FixedSamples:

@@ -257,6 +257,8 @@ class AttentionCapture:
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         key = name if call == 0 else f"{name}#{call}"
+        while call and key in self._by_name:  # a watched module really named "attn#1" keeps its name
+            key += "#"
         site = self._by_name.get(name)
         if site is not None:
             meta.update(axes=site.axes, layout=site.layout.kind, note=site.layout.note)

@@ -101,7 +101,9 @@ class Pending:
     """One attention call seen during capture, its weights not yet computed.
 
     Attributes:
-        key: the record's key: the module name for its first call, ``"<name>#<n>"`` for call ``n``.
+        key: the record's key: the module name for its first call, ``"<name>#<n>"`` for call ``n``
+            (``#`` is kept in tags, so ``attn#1`` never meets a module ``attn_1``; one ``#`` more when
+            another watched module is named ``attn#1`` itself).
         module: qualified name of the module that made the call.
         call: 0-based index of this call of ``module`` in the capture.
         path: how the weights are obtained (see :class:`AttentionMap`).

@@ -55,15 +55,14 @@ class Serve:
         elif kind == "job":
             _, _, job_id, job, want_outputs = message
             started = time.process_time()
-            outputs, messages = self.pipelines[channel].run(job)
+            pipeline = self.pipelines[channel]
+            outputs, messages = pipeline.run(job)
             for sink in self.sinks.get(channel, []):
                 try:
                     sink.write(outputs)
                 except Exception as err:  # one sink failing must not lose the others, nor the job
-                    messages.append(
-                        f"AttentionMonitor: writing to {type(sink).__name__} failed "
-                        f"({type(err).__name__}: {err})."
-                    )
+                    pipeline.writes.add(type(sink).__name__, getattr(sink, "what", str(sink)), err)
+            messages = [*messages, *pipeline.writes.messages(job.step)]  # a full disk: said once
             seconds = time.process_time() - started
             state = self.pipelines[channel].state_dict()  # so a checkpoint never waits for drawing
             self.reply(("done", channel, job_id, outputs if want_outputs else None, messages, seconds, state))

@@ -27,7 +27,8 @@ from lightning_attnviz.pipeline.plan import PreviousStats, picture_groups, pictu
 from lightning_attnviz.render.maps import encode_png
 from lightning_attnviz.sinks import capture_file as formats
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs
-from lightning_attnviz.sinks.tags import Tags
+from lightning_attnviz.sinks.failures import WriteFailures
+from lightning_attnviz.sinks.tags import Tags, clean
 
 
 class Pipeline:
@@ -43,6 +44,7 @@ class Pipeline:
         self.previous_stats: PreviousStats | None = None  # for the stats pictures' change panels
         self._warned: set[str] = set()
         self.messages: list[str] = []
+        self.writes = WriteFailures()  # what could not be written; the caller words it after the sinks
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -114,10 +116,10 @@ class Pipeline:
         if c.save_captures and self.setup.log_dir is not None and views:
             path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
             images = list(job.images) if self.setup.grid is not None else []
-            self._step(
-                f"saving the capture file {path}",
-                lambda: formats.save_capture(path, views, job.step, job.epoch, self.setup.grid, images),
-            )
+            try:
+                formats.save_capture(path, views, job.step, job.epoch, self.setup.grid, images)
+            except Exception as err:  # a full disk: told once with the sinks' failures (self.writes)
+                self.writes.add("the capture files", f"the capture file {path}", err)
         return out, self.messages
 
     # -- steps ------------------------------------------------------------------------------------
@@ -161,30 +163,39 @@ class Pipeline:
                     self.messages += self.health.check(r.key, r.health, job.step)
 
     def _select(self, records: list[AttentionMap]) -> list[AttentionMap]:
-        """The layers ``layers=`` asks to draw, by index (negative from the end) or name/glob."""
+        """The layers ``layers=`` asks to draw, by index (negative from the end) or name/glob; a
+        selector that matches none of them is said once."""
         chosen = self.setup.config.layers
         if chosen is None:
             return records
         n = len(records)
-        keep = [
-            r
-            for i, r in enumerate(records)
-            if any(
-                (isinstance(sel, int) and sel in (i, i - n))
-                or (isinstance(sel, str) and fnmatch.fnmatchcase(r.key, sel))
-                for sel in chosen
-            )
-        ]
-        if not keep and records:
+
+        def hit(sel: int | str, i: int, r: AttentionMap) -> bool:
+            if isinstance(sel, int):
+                return sel in (i, i - n)
+            return fnmatch.fnmatchcase(r.key, sel)
+
+        keep = [r for i, r in enumerate(records) if any(hit(sel, i, r) for sel in chosen)]
+        missed = [sel for sel in chosen if not any(hit(sel, i, r) for i, r in enumerate(records))]
+        if missed and records:
+            drawn = "the others are drawn" if keep else "nothing is drawn"
             self._warn_once(
                 "layers",
-                f"AttentionMonitor: `layers={list(chosen)}` matches none of the captured "
-                f"layers {[r.key for r in records]}.",
+                f"AttentionMonitor: `layers={list(chosen)}`: {missed} match none of the {n} captured "
+                f"layers {[r.key for r in records]} (indices -{n} to {n - 1}); {drawn}.",
             )
         return keep
 
     def _check(self, records: list[AttentionMap], job: Job) -> None:
-        c, grid = self.setup.config, self.setup.grid
+        c, grid, tags = self.setup.config, self.setup.grid, self.setup.tags
+        for r in records:  # in forward order, so the first of two clashing keys keeps the plain name
+            segment = tags.layer(r.key)
+            if segment != clean(r.key):
+                self._warn_once(
+                    f"renamed:{r.key}",
+                    f"AttentionMonitor: layers {tags.owner(clean(r.key))!r} and {r.key!r} would share the "
+                    f"tag name {clean(r.key)!r}; {r.key!r} is logged as {segment!r}.",
+                )
         pooled = [r for r in records if r.block != (1, 1)]
         if pooled:
             longest = max(max(r.length) for r in pooled)

@@ -1,6 +1,8 @@
 """Every name the monitor logs under, built in one place.
 
-Tag plan (``<layer>`` is the capture key cleaned to ``[\\w.\\-/]``, e.g. ``model.layers.0.self_attn``;
+Tag plan (``<layer>`` is the capture key cleaned to ``[\\w.\\-/#]``, e.g. ``model.layers.0.self_attn`` or
+``blocks.0.attn#1`` for a module's second call; two keys that clean to one name are told apart with a
+digest of the key, :meth:`Tags.layer`;
 a monitor given ``name="x"`` writes ``attention_x/...``, ``attention_stats_x/...`` and so on):
 
 - ``attention/sample_<i>/<layer>/heatmap``: head-mean map, query × key, labelled with the tokens
@@ -34,8 +36,9 @@ A 12-layer model writes 6 × 12 = 72 scalar tags by default (12 × 12 × 6 more 
 
 from __future__ import annotations
 
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lightning_attnviz.analysis.views import LOGGED_METRICS
 
@@ -43,8 +46,9 @@ METRICS = LOGGED_METRICS
 
 
 def clean(name: str) -> str:
-    """A layer name as it appears in a tag."""
-    return re.sub(r"[^\w.\-/]", "_", name)
+    """A layer name as it appears in a tag (``#`` stays: a repeated call's key never meets a module
+    whose name has ``_<n>`` in its place)."""
+    return re.sub(r"[^\w.\-/#]", "_", name)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,20 @@ class Tags:
     """The tags of one monitor; ``name`` keeps two monitors of one Trainer apart."""
 
     name: str | None = None
+    _layers: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # segment -> key
+
+    def layer(self, key: str) -> str:
+        """``key`` as a tag segment, never the same as another key's: the first key to clean to a
+        name keeps it, a later one gets a digest of itself appended."""
+        segment = clean(key)
+        if self._layers.setdefault(segment, key) != key:
+            segment = f"{segment}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+            self._layers.setdefault(segment, key)
+        return segment
+
+    def owner(self, segment: str) -> str | None:
+        """The key that holds ``segment``, if any."""
+        return self._layers.get(segment)
 
     def _prefix(self, base: str) -> str:
         return f"{base}_{self.name}" if self.name else base
@@ -78,7 +96,7 @@ class Tags:
 
     def health(self, metric: str, layer: str, head: int | None = None) -> str:
         """``attention_health/<metric>/<layer>`` (a layer's value) or ``.../head_<h>``."""
-        tag = f"{self.health_prefix}/{metric}/{clean(layer)}"
+        tag = f"{self.health_prefix}/{metric}/{self.layer(layer)}"
         return tag if head is None else f"{tag}/head_{head}"
 
     @property
@@ -89,20 +107,20 @@ class Tags:
         base = f"{self.pictures}/sample_{sample}"
         if layer is None:
             return f"{base}/{kind}"
-        return f"{base}/{clean(layer)}/{kind if head is None else f'head_{head}'}"
+        return f"{base}/{self.layer(layer)}/{kind if head is None else f'head_{head}'}"
 
     def stats_picture(self, metric: str) -> str:
         """The layer × head matrix of one metric (one picture per capture, for the whole model)."""
         return f"{self.pictures}/stats/{metric}"
 
     def stat(self, metric: str, layer: str, head: int | None = None) -> str:
-        return f"{self.stats}/{metric}/{clean(layer)}/{'mean' if head is None else f'head_{head}'}"
+        return f"{self.stats}/{metric}/{self.layer(layer)}/{'mean' if head is None else f'head_{head}'}"
 
     def histogram(self, layer: str) -> str:
-        return f"{self.hist}/{clean(layer)}"
+        return f"{self.hist}/{self.layer(layer)}"
 
     def tab(self, sample: int, layer: str) -> str:
-        tag = f"sample_{sample}/{clean(layer)}"
+        tag = f"sample_{sample}/{self.layer(layer)}"
         return f"{self.name}/{tag}" if self.name else tag
 
     def layout(self, layers: list[str], head_stats: bool) -> dict:
@@ -118,7 +136,7 @@ class Tags:
             }
             if head_stats:
                 for layer in layers:
-                    prefix = re.escape(f"{self.stats}/{metric}/{clean(layer)}/")
+                    prefix = re.escape(f"{self.stats}/{metric}/{self.layer(layer)}/")
                     charts[f"{layer}: heads"] = ["Multiline", [f"^{prefix}head_\\d+$"]]
             layout[f"{self.stats} {metric}"] = charts
         return layout

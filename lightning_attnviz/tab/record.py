@@ -158,12 +158,24 @@ def decode_map(blob: bytes) -> DecodedMap:
     if _LENGTH + n > len(blob):
         raise ValueError(f"header of {n} bytes in a record of {len(blob)} bytes")
     header = json.loads(bytes(blob[_LENGTH : _LENGTH + n]).decode())
-    if header.get("format") != FORMAT:
-        raise ValueError(f"record format must be {FORMAT!r}, got {header.get('format')!r}")
-    heads, q, k = header["heads"], header["q"], header["k"]
-    mask_heads = header["mask"]["heads"] if header["mask"] else 0
-    info = header["image"]
-    sizes = [heads * q * k, (mask_heads * q * k + 7) // 8, info["height"] * info["width"] * 3 if info else 0]
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise ValueError(f"record format must be {FORMAT!r}, got {found!r}")
+    try:  # every count is a plain int >= 0 before any size is computed from it
+        heads, q, k = (_count(header[key]) for key in ("heads", "q", "k"))
+        mask_heads = _count(header["mask"]["heads"]) if header["mask"] else 0
+        info = header["image"]
+        pixels = (_count(info["height"]), _count(info["width"])) if info else (0, 0)
+        missing = [
+            key for key in ("step", "layer", "sample", "q_labels", "k_labels", "note") if key not in header
+        ]
+        if missing:
+            raise ValueError(f"an attnviz record header without {missing}")
+        if len(header["scales"]) != heads or mask_heads not in (0, 1, heads):
+            raise ValueError(f"{len(header['scales'])} scales and a mask of {mask_heads} for {heads} heads")
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"malformed attnviz record header ({type(err).__name__}: {err})") from err
+    sizes = [heads * q * k, (mask_heads * q * k + 7) // 8, pixels[0] * pixels[1] * 3]
     if _LENGTH + n + sum(sizes) != len(blob):
         raise ValueError(f"record of {len(blob)} bytes, its header describes {_LENGTH + n + sum(sizes)}")
     body = np.frombuffer(blob, dtype=np.uint8, offset=_LENGTH + n)
@@ -177,7 +189,7 @@ def decode_map(blob: bytes) -> DecodedMap:
         bits = np.unpackbits(body[sizes[0] : sizes[0] + sizes[1]], bitorder="little")
         visible = bits[: mask_heads * q * k].astype(bool).reshape(mask_heads, q, k)
         visible.flags.writeable = False
-    image = body[sizes[0] + sizes[1] :].reshape(info["height"], info["width"], 3) if info else None
+    image = body[sizes[0] + sizes[1] :].reshape(*pixels, 3) if info else None
     return DecodedMap(
         format=header["format"],
         step=header["step"],
@@ -196,6 +208,12 @@ def decode_map(blob: bytes) -> DecodedMap:
         grid=tuple(info["grid"]) if info else None,
         prefix_tokens=info["prefix"] if info else 0,
     )
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"a count in an attnviz record header must be an int >= 0, got {value!r}")
+    return value
 
 
 def tab_value(tag: str, blob: bytes) -> Any:
