@@ -170,6 +170,22 @@ def test_nn_transformer_decoder_axes():
     assert labels["target"] == [None, None]
 
 
+def test_tuple_batches_of_ids_never_label_a_target_axis_with_source_tokens():
+    vocab = [f"w{i}" for i in range(20)]
+    label = lambda ids: [vocab[i] for i in ids]  # noqa: E731
+    src, tgt = torch.randint(10, 20, (3, 7)), torch.randint(0, 10, (3, 5))
+    source = [vocab[i] for i in src[0].tolist()]
+    unknown = axis_labels((src, tgt), label, None, 2, encoder_decoder=True)  # the model has cross-attention
+    assert unknown["source"][0] == source and unknown["target"] == [None, None]
+    for target in (1, lambda batch: batch[1]):
+        known = axis_labels((src, tgt), label, None, 2, target=target)
+        assert known["target"][1] == [vocab[i] for i in tgt[1].tolist()]
+    decoder_only = axis_labels((src, tgt), label, None, 2)  # no cross-attention: it reads its own input
+    assert decoder_only["target"][0] == source
+    with pytest.raises(ValueError, match=r"`target=0` must pick .* a tensor \(3, 7\) torch.float32"):
+        axis_labels((src.float(), tgt), label, None, 2, target=0)
+
+
 # -- timm: windows, talking heads, channel attention, pooling -------------------------------------------
 
 
