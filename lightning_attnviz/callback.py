@@ -9,13 +9,14 @@ from typing import Any, Literal
 from lightning_attnviz.capture.discover import AttentionSite, ModuleSelector
 from lightning_attnviz.capture.grid import PatchGrid, find_grid
 from lightning_attnviz.capture.relevance import relevance_job
-from lightning_attnviz.capture.samples import Tokens, default_forward, token_labeller
+from lightning_attnviz.capture.samples import Target, Tokens, default_forward, token_labeller
 from lightning_attnviz.config import build_config, setup_problems
 from lightning_attnviz.fixed_samples import (
     FixedSamples,
     capture_forward,
     find_sites,
     first_val_batch,
+    has_cross_attention,
     module_rows,
 )
 from lightning_attnviz.pipeline.client import DRAIN_SECONDS, INTERRUPT_SECONDS, Drawing, warn
@@ -48,6 +49,11 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         layers: which captured layers to draw: indices into the capture order or names/globs.
         heads: heads that also get a heatmap of their own.
         tokens: a tokenizer (``convert_ids_to_tokens``), a vocabulary (list or dict), or ``ids -> labels``.
+        target: where the decoder's input tokens are in a batch, for an encoder–decoder model fed a
+            tuple or your own dict (``forward_fn=lambda m, b: m(b[0], b[1])``): an index into a tuple or
+            list batch, a key of a dict batch, or ``(batch) -> ids`` (a ``(batch, T)`` integer tensor,
+            called on the fixed samples). ``None``: ``decoder_input_ids`` / ``labels`` of a dict batch,
+            else the decoder's axes show positions; they never carry the source's tokens.
         plots: ``"heatmap"``, ``"heads"``, ``"arrows"``, ``"atlas"``, ``"evolution"``, and for images
             ``"overlay"``, ``"overlay_heads"``, ``"rollout"``. ``None``: heatmap, heads, atlas and
             evolution for text; overlay, rollout, atlas and evolution for images.
@@ -117,6 +123,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         logit_growth: float = 4.0,
         relevance: bool = False,
         relevance_target: Callable[[Any], Any] | None = None,
+        target: Target = None,
     ) -> None:
         args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.config = build_config(**args)
@@ -167,7 +174,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
             for message in [*sinks.warnings, *setup_problems(self.config, self._sites, grid)]:
                 warn(message)
             config = replace(self.config, sample_input=None, forward_fn=None, tokens=None, modules=None)
-            config = replace(config, relevance_target=None)  # callables stay in the training process
+            config = replace(config, relevance_target=None, target=None)  # callables stay in this process
             plots = default_plots(self.config.plots, grid is not None)
             saves = sinks.captures_dir if self.config.save_captures else None
             self._setup = Setup(config, plots, grid, Tags(self.config.name), saves)
@@ -244,7 +251,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         if drawing is None or self._setup is None:
             return  # a rank that only takes part in a sharded forward: rank 0 draws
         samples = self._samples
-        samples.describe(self._label, self._setup.grid, warn)
+        samples.describe(self._label, self._setup.grid, warn, has_cross_attention(self._sites))
         modules = module_rows(self._sites, cap) if self._modules_due else ()
         self._modules_due = False
         epoch, diagnose, pending = trainer.current_epoch, not trainer.sanity_checking, tuple(cap.pending)

@@ -72,6 +72,7 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     k["image_mean"] = check_rgb_stats("image_mean", k["image_mean"], positive=False)
     k["image_std"] = check_rgb_stats("image_std", k["image_std"], positive=True)
     token_labeller(k["tokens"])  # raises TypeError for what cannot label tokens
+    _check_target(k.get("target"))
     if k["sample_input"] is not None:
         if not tensors(k["sample_input"]):
             raise TypeError(
@@ -88,6 +89,19 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
         raise ValueError(f"`name` must be None or 1-40 letters, digits, '_' or '-', got {name!r}")
     return MonitorConfig(**k)
+
+
+def _check_target(target: Any) -> None:
+    """``target``: where the decoder's input is in a batch."""
+    if target is None or callable(target) or isinstance(target, str):
+        return
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise TypeError(
+            "`target` must be None, an index into a tuple batch (int >= 0), a key of a dict batch (str) or "
+            f"a callable (batch) -> decoder token ids, got {target!r}"
+        )
+    if target < 0:
+        raise ValueError(f"`target` must be an index >= 0 into a tuple batch, got {target}")
 
 
 def _check_modules(modules: Any) -> ModuleSelector:

@@ -12,7 +12,7 @@ import torch
 from lightning_attnviz.capture.context import AttentionCapture
 from lightning_attnviz.capture.discover import AttentionSite, find_attention
 from lightning_attnviz.capture.grid import PatchGrid
-from lightning_attnviz.capture.samples import axis_labels, batch_rows, first_rows
+from lightning_attnviz.capture.samples import axis_labels, batch_rows, first_rows, select_target
 from lightning_attnviz.capture.samples import images as sample_images
 from lightning_attnviz.pipeline.settings import MonitorConfig
 from lightning_attnviz.util import lightning as lit
@@ -72,12 +72,21 @@ def describe(
     grid: PatchGrid | None,
     config: MonitorConfig,
     warn: Warn,
+    encoder_decoder: bool = False,
 ) -> tuple[tuple, tuple, tuple]:
     """Source token labels, target (decoder) token labels and displayable images of the fixed
-    samples; a failing labeller costs the labels (positions are shown), never the capture."""
+    samples; a failing labeller or ``target`` costs the labels (positions are shown), never the capture.
+    ``encoder_decoder``: the model has cross-attention, so its target axes are not its source."""
     n = config.samples
+    target = config.target
+    if target is not None:
+        try:
+            select_target(fixed, target)
+        except Exception as err:  # the user's callable may raise anything: positions, and one warning
+            warn(f"AttentionMonitor: {err}; the decoder's axes show positions.")
+            target, encoder_decoder = None, True
     try:
-        axes = axis_labels(fixed, labeller, grid, n)
+        axes = axis_labels(fixed, labeller, grid, n, target, encoder_decoder)
         labels, targets = axes["source"], axes["target"]
     except BaseException as err:  # even SystemExit from a user's labeller; never Ctrl-C
         if isinstance(err, KeyboardInterrupt):
@@ -162,11 +171,13 @@ class FixedSamples:
     def current(self) -> Any:
         return self.rows if self.rows is not None else self.train_rows
 
-    def describe(self, labeller: Callable | None, grid: PatchGrid | None, warn: Warn) -> None:
+    def describe(
+        self, labeller: Callable | None, grid: PatchGrid | None, warn: Warn, encoder_decoder: bool = False
+    ) -> None:
         """Labels and images, made once per set of samples."""
         if self.labels is None:
             self.labels, self.targets, self.images = describe(
-                self.current(), labeller, grid, self.config, warn
+                self.current(), labeller, grid, self.config, warn, encoder_decoder
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -187,6 +198,11 @@ class FixedSamples:
             return False
         self.rows, self.train_rows, self.labels = state.get("fixed"), state.get("train_fixed"), None
         return True
+
+
+def has_cross_attention(sites: list[AttentionSite]) -> bool:
+    """Whether the model reads a source from a decoder (its target axes are then not its source)."""
+    return any(site.axes == ("target", "source") for site in sites)
 
 
 def find_sites(pl_module: Any, modules: Any) -> tuple[list[AttentionSite], str | None]:

@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import pytest
 import pytorch_lightning as pl
 import timm
 import torch
@@ -140,3 +141,185 @@ def test_a_vision_tower_beside_a_text_model_is_labelled_by_patches(tmp_path):
     vision = next(v for v in saved.views if "vision_model" in v.layer and v.sample == 0)
     assert text.q_labels == [vocab[i] for i in ids[0].tolist()]
     assert vision.q_labels == PatchGrid((4, 4), 1, (8, 8)).labels()  # CLS, then row,column
+
+
+# -- windows, bands and blocks through a real fit ---------------------------------------------------
+
+
+class LitSwin(pl.LightningModule):
+    """A small timm Swin (two stages: 14×14 tokens, then 7×7 after patch merging)."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        self.net = timm.create_model(
+            "swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, img_size=56, window_size=7,
+            embed_dim=16, depths=(2, 2), num_heads=(2, 2),
+        )  # fmt: skip
+        for module in self.net.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = fused
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, _):
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, _):
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def _saved(tmp_path):
+    return load_capture(next((tmp_path / "tb" / "version_0" / Tags().captures_dir).glob("*.npz")))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_swin_windows_are_drawn_over_the_image_per_stage(tmp_path, fused):
+    from layout_references import timm_swin_reference
+
+    monitor = AttentionMonitor(plots=["overlay", "rollout", "heatmap"], max_tokens=256, samples=2)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    model, val = LitSwin(fused), image_loader(size=(56, 56), seed=1)
+    with pytest.warns(RuntimeWarning, match=r"no attention rollout: .* 2 grids \(7×7, 14×14"):
+        trainer.fit(model, image_loader(size=(56, 56)), val)
+    events = read_events(trainer.logger.log_dir)
+    tags = set(events.Tags()["images"])
+    layers = [f"net.layers.{s}.blocks.{b}.attn" for s in range(2) for b in range(2)]
+    assert {f"attention/sample_0/{layer}/overlay" for layer in layers} <= tags
+    assert not [t for t in tags if "rollout" in t]  # not defined across patch merging: said once
+    # what was logged is the model's own weights, placed back by the test's own code
+    images = next(iter(val))[0][:2]
+    expected = timm_swin_reference(model.net.eval(), images)
+    saved = {v.layer: v for v in _saved(tmp_path).views if v.sample == 0}
+    for layer in layers:
+        view, ref = saved[layer], expected[layer.removeprefix("net.")][0]
+        assert view.weights.shape == ref.shape and not view.note  # exact, not pooled
+        assert np.abs(view.weights - ref.numpy()).max() < 2e-3  # float16 in the file
+    assert saved[layers[2]].q_labels[:3] == ["0,0", "0,1", "0,2"]  # the 7×7 stage's own grid
+    overlay = events.Images(f"attention/sample_0/{layers[0]}/overlay")[-1]
+    picture = np.asarray(Image.open(io.BytesIO(overlay.encoded_image_string)))
+    assert picture.std() > 10
+    table = events.Tensors("attention/modules/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "windowed attention placed back" in table and "not captured" not in table
+
+
+class LitText(pl.LightningModule):
+    """A Hugging Face encoder (Longformer or BigBird block-sparse) fed dict batches."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        import transformers as tf
+
+        small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+        if kind == "longformer":
+            window = dict(attention_window=4, max_position_embeddings=64)
+            self.encoder = tf.LongformerModel(tf.LongformerConfig(vocab_size=50, **window, **small))
+        else:
+            sparse = dict(attention_type="block_sparse", block_size=2, num_random_blocks=1)
+            config = tf.BigBirdConfig(vocab_size=50, max_position_embeddings=64, **sparse, **small)
+            self.encoder = tf.BigBirdModel(config)
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, **batch):
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        return self.head(self.encoder(**batch).last_hidden_state[:, 0])
+
+    def training_step(self, batch, _):
+        return F.cross_entropy(self(**batch), batch["labels"])
+
+    def validation_step(self, batch, _):
+        self.log("val_loss", self.training_step(batch, _))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def _documents(kind, seed, length):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(8):
+        row = {"input_ids": torch.randint(3, 50, (length,), generator=g), "labels": torch.tensor(1)}
+        row["attention_mask"] = torch.ones(length, dtype=torch.long)
+        if kind == "longformer":
+            row["global_attention_mask"] = (torch.arange(length) == 0).long()  # a CLS-like global token
+        rows.append(row)
+    return torch.utils.data.DataLoader(rows, batch_size=4)
+
+
+@pytest.mark.parametrize("kind", ["longformer", "bigbird"])
+def test_long_document_encoders_are_drawn_whole(tmp_path, kind):
+    length = 13 if kind == "longformer" else 23  # both padded by the model itself (to 16 and 24)
+    vocab = [f"w{i}" for i in range(50)]
+    monitor = AttentionMonitor(tokens=vocab, plots=["heatmap"], max_tokens=64)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    trainer.fit(LitText(kind), _documents(kind, 0, length), _documents(kind, 1, length))
+    first = next(iter(_documents(kind, 1, length)))
+    words = [vocab[i] for i in first["input_ids"][0].tolist()]
+    views = [v for v in _saved(tmp_path).views if v.sample == 0]
+    assert len(views) == 2
+    for view in views:
+        assert view.weights.shape == (4, length, length) and view.q_labels == words == view.k_labels
+        rows = view.weights.astype(np.float64).sum(-1)
+        assert np.allclose(rows, 1.0, atol=5e-3)  # every weight the kernel applied, none missed
+        assert view.visible is not None and not view.visible.all()  # keys outside the band / blocks
+    events = read_events(trainer.logger.log_dir)
+    heatmap = events.Images(f"attention/sample_0/{views[0].layer}/heatmap")[-1]
+    assert np.asarray(Image.open(io.BytesIO(heatmap.encoded_image_string))).std() > 10
+    table = events.Tensors("attention/modules/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "made dense" in table
+
+
+class TupleSeq2Seq(Seq2Seq):
+    """``nn.Transformer`` fed a tuple batch ``(source ids, target ids)``."""
+
+    def training_step(self, batch, _):
+        logits = self(batch[0], batch[1])
+        return F.cross_entropy(logits.flatten(0, 1), batch[1].flatten())
+
+    def validation_step(self, batch, _):
+        self.log("val_loss", self.training_step(batch, _))
+
+
+def _tuple_pairs(seed):
+    pairs = _pairs(seed)
+    rows = [(r["input_ids"], r["decoder_input_ids"]) for r in pairs.dataset]
+    return torch.utils.data.DataLoader(rows, batch_size=4)
+
+
+@pytest.mark.parametrize("target", [None, 1, lambda batch: batch[1]], ids=["unknown", "index", "callable"])
+def test_a_tuple_batch_never_labels_the_decoder_with_the_source(tmp_path, target):
+    vocab = [f"w{i}" for i in range(20)]
+    monitor = AttentionMonitor(
+        tokens=vocab, plots=["heatmap"], forward_fn=lambda m, b: m(b[0], b[1]), target=target
+    )
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    trainer.fit(TupleSeq2Seq(), _tuple_pairs(0), _tuple_pairs(1))
+    first = next(iter(_tuple_pairs(1)))
+    source = [vocab[i] for i in first[0][0].tolist()]
+    decoder = [vocab[i] for i in first[1][0].tolist()] if target is not None else [str(i) for i in range(5)]
+    views = {v.layer: v for v in _saved(tmp_path).views if v.sample == 0}
+    encoder = next(v for k, v in views.items() if "encoder" in k)
+    decoder_self = next(v for k, v in views.items() if k.endswith("self_attn") and "decoder" in k)
+    cross = next(v for k, v in views.items() if "multihead_attn" in k)
+    assert encoder.q_labels == source == encoder.k_labels
+    assert decoder_self.q_labels == decoder == decoder_self.k_labels
+    assert cross.q_labels == decoder and cross.k_labels == source
+
+
+def test_target_is_checked_at_construction():
+    with pytest.raises(TypeError, match=r"`target` must be None, an index .* got 1.5"):
+        AttentionMonitor(target=1.5)
+    with pytest.raises(ValueError, match=r"`target` must be an index >= 0 .* got -1"):
+        AttentionMonitor(target=-1)
+
+
+def test_a_target_that_picks_no_token_ids_warns_once_and_shows_positions(tmp_path):
+    monitor = AttentionMonitor(plots=["heatmap"], forward_fn=lambda m, b: m(b[0], b[1]), target=5)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    with pytest.warns(RuntimeWarning, match=r"`target=5` must pick the decoder's token ids"):
+        trainer.fit(TupleSeq2Seq(), _tuple_pairs(0), _tuple_pairs(1))
+    cross = next(v for v in _saved(tmp_path).views if "multihead_attn" in v.layer)
+    assert cross.q_labels == [str(i) for i in range(5)]

@@ -82,6 +82,9 @@ def make_views(
                 v = v[sample if v.shape[0] > 1 else 0].numpy()  # (1 | H, q | 1, k)
                 visible = np.broadcast_to(v, (v.shape[0], *weights.shape[-2:]))
             q_len, k_len = record.length if record.block != (1, 1) else weights.shape[-2:]
+            stage = getattr(record, "grid", None)  # a windowed map's own token grid: label its cells
+            if stage is not None:
+                q_tokens = k_tokens = [f"{r},{c}" for r in range(stage[0]) for c in range(stage[1])]
             view = pool_view(
                 AttentionView(
                     layer=record.key,
@@ -205,7 +208,8 @@ def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | No
 
     Uses the statistics accumulated while capturing when they count the same sink keys (necessarily
     so when the map was pooled), else computes them from the exact map. With ``grid`` and an exact
-    map whose queries and keys are the grid's tokens, the distance is in pixels.
+    map whose queries and keys are the grid's tokens, the distance is in pixels; a windowed map lies on
+    its own stage's grid (:attr:`AttentionMap.grid`, :meth:`PatchGrid.stage`).
 
     Shape:
         record.weights: ``(samples, heads, q, k)``; every array of the result: ``(heads,)``.
@@ -220,6 +224,8 @@ def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | No
         stats.update(0, record.weights, record.visible)
     values = stats.per_head()
     q_len, k_len = record.weights.shape[-2:]
+    if grid is not None and getattr(record, "grid", None) is not None:
+        grid = grid.stage(record.grid)
     if grid is not None and exact and q_len == k_len == grid.length:
         per_sample = np.stack([mean_attention_distance(w, grid) for w in record.weights])
         finite = np.isfinite(per_sample)

@@ -29,10 +29,12 @@ from torch import Tensor, nn
 
 from lightning_attnviz.capture.discover import AttentionSite, ModuleSelector, find_attention, named_modules
 from lightning_attnviz.capture.flex import flex_scores
-from lightning_attnviz.capture.forward import install_forward, is_tapped
+from lightning_attnviz.capture.forward import install_attr, install_forward, is_tapped
 from lightning_attnviz.capture.inputs import AttentionMap, Inputs, Path, Pending, ScoresInputs, compute
-from lightning_attnviz.capture.kinds import CallInputs, read_call, unsupported_warning
+from lightning_attnviz.capture.kinds import WINDOW_READERS, CallInputs, read_call, unsupported_warning
+from lightning_attnviz.capture.readers import band_tap, block_sparse_taps
 from lightning_attnviz.capture.taps import _Interceptor, encoder_layer_tap, encoder_tap, mha_tap
+from lightning_attnviz.capture.windows import WindowCall, window_call
 from lightning_attnviz.util.checks import check_int
 
 __all__ = ["AttentionCapture", "AttentionMap", "capture_attention"]
@@ -80,8 +82,11 @@ class AttentionCapture:
         self._failed: set[str] = set()
         self.flex_calls: list[tuple[str, tuple, dict]] = []  # FlexAttention calls not yet recorded
         self._by_name = {site.name: site for site in self.sites}
+        self._by_module: dict[str, nn.Module] = {}
         self.skipped: dict[str, str] = {}  # modules whose layout is not captured: {name: why}
         self.call = CallInputs()  # what the model's own forward was given (batch, padding, decoder)
+        self.windows: dict[str, WindowCall] = {}  # windowed sites running now: where their windows lie
+        self._host_calls: dict[str, tuple[tuple, dict]] = {}  # their blocks' calls, while they run
 
     @property
     def maps(self) -> dict[str, Tensor]:
@@ -114,6 +119,7 @@ class AttentionCapture:
             )
         try:
             named = named_modules(self.model)
+            self._by_module = named
             for site in self.sites:
                 if site.layout.supported:
                     self._install(site, named)
@@ -151,6 +157,12 @@ class AttentionCapture:
         module = named[site.name]
         if site.tap == "mha":
             self._wrap(module, mha_tap(self, site, module))
+        elif site.layout.reader == "longformer":
+            self._wrap(module, band_tap(self, site, module))
+        elif site.layout.reader == "bigbird":
+            before, gather = block_sparse_taps(self, site, module)
+            self._wrap(module, before)
+            self._set_attr(module, "torch_gather_b2", gather)
         elif site.tap == "encoder_layer":
             layer = named[site.name.rpartition(".")[0]]
             self._wrap(layer, encoder_layer_tap(self, site, layer))
@@ -158,7 +170,32 @@ class AttentionCapture:
                 if isinstance(encoder, nn.TransformerEncoder) and any(m is layer for m in encoder.layers):
                     self._wrap(encoder, encoder_tap(self, encoder))
         else:
+            if site.layout.reader in WINDOW_READERS and site.layout.host not in (None, site.name):
+                self._wrap(named[site.layout.host], self._host_tap(site.name))
             self._wrap_scope(module, site)
+
+    def _host_tap(self, name: str) -> Callable[[tuple, dict], Callable[[Any], None]]:
+        """Keeps the call of a windowed site's block (its token grid) while the block runs."""
+
+        def before(args: tuple, kwargs: dict) -> Callable[[Any], None]:
+            self._host_calls[name] = (args, kwargs)
+            return lambda _: self._host_calls.pop(name, None)
+
+        return before
+
+    def _read_windows(self, site: AttentionSite, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Where the windows of this call of ``site`` lie, or one warning that says why it is not drawn."""
+        layout = site.layout
+        host_call = (args, kwargs) if layout.host == site.name else self._host_calls.get(site.name)
+        host = self._by_module.get(layout.host or "", module)
+        found = "its block was not called" if host_call is None else window_call(
+            layout.reader or "", host, host_call, (args, kwargs)
+        )  # fmt: skip
+        if isinstance(found, WindowCall):
+            self.windows[site.name] = found
+        else:
+            message = f"Attention in {site.name!r} is not captured: {found}; no map is drawn."
+            self.skip(site.name, message, stacklevel=5)
 
     def _read_calls(self, model: nn.Module) -> None:
         """Read the batch size, attention mask and decoder inputs of each call of the model itself."""
@@ -198,12 +235,15 @@ class AttentionCapture:
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             self.entered.add(site.name)
+            if site.layout.reader in WINDOW_READERS:
+                self._read_windows(site, module, args, kwargs)
             self.scope.append(site)
             if len(self.scope) == 1:
                 self._mode_on_()
             try:
                 return original(*args, **kwargs)
             finally:
+                self.windows.pop(site.name, None)
                 self.scope.pop()
                 if not self.scope:
                     self._mode_off()
@@ -214,6 +254,10 @@ class AttentionCapture:
 
     def _set_forward(self, module: nn.Module, forward: Callable[..., Any], tap: bool = True) -> None:
         self._restore.append(install_forward(module, forward, tap))
+
+    def _set_attr(self, module: nn.Module, name: str, value: Callable[..., Any]) -> None:
+        """Set ``module.<name>`` on this instance only, restored on leaving the capture."""
+        self._restore.append(install_attr(module, name, value))
 
     def _mode_on_(self) -> None:
         self._mode.__enter__()

@@ -11,7 +11,7 @@ from typing import Literal
 
 from torch import nn
 
-from lightning_attnviz.capture.kinds import TOKEN, Axis, Layout, axes_of, classify, is_special
+from lightning_attnviz.capture.kinds import TOKEN, Axis, Layout, axes_of, classify, find_reader, is_special
 
 ModuleSelector = None | str | Sequence[str] | Callable[[str, nn.Module], bool]
 Tap = Literal["mha", "encoder_layer", "function"]
@@ -34,7 +34,8 @@ class AttentionSite:
             watches the module's ``scaled_dot_product_attention`` / softmax calls.
         num_heads: heads, when the module says so.
         fused: whether the module uses a fused kernel (timm's ``fused_attn``), when it says so.
-        layout: what its weights mean (:func:`~lightning_attnviz.capture.kinds.classify`); an unsupported
+        layout: what its weights mean (:func:`~lightning_attnviz.capture.kinds.classify`) and how
+            capture reads a windowed, banded or block-sparse one (``layout.reader``); an unsupported
             layout is not tapped, and its note says why.
         axes: (query, key) axis of its maps: ``"source"`` or ``"target"`` (decoder) tokens.
     """
@@ -139,7 +140,7 @@ def _site(name: str, module: nn.Module, named: dict[str, nn.Module]) -> Attentio
         tap=tap,
         num_heads=_num_heads(module),
         fused=_fused(module),
-        layout=classify(module, parent),
+        layout=find_reader(classify(module, parent), name, module, named),
         axes=axes_of(name),
     )
 

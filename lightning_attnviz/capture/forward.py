@@ -14,16 +14,21 @@ TAP_MARK = "_attnviz_tap"  # set on our forwards that read inputs: a shared modu
 
 def install_forward(module: nn.Module, forward: Callable[..., Any], tap: bool = True) -> Callable[[], None]:
     """Make ``forward`` this instance's forward; return the function that restores the previous one."""
-    had_own = "forward" in module.__dict__
-    previous = module.__dict__.get("forward")
     setattr(forward, TAP_MARK, tap)
-    module.forward = forward  # type: ignore[method-assign]
+    return install_attr(module, "forward", forward)
+
+
+def install_attr(module: nn.Module, name: str, value: Callable[..., Any]) -> Callable[[], None]:
+    """Set ``module.<name>`` on this instance only; return the function that restores what it had."""
+    had_own = name in module.__dict__
+    previous = module.__dict__.get(name)
+    setattr(module, name, value)
 
     def restore() -> None:
         if had_own:
-            module.forward = previous  # type: ignore[method-assign]
+            setattr(module, name, previous)
         else:
-            module.__dict__.pop("forward", None)
+            module.__dict__.pop(name, None)
 
     return restore
 

@@ -91,6 +91,14 @@ class PatchGrid:
         prefix = ["CLS"] + [f"pre{i}" for i in range(1, self.prefix_tokens)] if self.prefix_tokens else []
         return prefix + [f"{r},{c}" for r in range(self.rows) for c in range(self.cols)]
 
+    def stage(self, grid: tuple[int, int]) -> PatchGrid:
+        """The same image on another token grid: a later stage of a hierarchical model (Swin, Twins),
+        whose resolution halves at each patch merging. No prefix tokens; each token covers
+        ``ceil(image / grid)`` pixels (the model pads an odd grid before merging it)."""
+        rows, cols = _pair(grid, "grid")
+        height, width = self.image_size
+        return PatchGrid((rows, cols), 0, (-(-height // rows), -(-width // cols)))
+
     def centers(self) -> np.ndarray:
         """Pixel centre ``(y, x)`` of every patch, in token order.
 
@@ -183,20 +191,30 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
 
 
 def find_grid(model: torch.nn.Module) -> PatchGrid | None:
-    """The patch grid of the first timm or Hugging Face ViT inside ``model``, or ``None``.
+    """The patch grid of the first timm or Hugging Face vision transformer inside ``model``, or ``None``.
 
-    Reads attributes only: a timm ViT has ``patch_embed.grid_size`` and ``num_prefix_tokens``; a Hugging
-    Face vision model has a ``config`` with ``patch_size`` and ``image_size``.
+    Reads attributes only: a timm ViT has ``patch_embed.grid_size`` and ``num_prefix_tokens``; a timm
+    Swin has ``patch_embed.grid_size`` and blocks with ``window_size`` and ``shift_size``; timm Twins has
+    ``patch_embeds`` (one per stage, the first with ``H``, ``W``); a Hugging Face vision model has a
+    ``config`` with ``patch_size`` and ``image_size`` (Swin's ``model_type`` says it has no CLS token).
+    For a hierarchical model this is the first stage's grid; later stages are :meth:`PatchGrid.stage`.
     """
     for module in model.modules():
         embed = getattr(module, "patch_embed", None)
         if getattr(embed, "grid_size", None) is not None and hasattr(module, "num_prefix_tokens"):
             return grid_from_timm(module)
+        if getattr(embed, "grid_size", None) is not None and _has_windows(module):
+            return PatchGrid(tuple(embed.grid_size), 0, _pair(embed.patch_size, "patch_embed.patch_size"))
+        embeds = getattr(module, "patch_embeds", None)
+        first = embeds[0] if isinstance(embeds, torch.nn.ModuleList) and len(embeds) else None
+        if first is not None and isinstance(getattr(first, "H", None), int) and hasattr(first, "patch_size"):
+            return PatchGrid((first.H, first.W), 0, _pair(first.patch_size, "patch_embeds[0].patch_size"))
         config = getattr(module, "config", None)
-        if (
-            getattr(config, "patch_size", None) is not None
-            and getattr(config, "image_size", None) is not None
-            and "swin" not in str(getattr(config, "model_type", ""))  # windows, no CLS: not a ViT grid
-        ):
-            return grid_from_hf(config)
+        if all(getattr(config, k, None) is not None for k in ("patch_size", "image_size")):
+            windowed = "swin" in str(getattr(config, "model_type", ""))  # windows over patches, no CLS
+            return grid_from_hf(config, prefix_tokens=0 if windowed else None)
     return None
+
+
+def _has_windows(model: torch.nn.Module) -> bool:
+    return any(hasattr(m, "window_size") and hasattr(m, "shift_size") for m in model.modules())

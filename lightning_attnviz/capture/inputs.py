@@ -14,11 +14,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_attnviz.capture.banded import BandInputs, band_weights
+from lightning_attnviz.capture.blocksparse import BlockSparseInputs, block_sparse_weights
 from lightning_attnviz.capture.pooling import Computed, RowStats
 from lightning_attnviz.capture.probe import Health, Probe, mha_probe, sdpa_probe
 from lightning_attnviz.capture.weights import collect_weights, mha_weights, scores_weights, sdpa_weights
+from lightning_attnviz.capture.windows import WindowInputs, window_weights
 
-Path = Literal["sdpa", "mha", "eager_softmax", "flex"]
+Path = Literal["sdpa", "mha", "eager_softmax", "flex", "banded", "block_sparse"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ class ScoresInputs:
     scores: Tensor
 
 
-Inputs = SDPAInputs | MHAInputs | SoftmaxOutput | ScoresInputs
+Inputs = SDPAInputs | MHAInputs | SoftmaxOutput | ScoresInputs | WindowInputs | BandInputs | BlockSparseInputs
 
 
 @dataclass(frozen=True)
@@ -152,10 +155,13 @@ class AttentionMap:
             (``max_tokens``): query rows averaged, keys summed, so rows still sum to 1. ``(1, 1)``: exact.
         stats: per-row statistics at full resolution (with ``stats=True``).
         axes: (query, key) token axis: ``"source"`` (``input_ids``) or ``"target"`` (decoder inputs).
-        layout: :data:`~lightning_attnviz.capture.kinds.Kind` of the module: ``"token"``, ``"pool"`` (the
-            latent's row is the overlay) or ``"talking_heads"`` (softmax before the head mix).
+        layout: :data:`~lightning_attnviz.capture.kinds.Kind` of the module: ``"token"``, ``"pool"``
+            (the latent's row is the overlay), ``"talking_heads"`` (softmax before the head mix), or
+            ``"windowed"``, ``"banded"``, ``"block_sparse"`` (made dense: see ``docs/layouts.md``).
         note: what the map shows where that is not plain token attention, for the module table.
         health: max logit, fidelity and value norms (:class:`~lightning_attnviz.capture.probe.Health`).
+        grid: ``(rows, cols)`` of the token grid a windowed map lies on (its stage: the resolution
+            halves after each patch merging); ``None`` for other layouts.
     """
 
     key: str
@@ -176,6 +182,7 @@ class AttentionMap:
     layout: str = "token"
     note: str | None = None
     health: Health | None = None
+    grid: tuple[int, int] | None = None
 
 
 def compute(
@@ -196,7 +203,10 @@ def compute(
     x = pending.inputs
     with torch.inference_mode(False), torch.no_grad():
         probe = _probe(pending, sink_keys)
-        if isinstance(x, SDPAInputs):
+        health: Health | None = None
+        if isinstance(x, (WindowInputs, BandInputs, BlockSparseInputs)):
+            result, health = _READ[type(x)](x, max_tokens, stats, sink_keys, pending.dropout_p)
+        elif isinstance(x, SDPAInputs):
             samples = x.q.shape[0]
             result: Computed = sdpa_weights(
                 x.q, x.k, x.mask, x.causal, x.scale, x.gqa, samples, max_tokens, stats, sink_keys, probe
@@ -227,7 +237,8 @@ def compute(
             result = scores_weights(x.scores, max_tokens, stats, sink_keys, probe)
         else:
             result = collect_weights(x.weights, max_tokens, stats, sink_keys, x.padded_queries)
-        health = probe.result(x.max_logit if isinstance(x, SoftmaxOutput) else None)
+        if health is None:
+            health = probe.result(x.max_logit if isinstance(x, SoftmaxOutput) else None)
     return AttentionMap(
         key=pending.key,
         module=pending.module,
@@ -247,7 +258,12 @@ def compute(
         layout=pending.layout,
         note=pending.note,
         health=health,
+        grid=x.grid if isinstance(x, WindowInputs) else None,
     )
+
+
+# the layouts capture reads itself: the dense map and its health, made by the layout's own module
+_READ = {WindowInputs: window_weights, BandInputs: band_weights, BlockSparseInputs: block_sparse_weights}
 
 
 def _probe(pending: Pending, sink_keys: int) -> Probe:

@@ -100,15 +100,17 @@ class Probe:
         self.sink_total: Tensor | None = None
         self.sink_rows: Tensor | None = None
 
-    def add(self, start: int, scores: Tensor, weights: Tensor) -> None:
+    def add(self, start: int, scores: Tensor, weights: Tensor, product: Tensor | None = None) -> None:
         """Rows ``start : start + rows``: ``scores`` ``(s, H, rows, keys)`` with ``-inf`` where hidden,
-        ``weights`` their softmax (rows with nothing visible zeroed); keys beyond ``keys`` are hidden."""
+        ``weights`` their softmax (rows with nothing visible zeroed); keys beyond ``keys`` are hidden.
+        ``product``: the weights times the values, ``(s, H, rows, Ev)``, when the caller made it (rows
+        that read values of their own); otherwise ``weights @ values``."""
         top = scores.detach().float().amax(dim=(-2, -1))
         self.max_logit = top if self.max_logit is None else torch.maximum(self.max_logit, top)
         keys, stop = weights.shape[-1], start + weights.shape[-2]
         live = weights.sum(-1) > 0  # (s, H, rows): rows that attend to anything
-        if self.values is not None and self.expected is not None:
-            out = weights @ self.values[..., :keys, :]  # (s, H, rows, Ev)
+        if self.expected is not None and (self.values is not None or product is not None):
+            out = weights @ self.values[..., :keys, :] if product is None else product  # (s, H, rows, Ev)
             rows = self.expected[..., start:stop, :].float()
             if self.project is not None:
                 out, live_rows = self.project(out), live.all(1)[..., None]  # (s, rows, E), (s, rows, 1)

@@ -135,7 +135,7 @@ def _taps(model: nn.Module, sites: list[AttentionSite]) -> Iterator[tuple[_Mode,
     try:
         for site in sites:
             module = named.get(site.name)
-            if module is None or not site.layout.supported:
+            if module is None or not site.layout.dense:  # windows, bands, blocks: not one softmax
                 continue
             if site.tap != "function" or isinstance(module, nn.MultiheadAttention):
                 skipped.append(site.name)

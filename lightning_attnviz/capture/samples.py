@@ -148,31 +148,71 @@ def has_target(inputs: Any) -> bool:
     return False
 
 
+Target = None | int | str | Callable[[Any], Any]  # where the decoder's input is in a batch (see `target=`)
+
+
+def select_target(fixed: Any, target: Target) -> Tensor:
+    """The decoder's token ids in the fixed samples, where ``target`` says they are: an index into a
+    tuple or list batch, a key of a dict batch, or ``(batch) -> ids``.
+
+    Raises:
+        ValueError: ``target`` does not lead to a 2-D integer tensor (the caller warns and shows positions).
+    """
+    if callable(target):
+        ids = target(fixed)
+    elif isinstance(target, int) and isinstance(fixed, (tuple, list)):
+        ids = fixed[target] if target < len(fixed) else None
+    elif isinstance(target, str) and isinstance(fixed, Mapping):
+        ids = fixed.get(target)
+    else:
+        ids = None
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.is_floating_point() or ids.dtype == torch.bool:
+        got = f"a tensor {tuple(ids.shape)} {ids.dtype}" if isinstance(ids, Tensor) else type(ids).__name__
+        raise ValueError(
+            f"`target={target!r}` must pick the decoder's token ids, a (batch, T) integer tensor, out of "
+            f"the {type(fixed).__name__} batch; it gave {got}"
+        )
+    return ids
+
+
 def axis_labels(
-    fixed: Any, labeller: Callable[[list[int]], Sequence[str]] | None, grid: PatchGrid | None, count: int
+    fixed: Any,
+    labeller: Callable[[list[int]], Sequence[str]] | None,
+    grid: PatchGrid | None,
+    count: int,
+    target: Target = None,
+    encoder_decoder: bool = False,
 ) -> dict[str, list[list[str] | None]]:
     """Labels per sample for each token axis a map can have (see ``AttentionMap.axes``).
 
     ``"source"``: :func:`token_labels` (``input_ids``, or the image grid). ``"target"``: the decoder's
-    tokens from ``decoder_input_ids`` or ``labels`` shifted right (``"<start>"`` first, ``-100`` shown as
-    ``"<pad>"``); positions (``None``) when the decoder got embeddings (``nn.Transformer``'s ``tgt``); the
-    source labels when there is no decoder input (a decoder-only model).
+    tokens from ``target`` (:func:`select_target`), else ``decoder_input_ids`` or ``labels`` shifted
+    right (``"<start>"`` first, ``-100`` shown as ``"<pad>"``). A target axis is never labelled with
+    source tokens: positions (``None``) when the decoder's input is not known (``nn.Transformer`` fed a
+    tuple, or embeddings). Only a decoder-only model (no cross-attention: ``encoder_decoder`` False, no
+    decoder input in the batch) reads its own input on the "target" axis, so it gets the source labels.
+
+    Raises:
+        ValueError: ``target`` does not pick token ids out of ``fixed``.
     """
     source = token_labels(fixed, labeller, grid, count)
-    if not has_target(fixed):
+    if target is not None:
+        ids, shifted = select_target(fixed, target), False
+    elif has_target(fixed) or encoder_decoder:
+        ids, shifted = target_ids(fixed)
+    else:
         return {"source": source, "target": source}
-    ids, shifted = target_ids(fixed)
     if ids is None or labeller is None:
         return {"source": source, "target": [None] * count}
-    target: list[list[str] | None] = []
+    rows: list[list[str] | None] = []
     for row in ids[:count].tolist():
-        known = [i for i in (row[:-1] if shifted else row)]
+        known = row[:-1] if shifted else row
         words = [
             short_label(str(t)) if i >= 0 else "<pad>"
             for i, t in zip(known, labeller([max(i, 0) for i in known]), strict=False)
         ]
-        target.append(["<start>", *words] if shifted else words)
-    return {"source": source, "target": target}
+        rows.append(["<start>", *words] if shifted else words)
+    return {"source": source, "target": rows}
 
 
 def unnormalize(

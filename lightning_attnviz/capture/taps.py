@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,26 +26,11 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_attnviz.capture.discover import AttentionSite
 from lightning_attnviz.capture.flex import FLEX_HOP
-from lightning_attnviz.capture.inputs import Inputs, MHAInputs, Path, SDPAInputs, SoftmaxOutput
-from lightning_attnviz.capture.kinds import folded_batch, folded_warning
+from lightning_attnviz.capture.inputs import MHAInputs, SDPAInputs, SoftmaxOutput
+from lightning_attnviz.capture.kinds import WINDOW_READERS, folded_batch, folded_warning
 from lightning_attnviz.capture.probe import logit_max
-
-
-class Recorder(Protocol):
-    """What a tap may use of the capture that installed it (:class:`AttentionCapture` implements it):
-    the taps record calls and read a little shared state, and never reach into the capture itself."""
-
-    samples: int  # rows of the batch that are kept
-    scope: list[AttentionSite]  # function-tap sites whose forward is running, innermost last
-    entered: set[str]  # sites whose forward ran in this capture
-    flex_calls: list[tuple[str, tuple, dict]]  # FlexAttention calls not yet recorded
-    padded_width: int | None  # set by nn.TransformerEncoder for nested inputs
-
-    def add(self, name: str, inputs: Inputs, path: Path, **meta: Any) -> None: ...
-
-    def skip(self, name: str, message: str, stacklevel: int = 3) -> None: ...
-
-    def record_flex(self) -> None: ...
+from lightning_attnviz.capture.readers import window_sdpa, window_softmax
+from lightning_attnviz.capture.recorder import Recorder
 
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _SOFTMAX_FUNCS = frozenset({torch.softmax, torch.Tensor.softmax, F.softmax, torch.special.softmax})
@@ -88,6 +73,8 @@ class _Interceptor(TorchFunctionMode):
         self, cap: Recorder, site: AttentionSite, args: tuple, kwargs: dict, out: Any = None
     ) -> None:
         bound = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
+        if site.layout.reader in WINDOW_READERS:
+            return window_sdpa(cap, site, bound, out)
         q, k, mask = bound["query"], bound["key"], bound.get("attn_mask")
         if q.dim() >= 3 and folded_batch(q.shape[0], cap.call):
             cap.skip(site.name, folded_warning(site.name, q.shape[0], cap.call.batch), stacklevel=6)
@@ -124,6 +111,8 @@ class _Interceptor(TorchFunctionMode):
         if not isinstance(out, Tensor) or dim not in (-1, out.dim() - 1):
             return
         logits = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("input")
+        if site.layout.reader in WINDOW_READERS:
+            return window_softmax(cap, site, out, logits)
         if out.dim() == 3 and site.num_heads and out.shape[0] % site.num_heads == 0:
             out = out.view(-1, site.num_heads, *out.shape[-2:])  # (B·H, L, S) -> (B, H, L, S)
         if out.dim() != 4:

@@ -8,6 +8,7 @@ that memory stays O(samples·H·chunk·S) while computing and the user's fused k
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -178,20 +179,52 @@ def scores_weights(
     Shape:
         scores: ``(s, H, q, k)``.
     """
-    samples, heads, length, width = scores.shape
-    collector = _Collector(samples, heads, length, width, max_tokens, stats, scores.device, sink_keys)
+    rows = lambda start, stop: scores[..., start:stop, :]  # noqa: E731
+    return rows_softmax(rows, tuple(scores.shape), max_tokens, stats, sink_keys, probe)
+
+
+def rows_softmax(
+    scores_of: Callable[[int, int], Tensor],
+    shape: tuple[int, ...],
+    max_tokens: int | None = None,
+    stats: bool = False,
+    sink_keys: int = 1,
+    probe: Probe | None = None,
+    product_of: Callable[[int, Tensor], Tensor] | None = None,
+    counts_of: Callable[[int, int], Tensor] | None = None,
+) -> Computed:
+    """softmax over keys of scores made a block of query rows at a time, so memory stays
+    O(samples·H·rows·S) however long the map (Longformer, BigBird, FlexAttention).
+
+    Args:
+        scores_of: ``(start, stop) -> (s, H, stop - start, S)`` float logits, ``-inf`` where a key is
+            hidden; a row with no visible key gets zero weight.
+        shape: ``(s, H, L, S)`` of the whole map.
+        product_of: ``(start, weights) -> weights · values`` for the probe's fidelity check, where which
+            values a row reads depends on the row (Longformer's global rows read their own).
+        counts_of: ``(start, stop) ->`` how many times the kernel's softmax met each visible key
+            (broadcastable to the scores): a key met twice weighs ``2·exp(logit)`` (BigBird's random
+            blocks may repeat a global or sliding one). The probe still reads the plain logits.
+    """
+    samples, heads, length, width = shape
+    collector = _Collector(samples, heads, length, width, max_tokens, stats, torch.device("cpu"), sink_keys)
     rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
+    full = None if collector.pooled else torch.ones(shape, dtype=torch.bool)
+    hidden = False
     for start in range(0, length, rows):
-        chunk = scores[..., start : start + rows, :].float()
+        stop = min(length, start + rows)
+        chunk = scores_of(start, stop).float()
         allowed = ~torch.isneginf(chunk)
-        weights = chunk.softmax(dim=-1).masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
+        counted = chunk if counts_of is None else chunk + counts_of(start, stop).float().log()
+        weights = counted.softmax(dim=-1).masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
         if probe is not None:
-            probe.add(start, chunk, weights)
+            probe.add(start, chunk, weights, None if product_of is None else product_of(start, weights))
         collector.add(start, weights, allowed)
-    hidden = torch.isneginf(scores)
-    full = (~hidden).cpu() if bool(hidden.any()) and not collector.pooled else None
-    collector.masked = collector.masked and bool(hidden.any())
-    return collector.result(full)
+        hidden = hidden or not bool(allowed.all())
+        if full is not None:
+            full[..., start:stop, :] = allowed.cpu()
+    collector.masked = collector.masked and hidden
+    return collector.result(full if hidden else None)
 
 
 def hide_fully_masked_rows(weights: Tensor, padded_queries: Tensor | None) -> Tensor:

@@ -9,9 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_attnviz.capture.banded import BandInputs
+from lightning_attnviz.capture.blocksparse import BlockSparseInputs
 from lightning_attnviz.capture.grid import PatchGrid
 from lightning_attnviz.capture.inputs import MHAInputs, Pending, ScoresInputs, SDPAInputs, SoftmaxOutput
 from lightning_attnviz.capture.relevance import RelevanceMap
+from lightning_attnviz.capture.windows import WindowInputs
 from lightning_attnviz.pipeline.settings import MonitorConfig
 from lightning_attnviz.sinks.tags import Tags
 
@@ -69,7 +72,8 @@ def job_state(job: Job) -> dict[str, Any]:
 
 
 def job_from_state(state: dict[str, Any]) -> Job:
-    kinds = {cls.__name__: cls for cls in (SDPAInputs, MHAInputs, SoftmaxOutput, ScoresInputs)}
+    known = (SDPAInputs, MHAInputs, SoftmaxOutput, ScoresInputs, WindowInputs, BandInputs, BlockSparseInputs)
+    kinds = {cls.__name__: cls for cls in known}
     pending = tuple(
         Pending(
             **{k: v for k, v in p.items() if k not in ("kind", "inputs")},

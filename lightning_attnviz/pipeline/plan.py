@@ -90,40 +90,51 @@ def stats_pictures(
 
 
 def vision(setup: Setup, kind: str, records: list[AttentionMap], job: Job) -> list[Picture]:
-    """Attention over the image: CLS → patches (or the mean received) per layer, and rollout."""
-    grid = setup.grid
-    if grid is None:
+    """Attention over the image: CLS → patches (or the mean received) per layer, each over its own
+    stage's grid, and rollout where every layer lies on one grid."""
+    base = setup.grid
+    if base is None:
         return []
-    on_grid = [
-        r for r in records if r.block == (1, 1) and r.weights.shape[-2] == r.weights.shape[-1] == grid.length
-    ]
-    what = "CLS → patches" if grid.prefix_tokens else "mean attention received"
-    heat_of = cls_to_patches if grid.prefix_tokens else mean_received
+    on_grid = on_grids(records, base)
     pools = [r for r in records if getattr(r, "layout", "token") == "pool" and r.block == (1, 1)]
     pictures = []
     for sample, image in enumerate(job.images):
-        on_sample = [r for r in on_grid if sample < r.weights.shape[0]]
-        rows = [_pool_row(r, sample, grid) for r in pools]
+        on_sample = [(r, g) for r, g in on_grid if sample < r.weights.shape[0]]
+        rows = [_pool_row(r, sample, base) for r in pools]
         if kind == "rollout":
-            if on_sample:
+            if on_sample and len({g for _, g in on_grid}) == 1:  # no patch merging between the layers
                 readout = next((row for row in rows if row is not None), None)
-                pictures.append(_rollout(setup, image, on_sample, sample, readout, job.step))
+                maps = [r for r, _ in on_sample]
+                pictures.append(_rollout(setup, on_sample[0][1], image, maps, sample, readout, job.step))
             continue
-        for r in on_sample:
+        for r, grid in on_sample:
+            heat_of = cls_to_patches if grid.prefix_tokens else mean_received
+            what = "CLS → patches" if grid.prefix_tokens else "mean attention received"
+            if grid != base:
+                what += f"; stage grid {grid.rows}×{grid.cols}"
             heats = heat_of(r.weights[sample], grid)  # (heads, rows, cols)
-            pictures.append(
-                _over(kind, sample, image, heats, (r.key, f"sample {sample} · step {job.step}"), what, grid)
-            )
+            pictures.append(_over(kind, sample, image, heats, _title(r, sample, job), what, grid))
         for r, row in zip(pools, rows, strict=True):
             if row is not None:  # the latent → patches row the classifier reads
-                heats = row[:, grid.prefix_tokens :].reshape(-1, grid.rows, grid.cols)
+                heats = row[:, base.prefix_tokens :].reshape(-1, base.rows, base.cols)
                 note = "attention pool → patches (what the classifier reads), mean over latents"
-                pictures.append(
-                    _over(
-                        kind, sample, image, heats, (r.key, f"sample {sample} · step {job.step}"), note, grid
-                    )
-                )
+                pictures.append(_over(kind, sample, image, heats, _title(r, sample, job), note, base))
     return pictures
+
+
+def _title(record: AttentionMap, sample: int, job: Job) -> tuple[str, str]:
+    return record.key, f"sample {sample} · step {job.step}"
+
+
+def on_grids(records: list[AttentionMap], base: PatchGrid) -> list[tuple[AttentionMap, PatchGrid]]:
+    """The exact self-attention maps over the image, each with its grid: its own stage's for a windowed
+    map (:attr:`AttentionMap.grid`), else the model's patch grid."""
+    found = []
+    for r in records:
+        grid = base.stage(r.grid) if r.grid is not None else base
+        if r.block == (1, 1) and r.weights.shape[-2] == r.weights.shape[-1] == grid.length:
+            found.append((r, grid))
+    return found
 
 
 def tab_records(
@@ -131,10 +142,12 @@ def tab_records(
 ) -> None:
     """The Attention tab's records, appended to ``into``: maps pooled to ``dashboard_tokens`` (image
     maps kept whole, so patches stay patches) and, for images, the picture itself."""
-    grid, c = setup.grid, setup.config
-    limit = max(c.dashboard_tokens, grid.length if grid is not None else 0)
+    base, c = setup.grid, setup.config
+    limit = max(c.dashboard_tokens, base.length if base is not None else 0)
     targets = [None if x is None else list(x) for x in job.target_labels]
-    for view in make_views(records, labels, limit, targets, grid.labels() if grid is not None else None):
+    stages = {r.key: base.stage(r.grid) for r in records if base is not None and r.grid is not None}
+    for view in make_views(records, labels, limit, targets, base.labels() if base is not None else None):
+        grid = stages.get(view.layer, base)
         on_grid = grid is not None and not view.note and view.weights.shape[-1] == grid.length
         image = job.images[view.sample] if on_grid and view.sample < len(job.images) else None
         blob = record.encode_map(
@@ -183,6 +196,7 @@ def _over(
 
 def _rollout(
     setup: Setup,
+    grid: PatchGrid,
     image: np.ndarray,
     records: list[AttentionMap],
     sample: int,
@@ -191,8 +205,7 @@ def _rollout(
 ) -> Picture:
     """Attention rollout through the layers over the image, read out by the CLS token, the attention
     pool's row when the model has one, or the mean attention received."""
-    grid, c = setup.grid, setup.config
-    assert grid is not None  # vision() returns early without a grid
+    c = setup.config
     rolled = rollout(
         [r.weights[sample] for r in records], c.rollout_fusion, c.rollout_discard, grid.prefix_tokens
     )

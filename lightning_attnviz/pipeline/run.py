@@ -23,7 +23,7 @@ from lightning_attnviz.analysis.views import AttentionView, LayerStats, layer_st
 from lightning_attnviz.capture.inputs import AttentionMap, Pending, compute
 from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, module_table
 from lightning_attnviz.pipeline.messages import Job, Setup
-from lightning_attnviz.pipeline.plan import PreviousStats, picture_groups, picture_tag, tab_records
+from lightning_attnviz.pipeline.plan import PreviousStats, on_grids, picture_groups, picture_tag, tab_records
 from lightning_attnviz.render.maps import encode_png
 from lightning_attnviz.sinks import capture_file as formats
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs
@@ -222,6 +222,15 @@ class Pipeline:
                     f"AttentionMonitor: sample {s} has {len(labels)} token labels but the "
                     f"captured maps are {sorted(lengths)} tokens long; those axes show positions.",
                 )
+        grids = sorted({g.grid for _, g in on_grids(records, grid)}) if grid is not None else []
+        if "rollout" in self.setup.plots and len(grids) > 1:
+            shown = ", ".join(f"{rows}×{cols}" for rows, cols in grids)
+            self._warn_once(
+                "rollout",
+                f"AttentionMonitor draws no attention rollout: the layers' tokens lie on {len(grids)} grids "
+                f"({shown}; patch merging between stages), and rollout chains the maps of one sequence "
+                "through every layer. The overlays are drawn per stage.",
+            )
         if grid is not None and records and not any(r.weights.shape[-1] == grid.length for r in records):
             try:
                 grid.split(records[0].length[-1])

@@ -25,6 +25,7 @@ class MonitorConfig:
     layers: tuple[int | str, ...] | None = None
     heads: tuple[int, ...] = ()
     tokens: Any = None
+    target: Any = None  # where the decoder's input tokens are in a batch: index, key or (batch) -> ids
     plots: tuple[str, ...] | None = None
     max_tokens: int = 64
     store_tokens: int = 512
