@@ -249,6 +249,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._modules_due = False
         epoch, diagnose, pending = trainer.current_epoch, not trainer.sanity_checking, tuple(cap.pending)
         job = Job(step, epoch, pending, samples.labels, samples.images, diagnose, modules, samples.targets)
+        job = replace(job, token_ids=samples.ids)
         if self.config.relevance:  # a separate forward + backward; the training state is left as it was
             forward, sites = self._forward, self._sites
             rel = relevance_job(trainer, pl_module, fixed, forward, self.config, sites, self._warn_once)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -182,6 +182,8 @@ class LayerStats:
             :func:`~lightning_attnviz.capture.grid.mean_attention_distance`).
         sink: mean weight on the first ``sink_tokens`` keys (the attention-sink share).
         max_weight: the largest weight.
+        previous_token, duplicate_token, induction, first_token: the heads' role scores
+            (:mod:`~lightning_attnviz.analysis.roles`); empty until scored, NaN for a head not scored.
     """
 
     layer: str
@@ -190,8 +192,16 @@ class LayerStats:
     distance: np.ndarray
     sink: np.ndarray
     max_weight: np.ndarray
+    previous_token: np.ndarray = field(default_factory=lambda: _NONE)
+    duplicate_token: np.ndarray = field(default_factory=lambda: _NONE)
+    induction: np.ndarray = field(default_factory=lambda: _NONE)
+    first_token: np.ndarray = field(default_factory=lambda: _NONE)
 
     METRICS = ("entropy", "entropy_norm", "distance", "sink", "max_weight")
+    ROLES = ("previous_token", "duplicate_token", "induction", "first_token")
+
+
+_NONE = np.zeros(0, dtype=np.float32)  # a role not scored: no value for any head
 
 
 def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | None = None) -> LayerStats:
