@@ -76,7 +76,8 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         name: a namespace for the tags, files and checkpoint state, needed when one Trainer has two monitors.
         health: log ``attention_health/*``: each layer's largest logit, the fidelity of its maps to the
             kernel's output, the value-weighted sink share (see :mod:`lightning_attnviz.capture.probe`).
-        max_logit, logit_growth: warn once per layer whose largest logit passes ``max_logit``, or grows
+        max_logit, logit_growth: warn once per layer whose largest logit passes ``max_logit`` (default:
+            Kimi K2's QK-Clip cap, 100; again at 1e3 and 1e4, Wortsman et al. 2023), or grows
             ``logit_growth`` times over its first capture to above ``max_logit / 2``.
         relevance: also run a separate forward and backward at each capture for gradient-weighted
             relevance (Chefer et al. 2021; see :mod:`lightning_attnviz.capture.relevance`), drawn per sample.
@@ -119,7 +120,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         dashboard_tokens: int = 128,
         name: str | None = None,
         health: bool = True,
-        max_logit: float = 200.0,
+        max_logit: float = 100.0,
         logit_growth: float = 4.0,
         relevance: bool = False,
         relevance_target: Callable[[Any], Any] | None = None,
@@ -256,6 +257,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._modules_due = False
         epoch, diagnose, pending = trainer.current_epoch, not trainer.sanity_checking, tuple(cap.pending)
         job = Job(step, epoch, pending, samples.labels, samples.images, diagnose, modules, samples.targets)
+        job = replace(job, token_ids=samples.ids)
         if self.config.relevance:  # a separate forward + backward; the training state is left as it was
             forward, sites = self._forward, self._sites
             rel = relevance_job(trainer, pl_module, fixed, forward, self.config, sites, self._warn_once)

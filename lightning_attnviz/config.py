@@ -58,7 +58,7 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     check_callable("forward_fn", k["forward_fn"], "(pl_module, inputs) -> Any")
     for name in ("health", "relevance"):
         check_bool(name, k.get(name, False))
-    for name, low, default in (("max_logit", 0, 200.0), ("logit_growth", 1, 4.0)):
+    for name, low, default in (("max_logit", 0, 100.0), ("logit_growth", 1, 4.0)):
         k[name] = check_float(name, k.get(name, default), low, math.inf, what="a number")
     check_callable("relevance_target", k.get("relevance_target"), "(output) -> Tensor")
     k["plots"] = check_list(

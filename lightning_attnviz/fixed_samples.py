@@ -12,7 +12,13 @@ import torch
 from lightning_attnviz.capture.context import AttentionCapture
 from lightning_attnviz.capture.discover import AttentionSite, find_attention
 from lightning_attnviz.capture.grid import PatchGrid
-from lightning_attnviz.capture.samples import axis_labels, batch_rows, first_rows, select_target
+from lightning_attnviz.capture.samples import (
+    axis_labels,
+    batch_rows,
+    first_rows,
+    sample_token_ids,
+    select_target,
+)
 from lightning_attnviz.capture.samples import images as sample_images
 from lightning_attnviz.pipeline.settings import MonitorConfig
 from lightning_attnviz.util import lightning as lit
@@ -152,6 +158,7 @@ class FixedSamples:
         self.labels: tuple | None = None  # per sample: source tokens, target tokens, images
         self.targets: tuple = ()
         self.images: tuple = ()
+        self.ids: tuple = ()  # per sample, the token ids (role scores)
 
     def take(self, batch: Any, warn: Warn) -> None:
         if batch is None or self.rows is not None:
@@ -179,6 +186,7 @@ class FixedSamples:
             self.labels, self.targets, self.images = describe(
                 self.current(), labeller, grid, self.config, warn, encoder_decoder
             )
+            self.ids = () if grid is not None else sample_token_ids(self.current(), self.config.samples)
 
     def state_dict(self) -> dict[str, Any]:
         return {"samples": self.config.samples, "fixed": self.rows, "train_fixed": self.train_rows}

@@ -20,7 +20,7 @@ def _stats(layers: int, heads: int, value: float = 0.5) -> list[LayerStats]:
     return [
         LayerStats(
             layer=f"model.blocks.{i}.attn",
-            **{m: np.full(heads, value, dtype=np.float32) for m in LayerStats.METRICS},
+            **{m: np.full(heads, value, dtype=np.float32) for m in (*LayerStats.METRICS, *LayerStats.ROLES)},
         )
         for i in range(layers)
     ]

@@ -72,6 +72,20 @@ def token_ids(inputs: Any) -> Tensor | None:
     return ids[0] if ids else None
 
 
+def sample_token_ids(fixed: Any, count: int) -> tuple[np.ndarray, ...]:
+    """The first ``count`` samples' token ids (:func:`token_ids`), one int64 ``(T,)`` array each, ``-1``
+    where a dict batch's ``attention_mask`` is 0 (padding), for the role scores' patterns; ``()`` when
+    the samples have none (images, embeddings given directly)."""
+    ids = token_ids(fixed)
+    if ids is None:
+        return ()
+    ids = ids[:count].detach().cpu().long()
+    mask = fixed.get("attention_mask") if isinstance(fixed, Mapping) else None
+    if isinstance(mask, Tensor) and mask.dim() == 2 and mask.shape[-1] == ids.shape[-1]:
+        ids = ids.masked_fill(mask[: len(ids)].cpu() == 0, -1)
+    return tuple(row.numpy() for row in ids)
+
+
 def token_labeller(tokens: Tokens) -> Callable[[list[int]], Sequence[str]] | None:
     """``ids -> labels`` from a tokenizer, a vocabulary (list or dict) or a function; ``None``: positions.
 

@@ -25,17 +25,28 @@ from lightning_attnviz.render.overlay import overlay
 from lightning_attnviz.render.stats import Metric, StatsPicture, stats_picture
 from lightning_attnviz.sinks.tags import Tags
 
-# Warn when a layer's largest logit passes this. A documented heuristic, not a published constant
-# (Dehghani et al. 2023 and Wortsman et al. 2023 report the growth, not a threshold). Why 200: softmax
-# rows are one-hot in float32 from a logit gap of ln(2^24) ≈ 16.6, so beyond ~200 most rows of such a
-# head are, whatever the other keys; in bf16 (8-bit mantissa) a logit of 200 is itself rounded by ±0.5.
-# Measured in examples/divergence_demo.py (2-layer GPT, AdamW, no warmup, no qk-norm): the best learning
-# rate peaks near 75, a 3× larger one reaches ~380 and learns worse, a 10× larger one ~7000 and does
-# not learn at all.
-MAX_LOGIT = 200.0
+# The max-logit warning levels, from the literature. "Max logit": the largest scaled logit q·k·scale
+# (+ mask/bias) entering a head's softmax, as both sources measure it.
+# - MAX_LOGIT = 100: Kimi K2 (Kimi Team 2025, "Kimi K2: Open Agentic Intelligence", MuonClip) caps
+#   every head's max logit at τ = 100 with QK-Clip, rescaling W_q and W_k of a head that passes it: a
+#   production run treats more as a head to be fixed. Past 100 a float32 softmax row is one-hot for
+#   any logit gap above ln(2^24) ≈ 16.6. In examples/divergence_demo.py the best learning rate stays
+#   below 80 and a 3× larger one passes 400 and learns worse.
+# - LOSS_DEGRADES = 1e3 and DIVERGED = 1e4: Wortsman et al. 2023 ("Small-scale proxies for large-scale
+#   Transformer training instabilities", §3.1.1, attention logit growth): the loss degrades once the max
+#   logit reaches about 1e3, and every run whose logits exceeded 1e4 diverged.
+# Each level warns once per layer; the first is the user's `max_logit`, the others stay fixed.
+MAX_LOGIT = 100.0
+LOSS_DEGRADES = 1e3
+DIVERGED = 1e4
 # ... or when it has grown this much over its value at the first capture of the fit, once above
-# max_logit / 2 (early logits are small: growth from there alone is ordinary learning).
+# max_logit / 2 (early logits are small: growth from there alone is ordinary learning). A heuristic:
+# neither source gives a growth rate; 4× names a trend well before the first level is reached.
 LOGIT_GROWTH = 4.0
+_LEVELS = {
+    LOSS_DEGRADES: "loss degrades from about 1e3 (Wortsman et al. 2023)",
+    DIVERGED: "every run whose attention logits exceeded 1e4 diverged (Wortsman et al. 2023)",
+}
 
 
 class HealthWarnings:
@@ -52,14 +63,7 @@ class HealthWarnings:
         top = _layer_max(health.max_logit)
         if top is not None:
             first = self.first.setdefault(layer, top)
-            if top > self.max_logit and f"max:{layer}" not in self.warned:
-                self.warned.add(f"max:{layer}")
-                messages.append(
-                    f"AttentionMonitor: the largest attention logit of {layer!r} is {top:.1f} at step "
-                    f"{step}, above max_logit={self.max_logit:g}: softmax is close to one-hot there. Growing "
-                    "attention logits precede divergence (Dehghani et al. 2023; Wortsman et al. 2023); "
-                    "qk-layernorm or a lower learning rate are the usual remedies."
-                )
+            messages += self._levels(layer, top, step)
             grown = first > 0 and top >= self.growth * first and top > self.max_logit / 2
             if grown and f"growth:{layer}" not in self.warned:
                 self.warned.add(f"growth:{layer}")
@@ -80,6 +84,24 @@ class HealthWarnings:
                 "kernel computed; please report the module."
             )
         return messages
+
+    def _levels(self, layer: str, top: float, step: int) -> list[str]:
+        """One warning per level passed for the first time: ``max_logit``, then 1e3 and 1e4 above it."""
+        levels = {self.max_logit: "", **{v: why for v, why in _LEVELS.items() if v > self.max_logit}}
+        passed = [v for v in levels if top > v and f"max:{layer}:{v:g}" not in self.warned]
+        if not passed:
+            return []
+        level = max(passed)  # a jump past two levels at once says the higher one
+        self.warned.update(f"max:{layer}:{v:g}" for v in passed)
+        where = f"{level:g}, where {levels[level]}" if levels[level] else f"max_logit={self.max_logit:g}"
+        if level == self.max_logit == MAX_LOGIT:
+            where += ", the cap Kimi K2's QK-Clip enforces"
+        return [
+            f"AttentionMonitor: the largest attention logit of {layer!r} is {top:.1f} at step {step}, above "
+            f"{where}: softmax is close to one-hot there. Growing attention logits precede divergence "
+            "(Dehghani et al. 2023; Wortsman et al. 2023); qk-layernorm, QK-Clip or a lower learning rate "
+            "are the usual remedies."
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {"first": dict(self.first), "warned": sorted(self.warned)}

@@ -43,6 +43,7 @@ class Job:
     modules: tuple[tuple[str, str, str, str], ...] = ()  # module table rows, when it is due
     target_labels: tuple[tuple[str, ...] | None, ...] = ()  # decoder tokens per sample (encoder–decoder)
     relevance: tuple[RelevanceMap, ...] = ()  # per sample, with relevance=True
+    token_ids: tuple[np.ndarray | None, ...] = ()  # per sample, int64 (T,): the role scores' patterns
 
 
 def job_state(job: Job) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def job_state(job: Job) -> dict[str, Any]:
             {**{f.name: getattr(r, f.name) for f in fields(r)}, "matrix": torch.from_numpy(r.matrix.copy())}
             for r in job.relevance
         ],
+        "token_ids": [None if x is None else torch.from_numpy(np.array(x)) for x in job.token_ids],
     }
 
 
@@ -93,4 +95,5 @@ def job_from_state(state: dict[str, Any]) -> Job:
             RelevanceMap(**{**r, "matrix": r["matrix"].numpy(), "layers": tuple(r["layers"])})
             for r in state.get("relevance", [])
         ),
+        token_ids=tuple(None if x is None else x.numpy() for x in state.get("token_ids", [])),
     )

@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from lightning_attnviz.analysis.history import Diagnostics, History
+from lightning_attnviz.analysis.roles import RoleHistory, roles_note
 from lightning_attnviz.analysis.views import AttentionView, LayerStats, layer_stats, make_views
 from lightning_attnviz.capture.inputs import AttentionMap, Pending, compute
 from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, module_table
 from lightning_attnviz.pipeline.messages import Job, Setup
 from lightning_attnviz.pipeline.plan import PreviousStats, on_grids, picture_groups, picture_tag, tab_records
+from lightning_attnviz.pipeline.roles import roles_step, score_roles
 from lightning_attnviz.render.maps import encode_png
 from lightning_attnviz.sinks import capture_file as formats
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs
@@ -40,6 +42,7 @@ class Pipeline:
         self.history = History(c.strip_length)
         self.diagnostics = Diagnostics(c.entropy_collapse, c.uniform_entropy)
         self.health = HealthWarnings(c.max_logit, c.logit_growth)
+        self.roles = RoleHistory()  # each head's role scores at the last captures, for phase changes
         self.layers: list[str] = []  # every layer logged so far, for the custom-scalars layout
         self.previous_stats: PreviousStats | None = None  # for the stats pictures' change panels
         self._warned: set[str] = set()
@@ -51,12 +54,14 @@ class Pipeline:
             "history": self.history.state_dict(),
             "diagnostics": self.diagnostics.state_dict(),
             "health": self.health.state_dict(),
+            "roles": self.roles.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history.load_state_dict(state.get("history", {}))
         self.diagnostics.load_state_dict(state.get("diagnostics", {}))
         self.health.load_state_dict(state.get("health", {}))
+        self.roles.load_state_dict(state.get("roles", {}))
 
     def replay(self, job: Job) -> None:
         """Bring the history up to ``job`` without logging anything: for captures that were still
@@ -66,6 +71,8 @@ class Pipeline:
         labels, targets = _labels(job)
         grid = self.setup.grid.labels() if self.setup.grid is not None else None
         self._drift(make_views(records, labels, c.max_tokens, targets, grid), job)
+        if c.stats:
+            self._step("role scores", lambda: self.roles.update(job.step, score_roles(records, job), False))
 
     def run(self, job: Job) -> tuple[Outputs, list[str]]:
         """Outputs of one capture and the warnings it raised (each at most once per fit)."""
@@ -79,7 +86,8 @@ class Pipeline:
         records = self._select(records)
         self._check(records, job)
         if job.modules:
-            out.text[tags.modules] = module_table(job.modules, records)
+            note = roles_note(records, job.token_ids) if c.stats else ""
+            out.text[tags.modules] = module_table(job.modules, records) + note
         if c.health:
             self._step("attention health", lambda: self._health(out, records, job))
         stats: list[LayerStats] = []
@@ -90,6 +98,12 @@ class Pipeline:
             )
             if job.diagnose:
                 self.messages += self.diagnostics.check(stats, job.step)
+        if stats:
+            roles = self.roles, out, tags, c.head_stats, stats, records, job
+            scored = self._step("role scores", lambda: roles_step(*roles))
+            if scored is not None:
+                stats, said = scored
+                self.messages += said
         new_layers = [r.key for r in records if r.key not in self.layers]
         if new_layers and c.stats:
             self.layers += new_layers

@@ -50,7 +50,7 @@ class MonitorConfig:
     # attention health (capture/probe.py, pipeline/health.py): max logit, fidelity, value-weighted
     # sink share, and their warnings
     health: bool = True
-    max_logit: float = 200.0  # warn above this logit (see pipeline.health.MAX_LOGIT for why)
+    max_logit: float = 100.0  # warn above this logit: Kimi K2's QK-Clip cap (pipeline.health.MAX_LOGIT)
     logit_growth: float = 4.0  # warn when a layer's max logit grows this much over its first capture
     # gradient-weighted relevance (capture/relevance.py): a separate forward + backward at each capture
     relevance: bool = False

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_attnviz.analysis.views import LOGGED_METRICS, LayerStats
+from lightning_attnviz.analysis.views import LOGGED_METRICS, ROLES, LayerStats
 from lightning_attnviz.render import canvas as layout
 from lightning_attnviz.render import text as glyphs
 from lightning_attnviz.render.canvas import Canvas
@@ -26,7 +26,8 @@ from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, MASKED_RGB, _coloriz
 
 # Pictured: every logged metric but the entropy in nats, whose scale depends on the sequence length
 # (the normalised entropy says the same on one scale for every layer).
-STATS_METRICS: tuple[str, ...] = tuple(m for m in LOGGED_METRICS if m != "entropy")
+# and the heads' role scores (analysis.roles), drawn the same way.
+STATS_METRICS: tuple[str, ...] = (*(m for m in LOGGED_METRICS if m != "entropy"), *ROLES)
 _LABEL, _SMALL, _PAD = layout.LABEL, layout.SMALL, layout.PAD
 _MAX_CELL_W, _MAX_CELL_H = 34, 24  # pixels: wide enough for "+0.05" in the cell
 _MATRIX_W, _MATRIX_H = 560, 480  # pixels the head columns and layer rows are scaled towards
@@ -79,7 +80,23 @@ def metrics(sink_tokens: int = 1, distance_unit: str = "positions") -> dict[str,
             "Jensen–Shannon divergence between this capture's and the previous capture's query rows, "
             "in nats, averaged over rows and samples: 0 = unchanged, ln 2 ≈ 0.69 = disjoint",
             None, None, ("unchanged", "nats"), 3),
+        **ROLE_METRICS,
     }  # fmt: skip
+
+
+_SHARE = "share of the head's attention on {} (TransformerLens's sum(A ⊙ P) / sum(A)), averaged over samples"
+ROLE_METRICS = {
+    "previous_token": Metric("previous_token", "previous-token score",
+        _SHARE.format("the previous token"), 0.0, 1.0, ("none", "all"), 2),
+    "duplicate_token": Metric("duplicate_token", "duplicate-token score",
+        _SHARE.format("earlier occurrences of the query's token"), 0.0, 1.0, ("none", "all"), 2),
+    "induction": Metric("induction", "induction score",
+        _SHARE.format("the token after an earlier occurrence of the query's token (Olsson et al. 2022)"),
+        0.0, 1.0, ("none", "all"), 2),
+    "first_token": Metric("first_token", "first-token score",
+        "mean attention to the first key; above 0.3 a sink head (Gu et al. 2025)",
+        0.0, 1.0, ("none", "all on it"), 2),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

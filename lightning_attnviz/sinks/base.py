@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from lightning_attnviz.analysis.roles import PhaseChange
+
 
 @dataclass
 class EncodedPicture:
@@ -30,6 +32,7 @@ class Outputs:
     text: dict[str, str] = field(default_factory=dict)
     layout: dict | None = None
     tab: list[tuple[str, bytes]] = field(default_factory=list)
+    phase_changes: list[PhaseChange] = field(default_factory=list)  # for the tab's step-slider markers
 
 
 class Sink(Protocol):

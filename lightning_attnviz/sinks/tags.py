@@ -29,9 +29,15 @@ a monitor given ``name="x"`` writes ``attention_x/...``, ``attention_stats_x/...
 - ``attention/stats/max_logit``: the largest logit per layer × head, as the other stats matrices
 - ``attention/sample_<i>/<layer>/value_weighted``: ‖α_ij·f(v_j)‖ per head (Kobayashi et al. 2020)
 - ``attention/sample_<i>/relevance``: gradient-weighted relevance (Chefer et al. 2021), opt-in
+- ``attention_roles/<role>/<layer>/max``: the layer's strongest head's role score (``previous_token``,
+  ``duplicate_token``, ``induction``, ``first_token``; ``.../head_<h>`` with ``head_stats``), and
+  ``attention_roles/sink_rate``: the share of all heads whose first-token score exceeds 0.3; the
+  layer × head matrices ``attention/stats/<role>``; ``attention/phase_changes``: text, at a capture
+  where a head's role score jumped (see :mod:`lightning_attnviz.analysis.roles`)
 - Attention tab records: ``sample_<i>/<layer>`` under the ``attnviz`` plugin.
 
-A 12-layer model writes 6 × 12 = 72 scalar tags by default (12 × 12 × 6 more with ``head_stats``).
+A 12-layer model writes 6 × 12 = 72 scalar tags by default, and 4 × 12 + 1 = 49 of roles (12 × 12 × 10
+more with ``head_stats``).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from lightning_attnviz.analysis.roles import ROLES, SINK_EPSILON
 from lightning_attnviz.analysis.views import LOGGED_METRICS
 
 METRICS = LOGGED_METRICS
@@ -100,6 +107,22 @@ class Tags:
         return tag if head is None else f"{tag}/head_{head}"
 
     @property
+    def roles(self) -> str:
+        return self._prefix("attention_roles")
+
+    def role(self, role: str, layer: str, head: int | None = None) -> str:
+        """``attention_roles/<role>/<layer>/max`` (the layer's strongest head) or ``.../head_<h>``."""
+        return f"{self.roles}/{role}/{self.layer(layer)}/{'max' if head is None else f'head_{head}'}"
+
+    @property
+    def sink_rate(self) -> str:
+        return f"{self.roles}/sink_rate"
+
+    @property
+    def phase_changes(self) -> str:
+        return f"{self.pictures}/phase_changes"
+
+    @property
     def captures_dir(self) -> str:
         return self._prefix("attention_captures")
 
@@ -124,19 +147,29 @@ class Tags:
         return f"{self.name}/{tag}" if self.name else tag
 
     def layout(self, layers: list[str], head_stats: bool) -> dict:
-        """TensorBoard's custom-scalars layout: per metric one chart per layer (its heads as lines
-        when per-head series are logged), and one chart of every layer's mean."""
+        """TensorBoard's custom-scalars layout: per metric one chart of every layer's mean, per role one
+        of every layer's strongest head (and per layer one with its heads as lines when per-head
+        series are logged), and the sink rate."""
         layout: dict = {}
         for metric in METRICS:
-            charts = {
-                "all layers (mean over heads)": [
-                    "Multiline",
-                    [rf"^{re.escape(self.stats)}/{metric}/.*/mean$"],
-                ]
-            }
-            if head_stats:
-                for layer in layers:
-                    prefix = re.escape(f"{self.stats}/{metric}/{self.layer(layer)}/")
-                    charts[f"{layer}: heads"] = ["Multiline", [f"^{prefix}head_\\d+$"]]
-            layout[f"{self.stats} {metric}"] = charts
+            top = ("all layers (mean over heads)", "mean")
+            layout[f"{self.stats} {metric}"] = self._charts(self.stats, metric, layers, head_stats, top)
+        for role in ROLES:
+            top = ("all layers (strongest head)", "max")
+            layout[f"{self.roles} {role}"] = self._charts(self.roles, role, layers, head_stats, top)
+        sink = rf"^{re.escape(self.sink_rate)}$"
+        layout[f"{self.roles} sink_rate"] = {
+            f"share of heads with first-token score > {SINK_EPSILON:g}": ["Multiline", [sink]]
+        }
         return layout
+
+    def _charts(
+        self, base: str, name: str, layers: list[str], head_stats: bool, top: tuple[str, str]
+    ) -> dict:
+        """One chart of every layer's ``top[1]`` series, and one per layer with its heads."""
+        charts = {top[0]: ["Multiline", [rf"^{re.escape(base)}/{name}/.*/{top[1]}$"]]}
+        if head_stats:
+            for layer in layers:
+                prefix = re.escape(f"{base}/{name}/{self.layer(layer)}/")
+                charts[f"{layer}: heads"] = ["Multiline", [f"^{prefix}head_\\d+$"]]
+        return charts
