@@ -24,6 +24,7 @@ from lightning_attnviz.util.checks import (
     check_rgb_stats,
     is_index,
     is_layer_selector,
+    missing_heads_message,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
@@ -111,7 +112,8 @@ def _check_modules(modules: Any) -> ModuleSelector:
 
 def setup_problems(config: MonitorConfig, sites: list[AttentionSite], grid: PatchGrid | None) -> list[str]:
     """Arguments that cannot work with this model, each said once when the fit starts: picture kinds
-    that need an image grid the model lacks, and heads beyond a watched layer's."""
+    that need an image grid the model lacks, and heads beyond a watched layer's (where the module says
+    how many it has; the drawing side checks the others at the first capture)."""
     problems = []
     vision = [p for p in config.plots or () if p in IMAGE_PLOTS]
     if vision and grid is None:
@@ -121,18 +123,7 @@ def setup_problems(config: MonitorConfig, sites: list[AttentionSite], grid: Patc
             "drawn. Pass `image_grid=PatchGrid(...)` for a vision transformer that is not found "
             "automatically, or leave them out."
         )
-    known = {s.name: s.num_heads for s in sites if s.num_heads}
-    missing = {h: [n for n, count in known.items() if h >= count] for h in config.heads}
-    missing = {h: names for h, names in missing.items() if names}
-    if missing:
-        said = "; ".join(f"head {h} in {_some(names, known)}" for h, names in missing.items())
-        problems.append(
-            f"AttentionMonitor: `heads={list(config.heads)}` names heads these layers do not have: "
-            f"{said}. Heads count from 0; no heatmap is drawn for a head that does not exist."
-        )
+    heads = missing_heads_message(config.heads, {s.name: s.num_heads for s in sites if s.num_heads})
+    if heads is not None:
+        problems.append(heads)
     return problems
-
-
-def _some(names: list[str], heads: dict[str, int], shown: int = 3) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(f"{n!r} ({heads[n]} heads)" for n in names[:shown]) + more
