@@ -62,6 +62,8 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     for name, low, default in (("max_logit", 0, 200.0), ("logit_growth", 1, 4.0)):
         k[name] = check_float(name, k.get(name, default), low, math.inf, what="a number")
     check_callable("relevance_target", k.get("relevance_target"), "(output) -> Tensor")
+    if k.get("relevance_target") is not None and not k.get("relevance"):
+        raise ValueError("`relevance_target` is only used with `relevance=True`, got relevance=False")
     k["plots"] = check_list(
         "plots", k["plots"], lambda p: isinstance(p, str), "plot kinds", optional=True, choices=ALL_PLOTS
     )

@@ -458,6 +458,10 @@ def test_two_names_that_clean_alike_get_two_tags_and_a_warning(tmp_path):
             r"`sample_input` must hold at least one row",
         ),
         (dict(sample_input={"x": torch.zeros(0, 10)}), r"`sample_input` must hold at least one row"),
+        (
+            dict(relevance_target=lambda out: out.sum()),
+            r"`relevance_target` is only used with `relevance=True`",
+        ),
     ],
 )
 def test_arguments_that_cannot_work_are_refused_at_construction(kwargs, match):
