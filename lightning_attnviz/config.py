@@ -24,6 +24,7 @@ from lightning_attnviz.util.checks import (
     check_rgb_stats,
     is_index,
     is_layer_selector,
+    missing_heads_message,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
@@ -61,6 +62,8 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     for name, low, default in (("max_logit", 0, 100.0), ("logit_growth", 1, 4.0)):
         k[name] = check_float(name, k.get(name, default), low, math.inf, what="a number")
     check_callable("relevance_target", k.get("relevance_target"), "(output) -> Tensor")
+    if k.get("relevance_target") is not None and not k.get("relevance"):
+        raise ValueError("`relevance_target` is only used with `relevance=True`, got relevance=False")
     k["plots"] = check_list(
         "plots", k["plots"], lambda p: isinstance(p, str), "plot kinds", optional=True, choices=ALL_PLOTS
     )
@@ -125,7 +128,8 @@ def _check_modules(modules: Any) -> ModuleSelector:
 
 def setup_problems(config: MonitorConfig, sites: list[AttentionSite], grid: PatchGrid | None) -> list[str]:
     """Arguments that cannot work with this model, each said once when the fit starts: picture kinds
-    that need an image grid the model lacks, and heads beyond a watched layer's."""
+    that need an image grid the model lacks, and heads beyond a watched layer's (where the module says
+    how many it has; the drawing side checks the others at the first capture)."""
     problems = []
     vision = [p for p in config.plots or () if p in IMAGE_PLOTS]
     if vision and grid is None:
@@ -135,18 +139,7 @@ def setup_problems(config: MonitorConfig, sites: list[AttentionSite], grid: Patc
             "drawn. Pass `image_grid=PatchGrid(...)` for a vision transformer that is not found "
             "automatically, or leave them out."
         )
-    known = {s.name: s.num_heads for s in sites if s.num_heads}
-    missing = {h: [n for n, count in known.items() if h >= count] for h in config.heads}
-    missing = {h: names for h, names in missing.items() if names}
-    if missing:
-        said = "; ".join(f"head {h} in {_some(names, known)}" for h, names in missing.items())
-        problems.append(
-            f"AttentionMonitor: `heads={list(config.heads)}` names heads these layers do not have: "
-            f"{said}. Heads count from 0; no heatmap is drawn for a head that does not exist."
-        )
+    heads = missing_heads_message(config.heads, {s.name: s.num_heads for s in sites if s.num_heads})
+    if heads is not None:
+        problems.append(heads)
     return problems
-
-
-def _some(names: list[str], heads: dict[str, int], shown: int = 3) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(f"{n!r} ({heads[n]} heads)" for n in names[:shown]) + more

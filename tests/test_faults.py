@@ -458,6 +458,10 @@ def test_two_names_that_clean_alike_get_two_tags_and_a_warning(tmp_path):
             r"`sample_input` must hold at least one row",
         ),
         (dict(sample_input={"x": torch.zeros(0, 10)}), r"`sample_input` must hold at least one row"),
+        (
+            dict(relevance_target=lambda out: out.sum()),
+            r"`relevance_target` is only used with `relevance=True`",
+        ),
     ],
 )
 def test_arguments_that_cannot_work_are_refused_at_construction(kwargs, match):
@@ -487,6 +491,36 @@ def test_heads_and_plots_that_cannot_be_drawn_are_said_once_at_setup(tmp_path):
     tags = read_events(trainer.logger.log_dir).Tags()["images"]
     assert "attention/sample_0/model.h.0.attn/head_1" in tags and HEATMAP in tags  # what can be drawn is
     assert not [t for t in tags if "head_5" in t or "overlay" in t or "rollout" in t or "model.h.1" in t]
+
+
+class QuietAttention(nn.Module):
+    """Two causal heads, kept where discovery does not look for a head count (``nh``)."""
+
+    def __init__(self, d: int = 16, nh: int = 2) -> None:
+        super().__init__()
+        self.qkv, self.nh = nn.Linear(d, 3 * d), nh
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = (t.view(B, L, self.nh, -1).transpose(1, 2) for t in self.qkv(x).split(D, dim=2))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return y.transpose(1, 2).reshape(B, L, D)
+
+
+class LitQuiet(LitPrevious):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = QuietAttention()
+
+
+def test_heads_a_module_does_not_declare_are_checked_at_the_first_capture(tmp_path):
+    trainer = make_trainer(tmp_path, [AttentionMonitor(heads=[1, 5], plots=["heatmap"])], max_epochs=1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(LitQuiet(), token_loader(), token_loader(seed=1))
+    heads = [m for m in _monitor_messages(record) if "`heads=" in m]
+    assert len(heads) == 1 and "head 5 in 'attn' (2 heads)" in heads[0] and "head 1" not in heads[0], heads
+    assert "attention/sample_0/attn/head_1" in read_events(trainer.logger.log_dir).Tags()["images"]
 
 
 # -- user callbacks that raise -------------------------------------------------------------------

@@ -31,6 +31,7 @@ from lightning_attnviz.sinks import capture_file as formats
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs
 from lightning_attnviz.sinks.failures import WriteFailures
 from lightning_attnviz.sinks.tags import Tags, clean
+from lightning_attnviz.util.checks import missing_heads_message
 
 
 class Pipeline:
@@ -210,6 +211,12 @@ class Pipeline:
                     f"AttentionMonitor: layers {tags.owner(clean(r.key))!r} and {r.key!r} would share the "
                     f"tag name {clean(r.key)!r}; {r.key!r} is logged as {segment!r}.",
                 )
+        if c.heads and job.modules:  # modules that did not say their heads at setup: checked here, once
+            unknown = {row[0] for row in job.modules if row[2] == "?"}
+            heads = {r.key: r.weights.shape[1] for r in records if r.module in unknown}
+            message = missing_heads_message(c.heads, heads)
+            if message is not None:
+                self._warn_once("heads", message)
         pooled = [r for r in records if r.block != (1, 1)]
         if pooled:
             longest = max(max(r.length) for r in pooled)
