@@ -21,6 +21,7 @@ from lightning_attnviz.fixed_samples import (
 )
 from lightning_attnviz.pipeline.client import DRAIN_SECONDS, INTERRUPT_SECONDS, Drawing, warn
 from lightning_attnviz.pipeline.messages import Job, Setup, job_from_state
+from lightning_attnviz.pipeline.settings import LOGIT_GROWTH, MAX_LOGIT
 from lightning_attnviz.render.plots import default_plots
 from lightning_attnviz.sinks.loggers import LoggerSinks
 from lightning_attnviz.sinks.tags import Tags
@@ -120,8 +121,8 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         dashboard_tokens: int = 128,
         name: str | None = None,
         health: bool = True,
-        max_logit: float = 100.0,
-        logit_growth: float = 4.0,
+        max_logit: float = MAX_LOGIT,
+        logit_growth: float = LOGIT_GROWTH,
         relevance: bool = False,
         relevance_target: Callable[[Any], Any] | None = None,
         target: Target = None,

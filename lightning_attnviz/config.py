@@ -58,11 +58,11 @@ def build_config(**kwargs: Any) -> MonitorConfig:
         k[name] = check_float(name, k[name], 0, 1, what="a number (normalised entropy)")
     check_callable("forward_fn", k["forward_fn"], "(pl_module, inputs) -> Any")
     for name in ("health", "relevance"):
-        check_bool(name, k.get(name, False))
-    for name, low, default in (("max_logit", 0, 100.0), ("logit_growth", 1, 4.0)):
-        k[name] = check_float(name, k.get(name, default), low, math.inf, what="a number")
-    check_callable("relevance_target", k.get("relevance_target"), "(output) -> Tensor")
-    if k.get("relevance_target") is not None and not k.get("relevance"):
+        check_bool(name, k[name])
+    for name, low in (("max_logit", 0), ("logit_growth", 1)):
+        k[name] = check_float(name, k[name], low, math.inf, what="a number")
+    check_callable("relevance_target", k["relevance_target"], "(output) -> Tensor")
+    if k["relevance_target"] is not None and not k["relevance"]:
         raise ValueError("`relevance_target` is only used with `relevance=True`, got relevance=False")
     k["plots"] = check_list(
         "plots", k["plots"], lambda p: isinstance(p, str), "plot kinds", optional=True, choices=ALL_PLOTS
@@ -75,7 +75,7 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     k["image_mean"] = check_rgb_stats("image_mean", k["image_mean"], positive=False)
     k["image_std"] = check_rgb_stats("image_std", k["image_std"], positive=True)
     token_labeller(k["tokens"])  # raises TypeError for what cannot label tokens
-    _check_target(k.get("target"))
+    _check_target(k["target"])
     if k["sample_input"] is not None:
         if not tensors(k["sample_input"]):
             raise TypeError(

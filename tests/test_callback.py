@@ -23,6 +23,7 @@ from matplotlib.image import imread
 from pytorch_lightning.loggers import CSVLogger
 
 from lightning_attnviz import AttentionMonitor
+from lightning_attnviz.analysis.views import ROLES
 from lightning_attnviz.sinks.tags import Tags
 
 MODULES_TAG = Tags().modules
@@ -45,7 +46,7 @@ def test_documented_tags_one_step_per_capture(tmp_path):
             for kind in ("heatmap", "head_1", "heads", "evolution"):  # arrows only when asked for
                 expected.add(f"attention/sample_{s}/{layer}/{kind}")
     # the whole model's layer × head matrices, one per metric (drift from the second capture on)
-    metrics = ("entropy_norm", "distance", "sink", "max_weight", "drift", "max_logit")
+    metrics = ("entropy_norm", "distance", "sink", "max_weight", "drift", "max_logit", *ROLES)
     expected |= {f"attention/stats/{m}" for m in metrics}
     assert set(events.Tags()["images"]) == expected
     steps = [3, 6, 9]  # one capture per validation run, at trainer.global_step

@@ -20,29 +20,12 @@ from lightning_attnviz.capture.grid import PatchGrid
 from lightning_attnviz.capture.inputs import AttentionMap
 from lightning_attnviz.capture.probe import Health
 from lightning_attnviz.capture.relevance import RelevanceMap
+from lightning_attnviz.pipeline.settings import DIVERGED, LOSS_DEGRADES, MAX_LOGIT
 from lightning_attnviz.render.maps import Picture, draw_head_grid, heatmap
 from lightning_attnviz.render.overlay import overlay
 from lightning_attnviz.render.stats import Metric, StatsPicture, stats_picture
 from lightning_attnviz.sinks.tags import Tags
 
-# The max-logit warning levels, from the literature. "Max logit": the largest scaled logit q·k·scale
-# (+ mask/bias) entering a head's softmax, as both sources measure it.
-# - MAX_LOGIT = 100: Kimi K2 (Kimi Team 2025, "Kimi K2: Open Agentic Intelligence", MuonClip) caps
-#   every head's max logit at τ = 100 with QK-Clip, rescaling W_q and W_k of a head that passes it: a
-#   production run treats more as a head to be fixed. Past 100 a float32 softmax row is one-hot for
-#   any logit gap above ln(2^24) ≈ 16.6. In examples/divergence_demo.py the best learning rate stays
-#   below 80 and a 3× larger one passes 400 and learns worse.
-# - LOSS_DEGRADES = 1e3 and DIVERGED = 1e4: Wortsman et al. 2023 ("Small-scale proxies for large-scale
-#   Transformer training instabilities", §3.1.1, attention logit growth): the loss degrades once the max
-#   logit reaches about 1e3, and every run whose logits exceeded 1e4 diverged.
-# Each level warns once per layer; the first is the user's `max_logit`, the others stay fixed.
-MAX_LOGIT = 100.0
-LOSS_DEGRADES = 1e3
-DIVERGED = 1e4
-# ... or when it has grown this much over its value at the first capture of the fit, once above
-# max_logit / 2 (early logits are small: growth from there alone is ordinary learning). A heuristic:
-# neither source gives a growth rate; 4× names a trend well before the first level is reached.
-LOGIT_GROWTH = 4.0
 _LEVELS = {
     LOSS_DEGRADES: "loss degrades from about 1e3 (Wortsman et al. 2023)",
     DIVERGED: "every run whose attention logits exceeded 1e4 diverged (Wortsman et al. 2023)",
@@ -53,7 +36,7 @@ class HealthWarnings:
     """Warnings about logits that grow towards one-hot attention (once per layer and rule) and maps
     that do not reproduce the kernel's output (once per layer)."""
 
-    def __init__(self, max_logit: float = MAX_LOGIT, growth: float = LOGIT_GROWTH) -> None:
+    def __init__(self, max_logit: float, growth: float) -> None:
         self.max_logit, self.growth = max_logit, growth
         self.first: dict[str, float] = {}  # each layer's max logit at its first capture
         self.warned: set[str] = set()
