@@ -56,20 +56,11 @@ class Pipeline:
         self.diagnostics.load_state_dict(state.get("diagnostics", {}))
         self.health.load_state_dict(state.get("health", {}))
 
-    def replay(self, job: Job) -> None:
-        """Bring the history up to ``job`` without logging anything: for captures that were still
-        being drawn when a checkpoint was saved."""
-        c = self.setup.config
-        records = self._select(self._compute(job.pending, 1))
-        labels, targets = _labels(job)
-        grid = self.setup.grid.labels() if self.setup.grid is not None else None
-        self._drift(make_views(records, labels, c.max_tokens, targets, grid), job)
-
     def run(self, job: Job) -> tuple[Outputs, list[str]]:
         """Outputs of one capture and the warnings it raised (each at most once per fit)."""
         self.messages = []
         c, tags = self.setup.config, self.setup.tags
-        out = Outputs(job.step)
+        out = Outputs(job.step, epoch=job.epoch)
         sink = c.sink_tokens or (
             self.setup.grid.prefix_tokens if self.setup.grid and self.setup.grid.prefix_tokens else 1
         )

@@ -30,6 +30,7 @@ class Outputs:
     text: dict[str, str] = field(default_factory=dict)
     layout: dict | None = None
     tab: list[tuple[str, bytes]] = field(default_factory=list)
+    epoch: int | None = None  # the epoch of the capture, for loggers that keep it beside the step (CSV)
 
 
 class Sink(Protocol):
