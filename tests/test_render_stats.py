@@ -93,7 +93,7 @@ def test_real_fit_logs_a_stats_matrix_per_capture(tmp_path):
     shown = {*STATS_METRICS, "max_logit"}  # attention health's matrix is a stats picture too
     assert set(events.Tags()["images"]) == {tags.stats_picture(m) for m in shown}
     images = events.Images(tags.stats_picture("entropy_norm"))
-    assert [e.step for e in images] == [3, 6, 9]
-    assert [e.step for e in events.Images(tags.stats_picture("drift"))] == [6, 9]
+    assert [e.step for e in images] == [2, 5, 8]
+    assert [e.step for e in events.Images(tags.stats_picture("drift"))] == [5, 8]
     picture = imread(io.BytesIO(images[-1].encoded_image_string), format="png")[..., :3]
     assert picture.std() > 0.05 and len({(e.width, e.height) for e in images}) == 1

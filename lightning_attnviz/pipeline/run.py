@@ -25,7 +25,7 @@ from lightning_attnviz.capture.inputs import AttentionMap, Pending, compute
 from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, module_table
 from lightning_attnviz.pipeline.messages import Job, Setup
 from lightning_attnviz.pipeline.plan import PreviousStats, on_grids, picture_groups, picture_tag, tab_records
-from lightning_attnviz.pipeline.roles import roles_step, score_roles
+from lightning_attnviz.pipeline.roles import roles_step
 from lightning_attnviz.render.maps import encode_png
 from lightning_attnviz.sinks import capture_file as formats
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs
@@ -64,22 +64,11 @@ class Pipeline:
         self.health.load_state_dict(state.get("health", {}))
         self.roles.load_state_dict(state.get("roles", {}))
 
-    def replay(self, job: Job) -> None:
-        """Bring the history up to ``job`` without logging anything: for captures that were still
-        being drawn when a checkpoint was saved."""
-        c = self.setup.config
-        records = self._select(self._compute(job.pending, 1))
-        labels, targets = _labels(job)
-        grid = self.setup.grid.labels() if self.setup.grid is not None else None
-        self._drift(make_views(records, labels, c.max_tokens, targets, grid), job)
-        if c.stats:
-            self._step("role scores", lambda: self.roles.update(job.step, score_roles(records, job), False))
-
     def run(self, job: Job) -> tuple[Outputs, list[str]]:
         """Outputs of one capture and the warnings it raised (each at most once per fit)."""
         self.messages = []
         c, tags = self.setup.config, self.setup.tags
-        out = Outputs(job.step)
+        out = Outputs(job.step, epoch=job.epoch)
         sink = c.sink_tokens or (
             self.setup.grid.prefix_tokens if self.setup.grid and self.setup.grid.prefix_tokens else 1
         )

@@ -33,6 +33,7 @@ class Outputs:
     layout: dict | None = None
     tab: list[tuple[str, bytes]] = field(default_factory=list)
     phase_changes: list[PhaseChange] = field(default_factory=list)  # for the tab's step-slider markers
+    epoch: int | None = None  # the epoch of the capture, for loggers that keep it beside the step (CSV)
 
 
 class Sink(Protocol):

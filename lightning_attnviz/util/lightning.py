@@ -89,6 +89,21 @@ def logging_problem(trainer: Any) -> str | None:
     return None
 
 
+def metrics_step(trainer: Any) -> int:
+    """The step Lightning logs metrics at now, so that attention lines up with them.
+
+    ``_LoggerConnector.log_metrics`` logs at ``fit_loop.epoch_loop._batches_that_stepped``: the batches
+    that stepped an optimizer *before* the current one, because validation (at an epoch's end or
+    mid-epoch with ``val_check_interval``) and a batch's own training metrics are logged before the
+    count moves on. So ``val_loss`` of the validation after step 32 is logged at 31, and a step
+    capture after batch 20 at 19. Lightning has no public name for it (the one private attribute
+    read here); without it, ``global_step``.
+    """
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    step = getattr(loop, "_batches_that_stepped", None)
+    return step if isinstance(step, int) else int(trainer.global_step)
+
+
 def to_device(batch: Any, device: Any) -> Any:
     """Every tensor of a batch moved to ``device`` (what Lightning's ``move_data_to_device`` does)."""
     from lightning_utilities.core.apply_func import apply_to_collection
