@@ -1,6 +1,7 @@
 """Unusual attention through the whole monitor: what reaches the logs means what it says."""
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from torch import nn
 from lightning_attnviz import AttentionMonitor, PatchGrid
 from lightning_attnviz.sinks.capture_file import load_capture
 from lightning_attnviz.sinks.tags import Tags
+from lightning_attnviz.tab.record import decode_map
 
 
 class LitPooled(pl.LightningModule):
@@ -172,6 +174,15 @@ class LitSwin(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
 
+def _tab_blob(log_dir, tag):
+    """The Attention tab's last record under ``tag``, read from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return events.Tensors(tag)[-1].tensor_proto.string_val[0]
+
+
 def _saved(tmp_path):
     return load_capture(next((tmp_path / "tb" / "version_0" / Tags().captures_dir).glob("*.npz")))
 
@@ -183,8 +194,12 @@ def test_swin_windows_are_drawn_over_the_image_per_stage(tmp_path, fused):
     monitor = AttentionMonitor(plots=["overlay", "rollout", "heatmap"], max_tokens=256, samples=2)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     model, val = LitSwin(fused), image_loader(size=(56, 56), seed=1)
-    with pytest.warns(RuntimeWarning, match=r"no attention rollout: .* 2 grids \(7×7, 14×14"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer.fit(model, image_loader(size=(56, 56)), val)
+    ours = [str(w.message) for w in caught if "AttentionMonitor" in str(w.message)]
+    assert [m for m in ours if "no attention rollout" in m and "2 grids (7×7, 14×14" in m]  # said once
+    assert not [m for m in ours if "failed" in m or "not captured" in m]
     events = read_events(trainer.logger.log_dir)
     tags = set(events.Tags()["images"])
     layers = [f"net.layers.{s}.blocks.{b}.attn" for s in range(2) for b in range(2)]
@@ -204,6 +219,8 @@ def test_swin_windows_are_drawn_over_the_image_per_stage(tmp_path, fused):
     assert picture.std() > 10
     table = events.Tensors("attention/modules/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "windowed attention placed back" in table and "not captured" not in table
+    stage2 = decode_map(_tab_blob(trainer.logger.log_dir, f"sample_0/{layers[2]}"))
+    assert stage2.grid == (7, 7) and stage2.image is not None  # the tab places the image by its stage
 
 
 class LitText(pl.LightningModule):

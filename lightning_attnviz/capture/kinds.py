@@ -133,12 +133,13 @@ def classify(module: nn.Module, parent: nn.Module | None = None) -> Layout:
 def find_reader(layout: Layout, name: str, module: nn.Module, named: Mapping[str, nn.Module]) -> Layout:
     """``layout`` with the reader capture uses for it, when ``module``'s structure is one it knows.
 
-    Read from attributes only (never the class name alone): a timm Swin block (``_attn``, ``window_size``,
-    ``shift_size``; roll, then pad), a Hugging Face Swin layer (``maybe_pad``, ``window_size``,
-    ``shift_size``; pad, then roll), timm Twins' locally grouped attention (``ws``), Longformer's
-    self-attention (``query_global``, ``one_sided_attn_window_size``) and BigBird's block-sparse
-    attention (``bigbird_block_sparse_attention``, ``torch_gather_b2``). Anything else keeps its layout
-    (and, unsupported, stays declared so).
+    Read from attributes only (never the class name alone): a timm Swin block (``_attn``, or Swin-v2-CR's
+    ``_shifted_window_attn``, with ``window_size`` and ``shift_size``; roll, then pad), a Hugging Face
+    Swin layer (``maybe_pad``, ``window_size``, ``shift_size``; pad, then roll), timm Twins' locally
+    grouped attention (``ws``), Longformer's self-attention (``query_global``,
+    ``one_sided_attn_window_size``) and BigBird's block-sparse attention
+    (``bigbird_block_sparse_attention``, ``torch_gather_b2``). Anything else keeps its layout (and,
+    unsupported, stays declared so).
     """
     kind = layout.kind
     reader: Reader | None = None
@@ -153,7 +154,8 @@ def find_reader(layout: Layout, name: str, module: nn.Module, named: Mapping[str
                 block = named.get(host_name) if len(parts) > up else None
                 if block is None or not (hasattr(block, "window_size") and hasattr(block, "shift_size")):
                     continue
-                if callable(getattr(block, "_attn", None)) and getattr(block, "attn", None) is module:
+                timm = any(callable(getattr(block, m, None)) for m in ("_attn", "_shifted_window_attn"))
+                if timm and getattr(block, "attn", None) is module:
                     reader, host = "timm_swin", host_name
                 elif callable(getattr(block, "maybe_pad", None)):
                     reader, host = "hf_swin", host_name

@@ -191,6 +191,7 @@ class Pipeline:
         return keep
 
     def _check(self, records: list[AttentionMap], job: Job) -> None:
+        """One warning for each thing the pictures cannot show as captured."""
         c, grid, tags = self.setup.config, self.setup.grid, self.setup.tags
         for r in records:  # in forward order, so the first of two clashing keys keeps the plain name
             segment = tags.layer(r.key)
@@ -214,7 +215,12 @@ class Pipeline:
                 f"AttentionMonitor: attention maps up to {longest} tokens long are "
                 f"block-pooled to at most store_tokens={c.store_tokens} per side while capturing, "
                 "to bound memory (query rows averaged, keys summed). Scalars still use every row; "
-                "pictures say how they were pooled.",
+                "pictures say how they were pooled"
+                + (
+                    f"; those on the image are not drawn over it (store_tokens={longest} would)."
+                    if grid is not None and any(r.grid is not None or grid.length in r.length for r in pooled)
+                    else "."
+                ),
             )
         for r in records:
             if not bool(torch.isfinite(r.weights).all()):
