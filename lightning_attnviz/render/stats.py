@@ -82,9 +82,34 @@ def metrics(sink_tokens: int = 1, distance_unit: str = "positions") -> dict[str,
 
 @dataclass(frozen=True)
 class StatsPicture(Picture):
-    """A stats matrix: ``layer`` is ``None``, ``sample`` 0 (values are averaged over the samples)."""
+    """A stats matrix: ``layer`` is ``None``, ``sample`` 0 (values are averaged over the samples).
+
+    ``values``, ``layers`` and ``info`` are the matrix it was drawn from: the Attention tab's overview
+    is written from them (:func:`matrix_picture` fills them), so every metric drawn here is shown there.
+
+    Shape:
+        values: ``(layers, heads)``.
+    """
 
     metric: str = ""
+    values: np.ndarray | None = None
+    layers: tuple[str, ...] = ()
+    info: Metric | None = None
+
+
+def matrix_picture(
+    values: np.ndarray,
+    layers: Sequence[str],
+    metric: Metric,
+    title: layout.Title,
+    previous: np.ndarray | None = None,
+    previous_step: int | None = None,
+    change: bool = True,
+) -> StatsPicture:
+    """:func:`stats_picture` as the ``attention/stats/<metric>`` picture, carrying the matrix it shows."""
+    image = stats_picture(values, layers, metric, title, previous, previous_step, change)
+    return StatsPicture("stats", 0, None, image, metric=metric.name, values=values, layers=tuple(layers),
+                        info=metric)  # fmt: skip
 
 
 def stats_matrix(
@@ -332,6 +357,5 @@ def render_stats(
                 before_step = previous[0]
         title = (shown[name].title, f"step {step} · {len(layers)} layers × {values.shape[1]} heads")
         change = name != "drift"  # drift is a change already
-        image = stats_picture(values, layers, shown[name], title, before, before_step, change)
-        pictures.append(StatsPicture("stats", 0, None, image, metric=name))
+        pictures.append(matrix_picture(values, layers, shown[name], title, before, before_step, change))
     return pictures

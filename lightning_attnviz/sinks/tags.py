@@ -27,7 +27,8 @@ a monitor given ``name="x"`` writes ``attention_x/...``, ``attention_stats_x/...
 - ``attention/stats/max_logit``: the largest logit per layer × head, as the other stats matrices
 - ``attention/sample_<i>/<layer>/value_weighted``: ‖α_ij·f(v_j)‖ per head (Kobayashi et al. 2020)
 - ``attention/sample_<i>/relevance``: gradient-weighted relevance (Chefer et al. 2021), opt-in
-- Attention tab records: ``sample_<i>/<layer>`` under the ``attnviz`` plugin.
+- Attention tab records: ``sample_<i>/<layer>`` under the ``attnviz`` plugin, and per capture
+  ``overview`` (every stats matrix) and, at steps the monitor marks, ``markers``.
 
 A 12-layer model writes 6 × 12 = 72 scalar tags by default (12 × 12 × 6 more with ``head_stats``).
 """
@@ -102,6 +103,16 @@ class Tags:
     def tab(self, sample: int, layer: str) -> str:
         tag = f"sample_{sample}/{clean(layer)}"
         return f"{self.name}/{tag}" if self.name else tag
+
+    @property
+    def tab_overview(self) -> str:
+        """The Attention tab's overview record: every layer × head stats matrix of a capture."""
+        return f"{self.name}/overview" if self.name else "overview"
+
+    @property
+    def tab_markers(self) -> str:
+        """The Attention tab's markers: texts attached to steps, drawn on the step slider."""
+        return f"{self.name}/markers" if self.name else "markers"
 
     def layout(self, layers: list[str], head_stats: bool) -> dict:
         """TensorBoard's custom-scalars layout: per metric one chart per layer (its heads as lines
