@@ -162,16 +162,18 @@ def draw_atlas(views: Sequence[AttentionView], title: layout.Title) -> Canvas:
         weights, visible, _, _ = _bounded(view.weights, view.visible, view.q_labels, view.k_labels, side)
         pooled |= weights.shape[-1] < view.weights.shape[-1] or weights.shape[-2] < view.weights.shape[-2]
         tiles += [*colorize(weights, visible), *[None] * (heads - view.heads)]
-    head_names = [[f"head {h}" if heads <= 6 else str(h)] for h in range(heads)]  # numbers fit narrow tiles
+    size = max(t.shape[0] for t in tiles if t is not None)
+    cell = int(np.clip(round(side / size), 1, 12))
+    wide = cell * size + 8 >= layout.width(f"head {heads - 1}", _LABEL)
+    head_names = [[f"head {h}" if wide else str(h)] for h in range(heads)]  # numbers fit narrow tiles
     names = [head_names[h] if i < heads else [] for i, h in enumerate(list(range(heads)) * len(views))]
     prefix = _common_prefix([v.layer for v in views])
     rows = [layout.fit(v.layer[len(prefix) :], _LABEL, 220) for v in views]
     notes = sorted({v.note for v in views if v.note})
     masked = any(v.visible is not None for v in views)
     shown = f"tiles pooled to {side} cells a side for the page" if pooled else ""
-    note = _notes(f"layers {prefix}*" if prefix else "", "columns: heads" if heads > 6 else "", *notes, shown,
+    note = _notes(f"layers {prefix}*" if prefix else "", "" if wide else "columns: heads", *notes, shown,
                   SCALE_NOTE, masked=masked)  # fmt: skip
-    cell = int(np.clip(side // max(t.shape[0] for t in tiles if t is not None), 1, 12))
     return layout.grid(tiles, names, heads, title, note, cell, rows, bar=_BAR)
 
 

@@ -115,8 +115,11 @@ class Tags:
         return f"{self.name}/markers" if self.name else "markers"
 
     def layout(self, layers: list[str], head_stats: bool) -> dict:
-        """TensorBoard's custom-scalars layout: per metric one chart per layer (its heads as lines
-        when per-head series are logged), and one chart of every layer's mean."""
+        """TensorBoard's custom-scalars layout: per metric one chart of every layer's mean, then one
+        chart per layer whose title names what it draws (the layer's mean, or its heads when per-head
+        series are logged). TensorBoard colours a chart's lines by run, so within one run the lines
+        of a chart differ by marker only (its "Matches" list names each); a chart per layer names its
+        line in its title."""
         layout: dict = {}
         for metric in METRICS:
             charts = {
@@ -125,9 +128,11 @@ class Tags:
                     [rf"^{re.escape(self.stats)}/{metric}/.*/mean$"],
                 ]
             }
-            if head_stats:
-                for layer in layers:
-                    prefix = re.escape(f"{self.stats}/{metric}/{clean(layer)}/")
+            for layer in layers:
+                prefix = re.escape(f"{self.stats}/{metric}/{clean(layer)}/")
+                if head_stats:
                     charts[f"{layer}: heads"] = ["Multiline", [f"^{prefix}head_\\d+$"]]
+                else:
+                    charts[f"{layer}: mean over heads"] = ["Multiline", [f"^{prefix}mean$"]]
             layout[f"{self.stats} {metric}"] = charts
         return layout
