@@ -5,9 +5,10 @@
 
 ``render`` draws the token pictures of one saved capture (all but the evolution strip, which needs the
 captures before it) and, for vision runs, the overlays and rollout from the image saved with it;
-``--format svg|pdf`` embeds each picture in a vector file for papers. Files are named after their
-TensorBoard tags (``/`` → ``__``, long names shortened with a hash). ``gif`` draws the head-mean heatmap
-of one sample and layer at every saved capture, in step order, on one colour scale.
+``--format svg|pdf`` writes vector figures for papers (the same layout and colours, text as text).
+Files are named after their TensorBoard tags (``/`` → ``__``, long names shortened with a hash).
+``gif`` draws the head-mean heatmap of one sample and layer at every saved capture, in step order, on
+one colour scale.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 from PIL import Image
 
 from lightning_attnviz.analysis.vision import cls_to_patches, mean_received, rollout
+from lightning_attnviz.render import vector
+from lightning_attnviz.render.canvas import Canvas, keep_canvases
 from lightning_attnviz.render.maps import Picture, heatmap, render_views
 from lightning_attnviz.render.overlay import overlay
 from lightning_attnviz.render.plots import TOKEN_PLOTS
@@ -87,30 +90,27 @@ def render_file(path: Path, out: Path, plots: Sequence[str], fmt: str = "png") -
     out.mkdir(parents=True, exist_ok=True)
     tags, written = Tags(), []
     token_plots = [p for p in plots if p in TOKEN_PLOTS and p != "evolution"]
-    pictures = render_views(saved.views, saved.step, token_plots) + _vision_pictures(saved, plots)
+    with keep_canvases() as canvases:  # each picture's layout, for the vector formats
+        pictures = render_views(saved.views, saved.step, token_plots) + _vision_pictures(saved, plots)
+    layouts = {id(c.image): c for c in canvases}
     for picture in pictures:
         target = out / _file_name(
             tags.picture(picture.kind, picture.sample, picture.layer, picture.head), f".{fmt}"
         )
-        _save(picture.image, target, fmt)
+        _save(picture.image, layouts.get(id(picture.image)), target, fmt)
         written.append(target)
     return written
 
 
-def _save(image: np.ndarray, target: Path, fmt: str) -> None:
+def _save(image: np.ndarray, canvas: Canvas | None, target: Path, fmt: str) -> None:
+    """PNG as drawn; SVG and PDF as vector figures of the picture's layout (text as text)."""
     if fmt == "png":
         Image.fromarray(image).save(target)
         return
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    height, width = image.shape[:2]
-    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(image, interpolation="nearest")
-    ax.axis("off")
-    fig.savefig(target, format=fmt)
+    if canvas is None:  # a picture drawn without the layout engine: its pixels, with no text to find
+        canvas = Canvas(image.shape[0], image.shape[1])
+        canvas.image = np.ascontiguousarray(image)
+    vector.save(canvas, target, fmt)
 
 
 def animate(directory: Path, layer: str, sample: int, out: Path, fps: float) -> int:

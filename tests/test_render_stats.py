@@ -8,8 +8,13 @@ from matplotlib.image import imread
 
 from lightning_attnviz import AttentionMonitor
 from lightning_attnviz.analysis.views import LayerStats
+from lightning_attnviz.pipeline.tab_extras import add_markers
 from lightning_attnviz.render.stats import STATS_METRICS, draw_stats, metrics, render_stats, stats_matrix
+from lightning_attnviz.sinks.base import Outputs
 from lightning_attnviz.sinks.tags import Tags
+from lightning_attnviz.sinks.tensorboard import TensorBoardSink
+from lightning_attnviz.tab.overview import decode_overview
+from lightning_attnviz.tab.record import Marker, decode_map, decode_markers
 
 LAYERS = [
     f"model.encoder.layers.{i}.attention.self_attention_with_rotary_embeddings_and_qk_norm" for i in range(3)
@@ -97,3 +102,34 @@ def test_real_fit_logs_a_stats_matrix_per_capture(tmp_path):
     assert [e.step for e in events.Images(tags.stats_picture("drift"))] == [5, 8]
     picture = imread(io.BytesIO(images[-1].encoded_image_string), format="png")[..., :3]
     assert picture.std() > 0.05 and len({(e.width, e.height) for e in images}) == 1
+
+    # the Attention tab's overview: per capture, the matrices of every stats picture drawn
+    overviews = [decode_overview(e.tensor_proto.string_val[0]) for e in events.Tensors(tags.tab_overview)]
+    assert [(o.step, o.epoch) for o in overviews] == [(3, 0), (6, 1), (9, 2)]
+    assert [m.name for m in overviews[-1].metrics] == [*STATS_METRICS, "max_logit"]
+    assert overviews[0].layers == ("model.h.0.attn", "model.h.1.attn")
+    for o in overviews:  # each row's mean over heads is the layer's logged scalar
+        entropy = next(m for m in o.metrics if m.name == "entropy_norm")
+        for layer, row in zip(o.layers, entropy.values, strict=True):
+            (scalar,) = [
+                e.value for e in events.Scalars(tags.stat("entropy_norm", layer)) if e.step == o.step
+            ]
+            assert abs(row.mean() - scalar) < 1e-5
+    blob = events.Tensors(Tags().tab(0, "model.h.1.attn"))[-1].tensor_proto.string_val[0]
+    assert (decode_map(blob).step, decode_map(blob).epoch) == (9, 2)  # the epoch travels with the step
+
+
+def test_markers_reach_the_tab_in_one_record_per_step(tmp_path):
+    tags = Tags()
+    out = Outputs(step=12)
+    add_markers(out, tags, ["phase change: layer 1", "induction heads"])
+    add_markers(Outputs(step=13), tags, [])  # nothing to mark: nothing written
+    sink = TensorBoardSink(tmp_path)
+    sink.write(out)
+    sink.close()
+    (event,) = read_events(tmp_path).Tensors(tags.tab_markers)
+    assert event.step == 12
+    assert decode_markers(event.tensor_proto.string_val[0]) == [
+        Marker(12, "phase change: layer 1"),
+        Marker(12, "induction heads"),
+    ]

@@ -23,7 +23,7 @@ from lightning_attnviz.capture.relevance import RelevanceMap
 from lightning_attnviz.pipeline.settings import DIVERGED, LOSS_DEGRADES, MAX_LOGIT
 from lightning_attnviz.render.maps import Picture, draw_head_grid, heatmap
 from lightning_attnviz.render.overlay import overlay
-from lightning_attnviz.render.stats import Metric, StatsPicture, stats_picture
+from lightning_attnviz.render.stats import Metric, matrix_picture
 from lightning_attnviz.sinks.tags import Tags
 
 _LEVELS = {
@@ -182,8 +182,7 @@ def max_logit_pictures(records: Sequence[AttentionMap], step: int) -> list[Pictu
     if not np.isfinite(values).any():
         return []
     title = (MAX_LOGIT_METRIC.title, f"step {step} · {len(layers)} layers × {values.shape[1]} heads")
-    image = stats_picture(values, layers, MAX_LOGIT_METRIC, title, change=False)
-    return [StatsPicture("stats", 0, None, image, metric="max_logit")]
+    return [matrix_picture(values, layers, MAX_LOGIT_METRIC, title, change=False)]
 
 
 def value_weighted_pictures(

@@ -162,6 +162,7 @@ def tab_records(
             image=image,
             grid=grid.grid if on_grid and grid is not None else None,
             prefix_tokens=grid.prefix_tokens if on_grid and grid is not None else 0,
+            epoch=job.epoch,
         )
         into.append((setup.tags.tab(view.sample, view.layer), blob))
 

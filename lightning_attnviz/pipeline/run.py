@@ -26,7 +26,8 @@ from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, mo
 from lightning_attnviz.pipeline.messages import Job, Setup
 from lightning_attnviz.pipeline.plan import PreviousStats, on_grids, picture_groups, picture_tag, tab_records
 from lightning_attnviz.pipeline.roles import roles_step
-from lightning_attnviz.render.maps import encode_png
+from lightning_attnviz.pipeline.tab_extras import add_overview
+from lightning_attnviz.render.maps import Picture, encode_png
 from lightning_attnviz.sinks import capture_file as formats
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs
 from lightning_attnviz.sinks.failures import WriteFailures
@@ -112,11 +113,12 @@ class Pipeline:
                 _scalars(out.scalars, tags, metric, st.layer, per_head, c.head_stats)
         if c.histograms:
             self._step("histograms", lambda: _histograms(out.histograms, tags, records))
-        self._pictures(out, views, records, job, stats, drift)
+        drawn = self._pictures(out, views, records, job, stats, drift)
         if stats:
             self.previous_stats = (job.step, stats, drift)
         if c.dashboard:
             self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, records, labels, job))
+            self._step("Attention tab overview", lambda: add_overview(out, tags, drawn, job.epoch))
         if c.save_captures and self.setup.log_dir is not None and views:
             path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
             images = list(job.images) if self.setup.grid is not None else []
@@ -273,13 +275,16 @@ class Pipeline:
         job: Job,
         stats: list[LayerStats],
         drift: dict[str, np.ndarray],
-    ) -> None:
+    ) -> list[Picture]:
+        """Draws and encodes every picture kind into ``out``; returns the pictures drawn."""
         tags = self.setup.tags
+        drawn: list[Picture] = []
         groups = picture_groups(
             self.setup, self.history, views, records, job, stats, drift, self.previous_stats
         )
         for kind, draw in groups:
             pictures = self._step(f"drawing the {kind} pictures", draw) or []
+            drawn += pictures
             for p in pictures:
                 png = self._step(f"encoding the {kind} pictures", lambda p=p: encode_png(p.image))
                 if png is not None:
@@ -289,6 +294,7 @@ class Pipeline:
                             tag, p.kind, p.sample, p.layer, png, p.image.shape[1], p.image.shape[0]
                         )
                     )
+        return drawn
 
 
 def _scalars(

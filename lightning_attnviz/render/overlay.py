@@ -20,10 +20,10 @@ ALPHA = 0.6  # opacity of the heat at its maximum; it fades with the weight so t
 ALPHA_MIN = 0.15  # opacity at zero weight: enough tint that "ignored" reads differently from "no data"
 SATURATION = 0.35  # colour kept in the image under the heat: enough to recognise it, little enough that
 # the tint reads as the colorbar says (yellow heat over a red object would otherwise look orange)
-_SIDE = 400  # pixels the longest image side is scaled towards in a single overlay
-_GRID_WIDTH = 720  # pixels a row of overlay tiles is scaled towards
-TICKS = ((1.0, "all on one patch"), (UNIFORM_AT, "1/n  even"), (0.0, "≤ 1/n²"))
-SCALE_NOTE = "colour: each patch's share of the heat vs. an even 1/n over the n patches, log scale"
+_SIDE = 224  # pixels the longest image side is scaled towards in a single overlay
+_GRID_WIDTH = 400  # pixels a row of overlay tiles is scaled towards
+TICKS = ((1.0, "one patch"), (UNIFORM_AT, "1/n  even"), (0.0, "≤ 1/n²"))
+SCALE_NOTE = "colour: each patch's share vs an even 1/n over the n patches, log"
 
 
 def upsample(

@@ -31,7 +31,9 @@ class Outputs:
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
     text: dict[str, str] = field(default_factory=dict)
     layout: dict | None = None
-    tab: list[tuple[str, bytes]] = field(default_factory=list)
+    tab: list[tuple[str, bytes]] = field(default_factory=list)  # (tag, map record)
+    # (kind, tag, record) of the run-level tab records: the overview, markers
+    tab_extra: list[tuple[str, str, bytes]] = field(default_factory=list)
     phase_changes: list[PhaseChange] = field(default_factory=list)  # for the tab's step-slider markers
     epoch: int | None = None  # the epoch of the capture, for loggers that keep it beside the step (CSV)
 

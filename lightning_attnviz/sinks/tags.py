@@ -34,7 +34,8 @@ a monitor given ``name="x"`` writes ``attention_x/...``, ``attention_stats_x/...
   ``attention_roles/sink_rate``: the share of all heads whose first-token score exceeds 0.3; the
   layer × head matrices ``attention/stats/<role>``; ``attention/phase_changes``: text, at a capture
   where a head's role score jumped (see :mod:`lightning_attnviz.analysis.roles`)
-- Attention tab records: ``sample_<i>/<layer>`` under the ``attnviz`` plugin.
+- Attention tab records: ``sample_<i>/<layer>`` under the ``attnviz`` plugin, and per capture
+  ``overview`` (every stats matrix) and, at steps the monitor marks, ``markers``.
 
 A 12-layer model writes 6 × 12 = 72 scalar tags by default, and 4 × 12 + 1 = 49 of roles (12 × 12 × 10
 more with ``head_stats``).
@@ -146,10 +147,23 @@ class Tags:
         tag = f"sample_{sample}/{self.layer(layer)}"
         return f"{self.name}/{tag}" if self.name else tag
 
+    @property
+    def tab_overview(self) -> str:
+        """The Attention tab's overview record: every layer × head stats matrix of a capture."""
+        return f"{self.name}/overview" if self.name else "overview"
+
+    @property
+    def tab_markers(self) -> str:
+        """The Attention tab's markers: texts attached to steps, drawn on the step slider."""
+        return f"{self.name}/markers" if self.name else "markers"
+
     def layout(self, layers: list[str], head_stats: bool) -> dict:
-        """TensorBoard's custom-scalars layout: per metric one chart of every layer's mean, per role one
-        of every layer's strongest head (and per layer one with its heads as lines when per-head
-        series are logged), and the sink rate."""
+        """TensorBoard's custom-scalars layout: per metric one chart of every layer's mean and per role
+        one of every layer's strongest head, then one chart per layer whose title names what it draws
+        (the layer's mean or strongest head, or its heads when per-head series are logged), and the
+        sink rate. TensorBoard colours a chart's lines by run, so within one run the lines of a chart
+        differ by marker only (its "Matches" list names each); a chart per layer names its line in
+        its title."""
         layout: dict = {}
         for metric in METRICS:
             top = ("all layers (mean over heads)", "mean")
@@ -166,10 +180,13 @@ class Tags:
     def _charts(
         self, base: str, name: str, layers: list[str], head_stats: bool, top: tuple[str, str]
     ) -> dict:
-        """One chart of every layer's ``top[1]`` series, and one per layer with its heads."""
+        """One chart of every layer's ``top[1]`` series, then one per layer: its heads, or its series."""
         charts = {top[0]: ["Multiline", [rf"^{re.escape(base)}/{name}/.*/{top[1]}$"]]}
-        if head_stats:
-            for layer in layers:
-                prefix = re.escape(f"{base}/{name}/{self.layer(layer)}/")
+        for layer in layers:
+            prefix = re.escape(f"{base}/{name}/{self.layer(layer)}/")
+            if head_stats:
                 charts[f"{layer}: heads"] = ["Multiline", [f"^{prefix}head_\\d+$"]]
+            else:
+                what = top[0].split("(")[-1].rstrip(")")  # "mean over heads", "strongest head"
+                charts[f"{layer}: {what}"] = ["Multiline", [f"^{prefix}{top[1]}$"]]
         return charts

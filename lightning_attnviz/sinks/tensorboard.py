@@ -132,6 +132,7 @@ class TensorBoardSink:
         ]
         f.summary(images, step)
         f.summary([tab_value(tag, blob) for tag, blob in out.tab], step)
+        f.summary([tab_value(tag, blob, kind) for kind, tag, blob in out.tab_extra], step)
         f.flush()
 
     def close(self) -> None:
