@@ -133,7 +133,9 @@ def animate(directory: Path, layer: str, sample: int, out: Path, fps: float) -> 
             layers.add(view.layer)
             if view.layer == layer and view.sample == sample:
                 mean, visible = view.head_mean()
-                title = (layer, f"sample {sample} · step {saved.step} · epoch {saved.epoch} · head mean")
+                # the step first: a narrow picture shortens its subtitle in the middle, and frames whose
+                # titles lost the step would be identical (and merged into one by the GIF writer)
+                title = (layer, f"step {saved.step} · epoch {saved.epoch} · sample {sample} · head mean")
                 frames.append(heatmap(mean, visible, view.q_labels, view.k_labels, title, view.note))
     if not frames:
         known = ", ".join(sorted(layers)) or "none (no readable step_*.npz files)"
