@@ -472,3 +472,38 @@ def test_an_attention_mask_marks_padding_that_padded_rows_see():
         np.testing.assert_allclose(ours[role], expected, atol=1e-5, err_msg=role)
     unmarked = role_scores(padded, tuple(ids.numpy()))  # without the mask the padding counts
     assert not np.allclose(unmarked["first_token"], ours["first_token"], atol=1e-3)
+
+
+def test_the_pipeline_hands_phase_changes_on_as_typed_events(tmp_path):
+    """What the Attention tab's step-slider markers are made from: ``Outputs.phase_changes``."""
+    from lightning_attnviz.analysis.roles import PhaseChange
+    from lightning_attnviz.pipeline.messages import Job, Setup
+    from lightning_attnviz.pipeline.run import Pipeline
+    from lightning_attnviz.pipeline.settings import MonitorConfig
+    from lightning_attnviz.sinks.tags import Tags
+
+    model, ids = LitRoles().eval(), repeated_ids(2, 12, 32, seed=4)
+    pipeline = Pipeline(Setup(MonitorConfig(), ("stats",), None, Tags(), None))
+    outputs = []
+    for step, causal in ((10, True), (20, True), (30, False), (40, False)):
+        model.attn.causal_head0 = causal
+        with torch.no_grad(), capture_attention(model, samples=2, defer=True, stats=True) as cap:
+            model(ids)
+        job = Job(step, 0, tuple(cap.pending), (None, None), (), True, token_ids=tuple(ids.numpy()))
+        out, said = pipeline.run(job)
+        outputs.append((out, said))
+    assert [len(out.phase_changes) for out, _ in outputs] == [0, 0, 1, 0]
+    (event,) = outputs[2][0].phase_changes
+    assert isinstance(event, PhaseChange)
+    assert (event.step_from, event.step_to, event.layer, event.head, event.role) == (
+        10,
+        30,
+        "attn",
+        0,
+        "previous_token",
+    )
+    assert event.score_to == pytest.approx(11 / 12) and event.text in outputs[2][1][0]
+    assert (
+        "attention/phase_changes" in outputs[2][0].text
+        and "attention/phase_changes" not in outputs[3][0].text
+    )
