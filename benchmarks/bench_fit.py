@@ -8,6 +8,11 @@ drawing process's CPU seconds per capture.
 
     python benchmarks/bench_fit.py            # GPT-style (4×4), ViT (4×4) and a 12-layer × 12-head model
     python benchmarks/bench_fit.py --quick    # smaller, for a quick look
+    python benchmarks/bench_fit.py --busy 2   # on a busy machine: 2 other processes spinning throughout
+    python benchmarks/bench_fit.py --every-n-steps 5   # step captures too (skipped under back-pressure)
+
+"captures" counts the saved captures of the last monitored fit: every validation capture, and the
+step captures that were not skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import tempfile
 import time
 import warnings
 from functools import partial
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -146,11 +152,13 @@ def workload(name: str, quick: bool) -> tuple:
     return LitViT, train, valid, {"image_grid": PatchGrid((8, 8), prefix_tokens=1, patch_size=(4, 4))}
 
 
-def fit_seconds(name: str, monitored: bool, quick: bool, epochs: int) -> tuple[float, float]:
+def fit_seconds(
+    name: str, monitored: bool, quick: bool, epochs: int, every_n_steps: int | None
+) -> tuple[float, float, int]:
     module_cls, train, valid, options = workload(name, quick)
     pl.seed_everything(0, verbose=False)
     model = module_cls()
-    monitor = AttentionMonitor(**options) if monitored else None
+    monitor = AttentionMonitor(every_n_steps=every_n_steps, **options) if monitored else None
     with tempfile.TemporaryDirectory() as tmp:
         trainer = pl.Trainer(
             max_epochs=epochs,
@@ -164,22 +172,31 @@ def fit_seconds(name: str, monitored: bool, quick: bool, epochs: int) -> tuple[f
         start = time.perf_counter()
         trainer.fit(model, train, valid)
         seconds = time.perf_counter() - start
-        draw = 0.0
+        draw, captures = 0.0, 0
         if monitor is not None:
             seen = monitor._seconds_per_capture  # measured by the drawing process
             draw = statistics.median(seen) if seen else float("nan")
-    return seconds, draw
+            captures = len(list(Path(trainer.logger.log_dir).glob("attention_captures/step_*.npz")))
+    return seconds, draw, captures
 
 
-def run_one(name: str, monitored: bool, quick: bool, epochs: int) -> tuple[float, float]:
+def run_one(
+    name: str, monitored: bool, quick: bool, epochs: int, every: int | None
+) -> tuple[float, float, int]:
     """One fit in a fresh Python process, as a user's script would run it: the monitor's drawing
     process starts inside that fit and is counted."""
     command = [sys.executable, __file__, "--one", name, "--epochs", str(epochs)]
     command += ["--monitored"] if monitored else []
     command += ["--quick"] if quick else []
+    command += ["--every-n-steps", str(every)] if every else []
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    seconds, draw = json.loads(result.stdout.strip().splitlines()[-1])
-    return seconds, draw
+    seconds, draw, captures = json.loads(result.stdout.strip().splitlines()[-1])
+    return seconds, draw, captures
+
+
+def spin(n: int) -> list[subprocess.Popen]:
+    """``n`` processes that each keep a core busy (at the default priority) until killed."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
 def main() -> None:
@@ -188,6 +205,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workloads", nargs="+", default=["gpt", "vit", "deep"])
+    parser.add_argument("--busy", type=int, default=0, help="other processes spinning throughout")
+    parser.add_argument("--every-n-steps", type=int, default=None, help="the monitor's every_n_steps")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--monitored", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
@@ -195,23 +214,35 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     epochs = args.epochs or (2 if args.quick else 4)
     if args.one:
-        print(json.dumps(fit_seconds(args.one, args.monitored, args.quick, epochs)))
+        print(json.dumps(fit_seconds(args.one, args.monitored, args.quick, epochs, args.every_n_steps)))
         return
+    spinners = spin(args.busy)
+    try:
+        table(args, epochs)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def table(args: argparse.Namespace, epochs: int) -> None:
     columns = ("plain fit (s), median [min–max]", "with AttentionMonitor (s)", "ratio of medians")
-    print(f"| workload | {' | '.join(columns)} | drawing CPU s per capture |")
-    print("|---|---|---|---|---|")
+    print(f"| workload | {' | '.join(columns)} | drawing CPU s per capture | captures |")
+    print("|---|---|---|---|---|---|")
     for name in args.workloads:
-        plain, watched, draws = [], [], []
+        plain, watched, draws, captures = [], [], [], 0
         for _ in range(args.repeats):  # interleaved, each fit in a fresh process
-            plain.append(run_one(name, False, args.quick, epochs)[0])
-            seconds, draw = run_one(name, True, args.quick, epochs)
+            plain.append(run_one(name, False, args.quick, epochs, args.every_n_steps)[0])
+            seconds, draw, captures = run_one(name, True, args.quick, epochs, args.every_n_steps)
             watched.append(seconds)
             draws.append(draw)
         p, w = statistics.median(plain), statistics.median(watched)
         label = f"{name} (quick)" if args.quick else name
+        label += f", {args.busy} busy" if args.busy else ""
         spread = f"[{min(plain):.1f}–{max(plain):.1f}]", f"[{min(watched):.1f}–{max(watched):.1f}]"
         draw = statistics.median(draws)
-        print(f"| {label} | {p:.1f} {spread[0]} | {w:.1f} {spread[1]} | {w / p:.3f}× | {draw:.2f} |")
+        print(f"| {label} | {p:.1f} {spread[0]} | {w:.1f} {spread[1]} | {w / p:.3f}× ", end="")
+        print(f"| {draw:.2f} | {captures} |")
         sys.stdout.flush()
 
 

@@ -14,9 +14,10 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from lightning_attnviz.analysis.views import AttentionView
+from lightning_attnviz.analysis.views import AttentionView, LayerStats
 from lightning_attnviz.render.maps import Strip, arrows, atlas, encode_png, evolution, head_grid, heatmap
 from lightning_attnviz.render.overlay import overlay, overlay_grid
+from lightning_attnviz.render.stats import render_stats
 
 WORDS = [
     "the",
@@ -63,6 +64,10 @@ def main() -> None:
     strip = Strip([mean] * 8, [32 * i for i in range(8)], list(range(10, 18)))
     rng = np.random.default_rng(0)
     image, heats = rng.random((224, 224, 3)), rng.random((12, 14, 14))
+    stats = [
+        LayerStats(f"blocks.{i}.attn", **{m: rng.random(12, dtype=np.float32) for m in LayerStats.METRICS})
+        for i in range(12)
+    ]
     cases = {
         "heatmap, 64 labelled tokens": lambda: heatmap(mean, visible, one.q_labels, one.k_labels, title),
         "heads grid, 8 heads + mean, L=64": lambda: head_grid(one, title),
@@ -71,6 +76,9 @@ def main() -> None:
         "arrows, 64 tokens, top 3": lambda: arrows(mean, one.q_labels, one.k_labels, title),
         "overlay, 224×224 image, 14×14 patches": lambda: overlay(image, heats[0], title, "", (16, 16)),
         "overlay grid, 12 heads + mean": lambda: overlay_grid(image, heats, title, "", (16, 16)),
+        "stats matrices, 12 × 12, every metric (size: the first)": lambda: render_stats(
+            stats, None, 1, (0, stats, {})
+        )[0].image,
     }
     print("| picture | size (H×W) | draw ms | encode_png ms | PNG bytes |")
     print("|---|---|---:|---:|---:|")

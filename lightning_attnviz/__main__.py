@@ -5,15 +5,17 @@
 
 ``render`` draws the token pictures of one saved capture (all but the evolution strip, which needs the
 captures before it) and, for vision runs, the overlays and rollout from the image saved with it;
-``--format svg|pdf`` embeds each picture in a vector file for papers. Files are named after their
-TensorBoard tags (``/`` → ``__``, long names shortened with a hash). ``gif`` draws the head-mean heatmap
-of one sample and layer at every saved capture, in step order, on one colour scale.
+``--format svg|pdf`` writes vector figures for papers (the same layout and colours, text as text).
+Files are named after their TensorBoard tags (``/`` → ``__``, long names shortened with a hash).
+``gif`` draws the head-mean heatmap of one sample and layer at every saved capture, in step order, on
+one colour scale.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -23,16 +25,20 @@ import numpy as np
 from PIL import Image
 
 from lightning_attnviz.analysis.vision import cls_to_patches, mean_received, rollout
-from lightning_attnviz.render.maps import PLOT_KINDS, Picture, heatmap, render_views
+from lightning_attnviz.render import vector
+from lightning_attnviz.render.canvas import Canvas, keep_canvases
+from lightning_attnviz.render.maps import Picture, heatmap, render_views
 from lightning_attnviz.render.overlay import overlay
+from lightning_attnviz.render.plots import TOKEN_PLOTS
 from lightning_attnviz.sinks.capture_file import CaptureFileError, SavedCapture, load_capture
 from lightning_attnviz.sinks.tags import Tags
 
 _VISION = ("overlay", "rollout")
+MIN_FPS, MAX_FPS = 0.01, 100.0  # a GIF frame lasts a whole number of hundredths of a second, at most 655 s
 
 
 def _file_name(tag: str, suffix: str) -> str:
-    name = re.sub(r"[^\w.\-]", "_", tag.replace("/", "__"))
+    name = re.sub(r"[^\w.\-#]", "_", tag.replace("/", "__"))  # "#" stays: attn#1 is not attn_1
     if len(name.encode()) > 120:  # file systems refuse names over 255 bytes; keep them readable and unique
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
         name = name.encode()[:100].decode(errors="ignore") + "-" + digest
@@ -80,41 +86,49 @@ def _vision_pictures(saved: SavedCapture, plots: Sequence[str]) -> list[Picture]
 
 def render_file(path: Path, out: Path, plots: Sequence[str], fmt: str = "png") -> list[Path]:
     """Write the pictures of one saved capture; returns their paths."""
-    saved = load_capture(path)
+    saved = _load(path)
     out.mkdir(parents=True, exist_ok=True)
     tags, written = Tags(), []
-    token_plots = [p for p in plots if p in PLOT_KINDS and p != "evolution"]
-    pictures = render_views(saved.views, saved.step, token_plots) + _vision_pictures(saved, plots)
+    token_plots = [p for p in plots if p in TOKEN_PLOTS and p != "evolution"]
+    with keep_canvases() as canvases:  # each picture's layout, for the vector formats
+        pictures = render_views(saved.views, saved.step, token_plots) + _vision_pictures(saved, plots)
+    layouts = {id(c.image): c for c in canvases}
     for picture in pictures:
         target = out / _file_name(
             tags.picture(picture.kind, picture.sample, picture.layer, picture.head), f".{fmt}"
         )
-        _save(picture.image, target, fmt)
+        _save(picture.image, layouts.get(id(picture.image)), target, fmt)
         written.append(target)
     return written
 
 
-def _save(image: np.ndarray, target: Path, fmt: str) -> None:
+def _save(image: np.ndarray, canvas: Canvas | None, target: Path, fmt: str) -> None:
+    """PNG as drawn; SVG and PDF as vector figures of the picture's layout (text as text)."""
     if fmt == "png":
         Image.fromarray(image).save(target)
         return
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    height, width = image.shape[:2]
-    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(image, interpolation="nearest")
-    ax.axis("off")
-    fig.savefig(target, format=fmt)
+    if canvas is None:  # a picture drawn without the layout engine: its pixels, with no text to find
+        canvas = Canvas(image.shape[0], image.shape[1])
+        canvas.image = np.ascontiguousarray(image)
+    vector.save(canvas, target, fmt)
 
 
 def animate(directory: Path, layer: str, sample: int, out: Path, fps: float) -> int:
-    """One head-mean heatmap per saved capture, as an animated GIF; returns the number of frames."""
-    frames, layers = [], set()
+    """One head-mean heatmap per saved capture, as an animated GIF; returns the number of frames.
+
+    A file that cannot be read (a partial write, a crafted file, a folder named like a capture) is
+    skipped with one line on stderr; the rest are drawn.
+    """
+    if not directory.is_dir():
+        raise CaptureFileError(f"{directory}: not a folder (give the attention_captures folder)")
+    frames, layers, skipped = [], set(), 0
     for path in sorted(directory.glob("step_*.npz")):
-        saved = load_capture(path)
+        try:
+            saved = _load(path)
+        except CaptureFileError as err:
+            skipped += 1
+            print(f"skipped: {_one_line(err)}", file=sys.stderr)
+            continue
         for view in saved.views:
             layers.add(view.layer)
             if view.layer == layer and view.sample == sample:
@@ -122,9 +136,10 @@ def animate(directory: Path, layer: str, sample: int, out: Path, fps: float) -> 
                 title = (layer, f"sample {sample} · step {saved.step} · epoch {saved.epoch} · head mean")
                 frames.append(heatmap(mean, visible, view.q_labels, view.k_labels, title, view.note))
     if not frames:
-        known = ", ".join(sorted(layers)) or "none (no step_*.npz files)"
+        known = ", ".join(sorted(layers)) or "none (no readable step_*.npz files)"
+        unread = f"; {skipped} file(s) skipped" if skipped else ""
         raise CaptureFileError(
-            f"{directory}: no capture of layer {layer!r}, sample {sample}; layers saved: {known}"
+            f"{directory}: no capture of layer {layer!r}, sample {sample}; layers saved: {known}{unread}"
         )
     height, width = max(f.shape[0] for f in frames), max(f.shape[1] for f in frames)
     padded = [
@@ -134,6 +149,43 @@ def animate(directory: Path, layer: str, sample: int, out: Path, fps: float) -> 
     images = [Image.fromarray(f) for f in padded]
     images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return len(images)
+
+
+def _load(path: Path) -> SavedCapture:
+    if not path.is_file():
+        raise CaptureFileError(f"{path}: not a file")
+    return load_capture(path)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _fps(text: str) -> float:
+    """Frames per second of a GIF: its frames last 0.01 s to 100 s (whole hundredths)."""
+    try:
+        fps = float(text)
+    except ValueError:
+        fps = math.nan
+    if not MIN_FPS <= fps <= MAX_FPS:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a number from {MIN_FPS} to {MAX_FPS:g}, got {text!r}")
+    return fps
+
+
+def _gif_path(text: str) -> Path:
+    if not text.lower().endswith(".gif"):
+        raise argparse.ArgumentTypeError(f"must be a file name ending in .gif, got {text!r}")
+    return Path(text)
+
+
+def _sample(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a sample index >= 0, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,26 +200,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     render.add_argument("capture", type=Path, help="a step_<step>.npz file")
     render.add_argument("--out", type=Path, default=Path("attention_pictures"))
-    kinds = [p for p in PLOT_KINDS if p != "evolution"] + list(_VISION)
+    kinds = [p for p in TOKEN_PLOTS if p != "evolution"] + list(_VISION)
     render.add_argument("--plots", nargs="+", default=kinds, choices=kinds)
     render.add_argument("--format", default="png", choices=("png", "svg", "pdf"))
     gif = commands.add_parser("gif", help="animate one sample's layer across the saved captures")
     gif.add_argument("captures", type=Path, help="the attention_captures directory")
     gif.add_argument("--layer", required=True)
-    gif.add_argument("--sample", type=int, default=0)
-    gif.add_argument("--out", type=Path, default=Path("attention.gif"))
-    gif.add_argument("--fps", type=float, default=2.0)
+    gif.add_argument("--sample", type=_sample, default=0)
+    gif.add_argument("--out", type=_gif_path, default=Path("attention.gif"), help="a .gif file")
+    gif.add_argument("--fps", type=_fps, default=2.0, help=f"frames per second, {MIN_FPS} to {MAX_FPS:g}")
     args = parser.parse_args(argv)
     try:
         if args.command == "render":
             for path in render_file(args.capture, args.out, args.plots, args.format):
                 print(path)
         else:
-            if args.fps <= 0:
-                parser.error(f"--fps must be > 0, got {args.fps}")
             print(f"{args.out}: {animate(args.captures, args.layer, args.sample, args.out, args.fps)} frames")
     except (CaptureFileError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
     return 0
 

@@ -10,7 +10,7 @@ from lightning_attnviz.capture.discover import AttentionSite, ModuleSelector
 from lightning_attnviz.capture.grid import PatchGrid, find_grid
 from lightning_attnviz.capture.relevance import relevance_job
 from lightning_attnviz.capture.samples import Target, Tokens, default_forward, token_labeller
-from lightning_attnviz.config import build_config
+from lightning_attnviz.config import build_config, setup_problems
 from lightning_attnviz.fixed_samples import (
     FixedSamples,
     capture_forward,
@@ -19,8 +19,10 @@ from lightning_attnviz.fixed_samples import (
     has_cross_attention,
     module_rows,
 )
+from lightning_attnviz.pipeline import spool
 from lightning_attnviz.pipeline.client import DRAIN_SECONDS, INTERRUPT_SECONDS, Drawing, warn
-from lightning_attnviz.pipeline.messages import Job, Setup, job_from_state
+from lightning_attnviz.pipeline.messages import Job, Setup
+from lightning_attnviz.pipeline.settings import LOGIT_GROWTH, MAX_LOGIT
 from lightning_attnviz.render.plots import default_plots
 from lightning_attnviz.sinks.loggers import LoggerSinks
 from lightning_attnviz.sinks.tags import Tags
@@ -76,7 +78,8 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         name: a namespace for the tags, files and checkpoint state, needed when one Trainer has two monitors.
         health: log ``attention_health/*``: each layer's largest logit, the fidelity of its maps to the
             kernel's output, the value-weighted sink share (see :mod:`lightning_attnviz.capture.probe`).
-        max_logit, logit_growth: warn once per layer whose largest logit passes ``max_logit``, or grows
+        max_logit, logit_growth: warn once per layer whose largest logit passes ``max_logit`` (default:
+            Kimi K2's QK-Clip cap, 100; again at 1e3 and 1e4, Wortsman et al. 2023), or grows
             ``logit_growth`` times over its first capture to above ``max_logit / 2``.
         relevance: also run a separate forward and backward at each capture for gradient-weighted
             relevance (Chefer et al. 2021; see :mod:`lightning_attnviz.capture.relevance`), drawn per sample.
@@ -119,8 +122,8 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         dashboard_tokens: int = 128,
         name: str | None = None,
         health: bool = True,
-        max_logit: float = 200.0,
-        logit_growth: float = 4.0,
+        max_logit: float = MAX_LOGIT,
+        logit_growth: float = LOGIT_GROWTH,
         relevance: bool = False,
         relevance_target: Callable[[Any], Any] | None = None,
         target: Target = None,
@@ -134,6 +137,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._restored: dict[str, Any] = {}
         self._seconds_per_capture: list[float] = []  # the drawing process's CPU time (benchmarks)
         self._drawing: Drawing | None = None
+        self._said_stages = False
         self._reset()
 
     def _reset(self) -> None:
@@ -150,7 +154,9 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         return self._generate_state_key(id=self.config.state_id)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._close(wait=False)
+        if stage != "fit":
+            return self._not_this_stage(stage)
+        self._close(0)
         self._reset()
         self._samples.reset()
         self._val_runs, self._restored = 0, {}
@@ -171,14 +177,26 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._enabled = True
         if trainer.is_global_zero:
             sinks.open()  # each logger gets what it can show; the first TensorBoardLogger everything
-            for message in sinks.warnings:
+            for message in [*sinks.warnings, *setup_problems(self.config, self._sites, grid)]:
                 warn(message)
             config = replace(self.config, sample_input=None, forward_fn=None, tokens=None, modules=None)
             config = replace(config, relevance_target=None, target=None)  # callables stay in this process
             plots = default_plots(self.config.plots, grid is not None)
             saves = sinks.captures_dir if self.config.save_captures else None
             self._setup = Setup(config, plots, grid, Tags(self.config.name), saves)
-            self._drawing = Drawing(self._setup, sinks.tensorboard_dir, on_outputs=sinks.on_outputs)
+            inflight = spool.folder(sinks.captures_dir or trainer.default_root_dir)
+            self._drawing = Drawing(self._setup, sinks.tensorboard_dir, sinks.on_outputs, inflight)
+
+    def _not_this_stage(self, stage: str) -> None:
+        """``validate``, ``test`` and ``predict`` log nothing (their step is the fit's last one: a capture
+        would land on it and overwrite the fit's files); said once per monitor."""
+        self._enabled = False
+        if not self._said_stages:
+            self._said_stages = True
+            warn(
+                f"AttentionMonitor captures during `fit` only; trainer.{stage}() logs no attention (it would "
+                "land on the fit's last step). For a look at a trained model, use `capture_attention`."
+            )
 
     # -- when ---------------------------------------------------------------------------------------
 
@@ -193,14 +211,16 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
             self._samples.take_train(batch)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self._enabled:
+            return
         if trainer.sanity_checking:
             if self.config.log_sanity_check:
-                self._capture(trainer, pl_module)
+                self._capture(trainer, pl_module, validation=True)
             return
         self._validated = True
         self._val_runs += 1
         if self.config.every_n_epochs and self._val_runs % self.config.every_n_epochs == 0:
-            self._capture(trainer, pl_module)
+            self._capture(trainer, pl_module, validation=True)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         """Validation was due but ran no batch: capture on a training batch rather than log nothing."""
@@ -217,27 +237,28 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         )
         self._val_runs += 1
         if self._val_runs % self.config.every_n_epochs == 0:
-            self._capture(trainer, pl_module)
+            self._capture(trainer, pl_module, validation=True)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         every = self.config.every_n_steps
         if every and trainer.global_step % every == 0:
-            self._capture(trainer, pl_module)
+            self._capture(trainer, pl_module, validation=False)
         elif self._drawing is not None:
             self._drawing.say()
 
     # -- what ---------------------------------------------------------------------------------------
 
-    def _capture(self, trainer: Any, pl_module: Any) -> None:
+    def _capture(self, trainer: Any, pl_module: Any, validation: bool) -> None:
+        """Validation captures are never skipped; step captures are when drawing falls behind."""
         if not self._enabled or (not trainer.is_global_zero and not self._everywhere):
             return
-        step, drawing = trainer.global_step, self._drawing
+        step, drawing = lit.metrics_step(trainer), self._drawing
         if step == self._last_step:
             return  # a step capture and a validation capture at the same step: log once
         if self._samples.rows is None:
             self._samples.take(first_val_batch(trainer), warn)
         fixed = self._samples.current()
-        if fixed is None or (drawing is not None and not drawing.ready()):
+        if fixed is None or (drawing is not None and not drawing.ready(validation)):
             return
         self._last_step = step
         try:
@@ -256,6 +277,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._modules_due = False
         epoch, diagnose, pending = trainer.current_epoch, not trainer.sanity_checking, tuple(cap.pending)
         job = Job(step, epoch, pending, samples.labels, samples.images, diagnose, modules, samples.targets)
+        job = replace(job, token_ids=samples.ids)
         if self.config.relevance:  # a separate forward + backward; the training state is left as it was
             forward, sites = self._forward, self._sites
             rel = relevance_job(trainer, pl_module, fixed, forward, self.config, sites, self._warn_once)
@@ -270,34 +292,39 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
     # -- state and cleanup ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The fixed samples, counters and the pipeline's bounded history (never waits for drawing)."""
+        """The fixed samples, counters, the pipeline's bounded history and the step and spool file of
+        each capture still drawing (never the capture itself; never waits for drawing)."""
         drawing = self._drawing.state() if self._drawing is not None else Drawing.saved(self._restored)
-        return {**self._samples.state_dict(), "val_runs": self._val_runs, **drawing}
+        counters = {"val_runs": self._val_runs, "last_step": self._last_step}
+        return {**self._samples.state_dict(), **counters, **drawing}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._val_runs = state_dict.get("val_runs", 0)
+        # Lightning finishes a validation a checkpoint interrupted (saved at its end) once more on
+        # resume: its capture is in flight or drawn already, and is not taken twice (alike on every rank)
+        self._last_step = state_dict.get("last_step")
         if not self._samples.load_state_dict(state_dict, warn):
             state_dict = {}  # other samples: what was drawn from the old ones starts over
-        replay = [job_from_state(j) for j in state_dict.get("replay", [])]
-        self._restored = {"pipeline": state_dict.get("pipeline"), "replay": replay}
+        self._restored = Drawing.saved(state_dict)
         if self._drawing is not None:
-            self._drawing.open(self._restored)  # restored after setup: start from the checkpoint
+            self._drawing.restore(self._restored)  # restored after setup: start from the checkpoint
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self._close(wait=True)
+        self._close(DRAIN_SECONDS)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Ctrl-C or an error: what was captured is still written (a shorter bounded wait), and what
-        could not be is counted in a warning."""
-        self._close(wait=True, seconds=INTERRUPT_SECONDS)
+        could not be is named in a warning."""
+        self._close(INTERRUPT_SECONDS)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        """Everything captured is drawn and written before this returns; safe to call twice."""
-        self._close(wait=True)
+        """Everything captured is drawn and written before this returns, or named in a warning
+        (at most ``DRAIN_SECONDS``); safe to call twice."""
+        self._close(DRAIN_SECONDS)
 
-    def _close(self, wait: bool, seconds: float = DRAIN_SECONDS) -> None:
+    def _close(self, seconds: float) -> None:
         if self._drawing is not None:
-            self._drawing.close(wait, seconds)
+            self._drawing.close(seconds)
             self._restored, self._seconds_per_capture = self._drawing.restored, self._drawing.seconds
             self._drawing = None
         if getattr(self, "_sinks", None) is not None:

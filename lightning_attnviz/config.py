@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning_attnviz.analysis.vision import HEAD_FUSIONS
-from lightning_attnviz.capture.discover import ModuleSelector
+from lightning_attnviz.capture.discover import AttentionSite, ModuleSelector
 from lightning_attnviz.capture.grid import PatchGrid
-from lightning_attnviz.capture.samples import first_rows, tensors, token_labeller
+from lightning_attnviz.capture.samples import batch_rows, first_rows, tensors, token_labeller
 from lightning_attnviz.pipeline.settings import MonitorConfig
-from lightning_attnviz.render.plots import ALL_PLOTS
+from lightning_attnviz.render.plots import ALL_PLOTS, IMAGE_PLOTS
 from lightning_attnviz.util.checks import (
     check_bool,
     check_callable,
@@ -24,6 +24,7 @@ from lightning_attnviz.util.checks import (
     check_rgb_stats,
     is_index,
     is_layer_selector,
+    missing_heads_message,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
@@ -35,6 +36,11 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     k["every_n_epochs"] = check_int("every_n_epochs", k["every_n_epochs"], minimum=0)
     k["every_n_steps"] = check_int("every_n_steps", k["every_n_steps"], minimum=1, optional=True)
     k["samples"] = check_int("samples", k["samples"], minimum=1)
+    if k["every_n_epochs"] == 0 and k["every_n_steps"] is None and not k["log_sanity_check"]:
+        raise ValueError(
+            "`every_n_epochs=0` turns epoch captures off, and with `every_n_steps=None` nothing would "
+            "ever be captured: give `every_n_epochs` >= 1 or `every_n_steps`"
+        )
     for name, minimum in (("max_tokens", 2), ("store_tokens", 2), ("dashboard_tokens", 2), ("top_k", 1)):
         k[name] = check_int(name, k[name], minimum=minimum)
     k["strip_length"] = check_int("strip_length", k["strip_length"], minimum=2)
@@ -52,10 +58,12 @@ def build_config(**kwargs: Any) -> MonitorConfig:
         k[name] = check_float(name, k[name], 0, 1, what="a number (normalised entropy)")
     check_callable("forward_fn", k["forward_fn"], "(pl_module, inputs) -> Any")
     for name in ("health", "relevance"):
-        check_bool(name, k.get(name, False))
-    for name, low, default in (("max_logit", 0, 200.0), ("logit_growth", 1, 4.0)):
-        k[name] = check_float(name, k.get(name, default), low, math.inf, what="a number")
-    check_callable("relevance_target", k.get("relevance_target"), "(output) -> Tensor")
+        check_bool(name, k[name])
+    for name, low in (("max_logit", 0), ("logit_growth", 1)):
+        k[name] = check_float(name, k[name], low, math.inf, what="a number")
+    check_callable("relevance_target", k["relevance_target"], "(output) -> Tensor")
+    if k["relevance_target"] is not None and not k["relevance"]:
+        raise ValueError("`relevance_target` is only used with `relevance=True`, got relevance=False")
     k["plots"] = check_list(
         "plots", k["plots"], lambda p: isinstance(p, str), "plot kinds", optional=True, choices=ALL_PLOTS
     )
@@ -67,7 +75,7 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     k["image_mean"] = check_rgb_stats("image_mean", k["image_mean"], positive=False)
     k["image_std"] = check_rgb_stats("image_std", k["image_std"], positive=True)
     token_labeller(k["tokens"])  # raises TypeError for what cannot label tokens
-    _check_target(k.get("target"))
+    _check_target(k["target"])
     if k["sample_input"] is not None:
         if not tensors(k["sample_input"]):
             raise TypeError(
@@ -75,6 +83,11 @@ def build_config(**kwargs: Any) -> MonitorConfig:
                 f"got {type(k['sample_input']).__name__}"
             )
         k["sample_input"] = first_rows(k["sample_input"], k["samples"])
+        if batch_rows(k["sample_input"]) == 0:
+            raise ValueError(
+                "`sample_input` must hold at least one row (a batched tensor whose first dimension is "
+                f"the samples), got tensors of shapes {[tuple(t.shape) for t in tensors(k['sample_input'])]}"
+            )
     name = k["name"]
     if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
         raise ValueError(f"`name` must be None or 1-40 letters, digits, '_' or '-', got {name!r}")
@@ -111,3 +124,22 @@ def _check_modules(modules: Any) -> ModuleSelector:
         "`modules` must be None, a name or glob, a list of them, or a predicate (name, module) -> bool, "
         f"got {modules!r}"
     )
+
+
+def setup_problems(config: MonitorConfig, sites: list[AttentionSite], grid: PatchGrid | None) -> list[str]:
+    """Arguments that cannot work with this model, each said once when the fit starts: picture kinds
+    that need an image grid the model lacks, and heads beyond a watched layer's (where the module says
+    how many it has; the drawing side checks the others at the first capture)."""
+    problems = []
+    vision = [p for p in config.plots or () if p in IMAGE_PLOTS]
+    if vision and grid is None:
+        problems.append(
+            f"AttentionMonitor: `plots` asks for {vision}, which draw attention over an image's patch "
+            f"grid, but no grid was found in this model (image_grid={config.image_grid!r}); they are not "
+            "drawn. Pass `image_grid=PatchGrid(...)` for a vision transformer that is not found "
+            "automatically, or leave them out."
+        )
+    heads = missing_heads_message(config.heads, {s.name: s.num_heads for s in sites if s.num_heads})
+    if heads is not None:
+        problems.append(heads)
+    return problems

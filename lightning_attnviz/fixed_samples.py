@@ -3,6 +3,7 @@ where they come from before any validation ran, and what the pictures need to kn
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,13 @@ import torch
 from lightning_attnviz.capture.context import AttentionCapture
 from lightning_attnviz.capture.discover import AttentionSite, find_attention
 from lightning_attnviz.capture.grid import PatchGrid
-from lightning_attnviz.capture.samples import axis_labels, batch_rows, first_rows, select_target
+from lightning_attnviz.capture.samples import (
+    axis_labels,
+    batch_rows,
+    first_rows,
+    sample_token_ids,
+    select_target,
+)
 from lightning_attnviz.capture.samples import images as sample_images
 from lightning_attnviz.pipeline.settings import MonitorConfig
 from lightning_attnviz.util import lightning as lit
@@ -91,8 +98,8 @@ def describe(
         if isinstance(err, KeyboardInterrupt):
             raise
         warn(
-            f"AttentionMonitor: `tokens` failed to label the samples ({type(err).__name__}: {err}); "
-            "axes show positions instead."
+            f"AttentionMonitor: `tokens` failed to label the samples ({type(err).__name__}: {err}, "
+            f"raised at {raised_at(err)}); axes show positions instead."
         )
         labels = [None if grid is None else grid.labels()] * n
         targets = [None] * n
@@ -126,6 +133,16 @@ def module_rows(sites: list[AttentionSite], cap: AttentionCapture) -> tuple[tupl
     return tuple((s.name, s.module_type, str(s.num_heads or "?"), how(s.name)) for s in sites)
 
 
+def raised_at(err: BaseException) -> str:
+    """``file:line in function`` of the innermost frame ``err`` passed through: where a user's
+    callback raised, for a warning that cannot chain the exception itself."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return "an unknown place"
+    last = frames[-1]
+    return f"{last.filename}:{last.lineno} in {last.name}"
+
+
 class FixedSamples:
     """The rows every capture runs on: ``sample_input``, else the first validation batch's first rows
     (a training batch's only when no validation ever runs); kept in checkpoints so a resumed fit
@@ -141,6 +158,7 @@ class FixedSamples:
         self.labels: tuple | None = None  # per sample: source tokens, target tokens, images
         self.targets: tuple = ()
         self.images: tuple = ()
+        self.ids: tuple = ()  # per sample, the token ids (role scores)
 
     def take(self, batch: Any, warn: Warn) -> None:
         if batch is None or self.rows is not None:
@@ -168,6 +186,7 @@ class FixedSamples:
             self.labels, self.targets, self.images = describe(
                 self.current(), labeller, grid, self.config, warn, encoder_decoder
             )
+            self.ids = () if grid is not None else sample_token_ids(self.current(), self.config.samples)
 
     def state_dict(self) -> dict[str, Any]:
         return {"samples": self.config.samples, "fixed": self.rows, "train_fixed": self.train_rows}

@@ -7,4 +7,4 @@ python=${PYTHON:-.venv/bin/python}
 fixtures=$(mktemp -d)
 trap 'rm -rf "$fixtures"' EXIT
 "$python" tests/js/make_fixtures.py "$fixtures"
-ATTNVIZ_JS_FIXTURES="$fixtures" node --test tests/js/
+ATTNVIZ_JS_FIXTURES="$fixtures" node --test tests/js/*.test.mjs

@@ -23,6 +23,7 @@ from matplotlib.image import imread
 from pytorch_lightning.loggers import CSVLogger
 
 from lightning_attnviz import AttentionMonitor
+from lightning_attnviz.analysis.views import ROLES
 from lightning_attnviz.sinks.tags import Tags
 
 MODULES_TAG = Tags().modules
@@ -45,10 +46,10 @@ def test_documented_tags_one_step_per_capture(tmp_path):
             for kind in ("heatmap", "head_1", "heads", "evolution"):  # arrows only when asked for
                 expected.add(f"attention/sample_{s}/{layer}/{kind}")
     # the whole model's layer × head matrices, one per metric (drift from the second capture on)
-    metrics = ("entropy_norm", "distance", "sink", "max_weight", "drift", "max_logit")
+    metrics = ("entropy_norm", "distance", "sink", "max_weight", "drift", "max_logit", *ROLES)
     expected |= {f"attention/stats/{m}" for m in metrics}
     assert set(events.Tags()["images"]) == expected
-    steps = [3, 6, 9]  # one capture per validation run, at trainer.global_step
+    steps = [2, 5, 8]  # one capture per validation run, at the step Lightning logs val_loss at
     for tag in expected:
         images = events.Images(tag)
         assert [e.step for e in images] == (steps[1:] if tag.endswith("stats/drift") else steps), tag
@@ -201,8 +202,8 @@ def test_no_tensorboard_logger_warns_once_and_training_goes_on(tmp_path):
     assert not [w for w in record if "AttentionMonitor" in str(w.message)]
     stat = "attention_stats/entropy/model.h.0.attn/mean"
     with open(f"{logger.log_dir}/metrics.csv", newline="") as f:
-        assert [int(r["step"]) for r in csv.DictReader(f) if r.get(stat)] == [3, 6]
-    for step in (3, 6):
+        assert [int(r["step"]) for r in csv.DictReader(f) if r.get(stat)] == [2, 5]
+    for step in (2, 5):
         picture = imread(f"{logger.log_dir}/attention/step_{step}/sample_0/model.h.0.attn/heatmap.png")
         assert picture.ndim == 3 and picture.shape[0] > 50
 
@@ -237,6 +238,7 @@ def test_no_validation_batches_warns_and_still_logs(tmp_path, how):
     with pytest.warns(RuntimeWarning, match=r"no validation batch ran in epoch 0.*first training batch"):
         trainer.fit(LitGPT(), token_loader(), val)
     events = read_events(trainer.logger.log_dir)
+    # at each epoch's end, where Lightning logs the epoch's own metrics (after its last step counted)
     assert [e.step for e in events.Images("attention/sample_0/model.h.0.attn/heatmap")] == [3, 6]
 
 
@@ -248,7 +250,8 @@ def test_schedule_options(tmp_path):
         e.step
         for e in read_events(trainer.logger.log_dir).Images("attention/sample_0/model.h.0.attn/heatmap")
     ]
-    assert steps == [0, 4, 6, 8, 12]  # sanity check (step 0), steps 4, 8, 12, every 2nd validation (6, 12)
+    assert steps == [0, 3, 5, 7, 11]  # sanity check (0), steps 4, 8, 12 (logged at 3, 7, 11, as
+    # Lightning logs their training metrics), every 2nd validation (after steps 6 and 12: at 5 and 11)
 
 
 def test_fast_dev_run_and_check_val_every_n_epoch(tmp_path):
@@ -262,7 +265,7 @@ def test_fast_dev_run_and_check_val_every_n_epoch(tmp_path):
         e.step
         for e in read_events(trainer.logger.log_dir).Images("attention/sample_0/model.h.0.attn/heatmap")
     ]
-    assert steps == [6, 12]
+    assert steps == [5, 11]
 
 
 def test_user_samples_forward_fn_layers_and_long_sequences(tmp_path):
@@ -301,8 +304,8 @@ def test_a_failing_labeller_costs_the_labels_only(tmp_path, error):
     assert trainer.state.finished
     events = read_events(trainer.logger.log_dir)
     assert events.Tensors(MODULES_TAG + "/text_summary")  # what did not fail was still written
-    assert [e.step for e in events.Images("attention/sample_0/model.h.0.attn/heatmap")] == [3, 6]
-    assert [e.step for e in events.Scalars("attention_stats/entropy/model.h.0.attn/mean")] == [3, 6]
+    assert [e.step for e in events.Images("attention/sample_0/model.h.0.attn/heatmap")] == [2, 5]
+    assert [e.step for e in events.Scalars("attention_stats/entropy/model.h.0.attn/mean")] == [2, 5]
 
 
 def test_hugging_face_model_fed_dicts_with_several_loggers(tmp_path):

@@ -33,7 +33,7 @@ def test_timm_and_hugging_face_vits_log_overlays(tmp_path, kind, layers):
                 assert f"attention/sample_{sample}/{layer}/{plot}" in tags
             assert f"attention/sample_{sample}/{layer}/arrows" not in tags  # not asked for
     overlay = events.Images(f"attention/sample_0/{layers[0]}/overlay")
-    assert [e.step for e in overlay] == [3, 6]
+    assert [e.step for e in overlay] == [2, 5]
     assert 300 <= overlay[0].width <= 520 and 300 <= overlay[0].height <= 520
     assert events.Images("attention/sample_1/rollout")[0].width == overlay[0].width
     distance = events.Scalars(f"attention_stats/distance/{layers[1]}/mean")

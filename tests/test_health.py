@@ -13,7 +13,9 @@ from torch import nn
 
 from lightning_attnviz import AttentionMonitor, capture_attention
 from lightning_attnviz.capture.inputs import compute
-from lightning_attnviz.capture.probe import head_norms
+from lightning_attnviz.capture.probe import Health, head_norms
+from lightning_attnviz.pipeline.health import HealthWarnings
+from lightning_attnviz.pipeline.settings import LOGIT_GROWTH, MAX_LOGIT
 
 B, H, L, S, E = 3, 2, 5, 7, 4
 
@@ -160,7 +162,7 @@ def test_fidelity_in_a_fit_and_on_a_wrong_model(tmp_path):
     trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
     events = read_events(trainer.logger.log_dir)
     for layer in ("model.h.0.attn", "model.h.1.attn"):
-        assert [e.step for e in events.Scalars(f"attention_health/max_logit/{layer}")] == [3, 6]
+        assert [e.step for e in events.Scalars(f"attention_health/max_logit/{layer}")] == [2, 5]
         assert max(e.value for e in events.Scalars(f"attention_health/fidelity/{layer}")) < 1e-5
         assert events.Scalars(f"attention_health/value_sink/{layer}")
         assert events.Images(f"attention/sample_0/{layer}/value_weighted")
@@ -247,3 +249,22 @@ def test_max_logit_warning(tmp_path):
         RuntimeWarning, match=r"largest attention logit of 'attn' is .* at step 6, above max_logit"
     ):
         trainer.fit(model, token_loader(), val)
+
+
+def test_max_logit_levels_from_the_literature_warn_once_each():
+    # max_logit=100: Kimi K2's QK-Clip cap; then Wortsman et al.'s 1e3 and 1e4
+    warnings = HealthWarnings(MAX_LOGIT, LOGIT_GROWTH)
+    said = [warnings.check("attn", Health(max_logit=torch.tensor([[top, 1.0]])), step) for step, top in (
+        (1, 90.0), (2, 150.0), (3, 160.0), (4, 2e3), (5, 3e3), (6, 2e4), (7, 5e4)
+    )]  # fmt: skip
+    said = [[m for m in s if "grew from" not in m] for s in said]  # the growth warning is its own rule
+    assert [len(s) for s in said] == [0, 1, 0, 1, 0, 1, 0]
+    assert "above max_logit=100, the cap Kimi K2's QK-Clip enforces" in said[1][0]
+    assert "above 1000, where loss degrades from about 1e3 (Wortsman et al. 2023)" in said[3][0]
+    assert "above 10000, where every run whose attention logits exceeded 1e4 diverged" in said[5][0]
+    jump = HealthWarnings(50.0, LOGIT_GROWTH).check("attn", Health(max_logit=torch.tensor([[2e4]])), 1)
+    assert len(jump) == 1 and "above 10000" in jump[0]  # past every level at once: the highest is said
+    high = HealthWarnings(5e3, LOGIT_GROWTH)
+    said = [high.check("attn", Health(max_logit=torch.tensor([[v]])), 1) for v in (2e3, 6e3, 2e4)]
+    said = [[m for m in s if "grew from" not in m] for s in said]
+    assert [len(s) for s in said] == [0, 1, 1] and "max_logit=5000:" in said[1][0]  # 1e3 is below it

@@ -10,6 +10,8 @@ import io
 import json
 import re
 import struct
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -25,7 +27,7 @@ from lightning_attnviz.sinks.base import EncodedPicture, Outputs
 from lightning_attnviz.sinks.loggers import CSVSink, LoggerSinks
 from lightning_attnviz.sinks.names import Names, file_path, mlflow_name, wandb_name
 
-STEPS = [3, 6]  # two epochs of three training steps: one capture after each validation
+STEPS = [2, 5]  # two epochs of three steps: a capture at each validation, where val_loss is logged
 STAT = "attention_stats/entropy/model.h.0.attn/mean"
 HEATMAP = "attention/sample_0/model.h.0.attn/heatmap"
 PACKAGES = ["pytorch_lightning", "lightning.pytorch"]
@@ -69,17 +71,17 @@ def _csv_rows(log_dir) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _check_csv(log_dir) -> None:
+def _check_csv(log_dir, steps=tuple(STEPS)) -> None:
     rows = _csv_rows(log_dir)
-    assert [int(r["step"]) for r in rows if r.get(STAT)] == STEPS
+    assert [int(r["step"]) for r in rows if r.get(STAT)] == list(steps)
     assert all(0 < float(r[STAT]) < np.log(10) for r in rows if r.get(STAT))
-    for step in STEPS:
+    for step in steps:
         folder = Path(log_dir) / "attention" / f"step_{step}"
         with Image.open(folder / "sample_0/model.h.0.attn/heatmap.png") as image:
             assert image.format == "PNG" and image.width > 50
         assert (folder / "sample_1/atlas.png").is_file()
         assert not list(folder.rglob(".*.partial"))
-    assert "model.h.0.attn" in (Path(log_dir) / "attention/step_3/modules.md").read_text()
+    assert "model.h.0.attn" in (Path(log_dir) / "attention/step_2/modules.md").read_text()
 
 
 def _wandb_records(path: Path) -> list:
@@ -125,9 +127,9 @@ def _wandb_rows(save_dir) -> list[dict[tuple[str, ...], object]]:
     ]
 
 
-def _check_wandb(save_dir) -> None:
+def _check_wandb(save_dir, steps=tuple(STEPS)) -> None:
     rows = [r for r in _wandb_rows(save_dir) if (wandb_name(STAT),) in r]
-    assert [r[("trainer/global_step",)] for r in rows] == STEPS
+    assert [r[("trainer/global_step",)] for r in rows] == list(steps)
     key = wandb_name(HEATMAP)
     assert key == "attention/sample_0/model_h_0_attn/heatmap"
     for row in rows:  # the pictures in the same row as the scalars of their capture
@@ -148,7 +150,7 @@ def _check_mlflow(tracking_uri: str, run_id: str) -> None:
     for step in STEPS:
         marks = (f"+step+{step}+", f"%step%{step}%")
         assert any(p.startswith(tuple(keys)) and any(m in p for m in marks) for p in images), images
-    modules = client.download_artifacts(run_id, "attention/modules/step_3.md")
+    modules = client.download_artifacts(run_id, "attention/modules/step_2.md")
     assert "model.h.0.attn" in Path(modules).read_text()
 
 
@@ -179,8 +181,8 @@ def test_csv_logger_gets_scalars_in_metrics_csv_and_pictures_as_pngs(tmp_path, p
     assert _fit(pl, logger) == []
     _check_csv(logger.log_dir)
     assert sorted(p.name for p in (Path(logger.log_dir) / "attention_captures").iterdir()) == [
-        "step_00000003.npz",
-        "step_00000006.npz",
+        "step_00000002.npz",
+        "step_00000005.npz",
     ]
 
 
@@ -221,6 +223,29 @@ def test_every_logger_at_once_each_gets_its_share(tmp_path, package, wandb_offli
     # saved captures go to the TensorBoard folder, once
     assert len(list(Path(board.log_dir).glob("attention_captures/*.npz"))) == 2
     assert not (Path(table.log_dir) / "attention_captures").exists()
+
+
+def test_every_capture_reaches_every_logger_on_a_busy_machine(tmp_path, wandb_offline):
+    """Two processes keep both cores busy: every capture taken still reaches TensorBoard, the CSV
+    and W&B before `fit` returns, the last one (taken at the end of the fit) included."""
+    pl, loggers = _package("pytorch_lightning")
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        board = loggers.TensorBoardLogger(tmp_path, name="tb", version=0)
+        table = loggers.CSVLogger(tmp_path, name="csv", version=0)
+        wandb = loggers.WandbLogger(save_dir=tmp_path, project="attnviz")
+        assert _fit(pl, [board, table, wandb], max_epochs=4) == []
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    wandb_offline.finish()
+    steps = [2, 5, 8, 11]  # one capture per validation: validation captures are never skipped
+    events = read_events(board.log_dir)
+    assert [e.step for e in events.Images(HEATMAP)] == steps
+    assert [e.step for e in events.Scalars(STAT)] == steps
+    _check_csv(table.log_dir, steps)
+    _check_wandb(tmp_path, steps)
 
 
 def _recording_logger(pl_loggers, fail: bool = False):

@@ -1,5 +1,7 @@
 """Odd data never crashes training nor leaves a silently empty log: each gets a clear warning."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -8,6 +10,7 @@ from lightning_models import LitEncoder, LitGPT, make_trainer, read_events, toke
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_attnviz import AttentionMonitor
+from lightning_attnviz.sinks.capture_file import load_capture
 
 
 class NaNInputs(LitGPT):
@@ -59,13 +62,18 @@ def test_fully_padded_rows_single_token_and_small_batches(tmp_path):
     assert not any("sample_1" in t for t in events.Tags()["images"])
 
     padded = torch.randint(1, 32, (2, 8))
-    padded[1, 4:] = 0
+    padded[1, :] = 0  # the second sequence is padding only: every key of every row is masked
     val = DataLoader(TensorDataset(padded, padded), batch_size=2)
     trainer = make_trainer(tmp_path / "padded", [AttentionMonitor()], max_epochs=1, limit_train_batches=1)
     pl.seed_everything(0)
     trainer.fit(LitEncoder(), token_loader(pad=True), val)
     events = read_events(trainer.logger.log_dir)
     assert events.Images("attention/sample_1/encoder.layers.0.self_attn/heatmap")
+    (saved,) = sorted((Path(trainer.logger.log_dir) / "attention_captures").glob("step_*.npz"))
+    empty = [v for v in load_capture(saved).views if v.sample == 1]
+    assert empty and all(not v.visible.any() and not v.weights.any() for v in empty)  # gray, zero
+    full = [v for v in load_capture(saved).views if v.sample == 0]
+    assert all(np.allclose(v.weights.sum(-1), 1, atol=1e-2) for v in full)
     assert all(
         np.isfinite(s.value)
         for s in events.Scalars("attention_stats/entropy/encoder.layers.0.self_attn/mean")

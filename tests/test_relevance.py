@@ -19,10 +19,10 @@ def _call(model, x):
     return model(x)
 
 
-def plain_relevance(model, x, attention_outputs, row):
+def plain_relevance(model, x, attention_outputs, row, target=None):
     """The reference: a float64 copy, each layer's attention taken where the model itself made it (a
     forward hook on the module that receives the softmax output), retain_grad, backward of the
-    predicted logit, then R = I + Σ mean_h (∇A ⊙ A)⁺ · R by hand."""
+    predicted logit (or of ``target(logits)``), then R = I + Σ mean_h (∇A ⊙ A)⁺ · R by hand."""
     model = model.double().eval()  # the caller's own copy
     x = x.double() if x.is_floating_point() else x
     maps = []
@@ -38,7 +38,8 @@ def plain_relevance(model, x, attention_outputs, row):
         for h in handles:
             h.remove()
     picked = logits[:, -1] if logits.dim() == 3 else logits
-    picked.gather(1, picked.argmax(1, keepdim=True)).sum().backward()
+    chosen = target(logits) if target else picked.gather(1, picked.argmax(1, keepdim=True))
+    chosen.sum().backward()
     n = maps[0].shape[-1]
     r = torch.eye(n, dtype=torch.float64).repeat(x.shape[0], 1, 1)
     for a in maps:
@@ -117,7 +118,7 @@ def test_training_state_is_untouched():
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     rng = torch.get_rng_state()
     maps, _ = relevance_pass(model, x, _call, find_attention(model))
-    assert maps
+    assert [m.sample for m in maps] == [0, 1]
     assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(m.training for m in model.modules())
@@ -126,10 +127,15 @@ def test_training_state_is_untouched():
 def test_user_target():
     model = GPT(GPTConfig(flash=True)).eval()
     x = torch.randint(0, 32, (2, 12))
-    maps, _ = relevance_pass(model, x, _call, find_attention(model), target_fn=lambda out: out[:, -1, 3])
-    expected_target = plain_relevance  # the default picks argmax; token 3 gives a different map
+    token_3 = lambda out: out[:, -1, 3]  # noqa: E731 - the default would explain the argmax instead
+    maps, _ = relevance_pass(model, x, _call, find_attention(model), target_fn=token_3)
+    assert maps[0].target == "the user's relevance_target"
+    reference = _gpt_with_marks(GPT(GPTConfig(flash=False)))
+    reference.load_state_dict(model.state_dict())
+    expected = plain_relevance(reference, x, lambda m: [b.attn.mark for b in m.h], row=11, target=token_3)
+    for m in maps:
+        assert torch.allclose(torch.from_numpy(m.matrix).double(), expected[m.sample], atol=1e-4)
     default, _ = relevance_pass(model, x, _call, find_attention(model))
-    assert maps[0].target == "the user's relevance_target" and expected_target
     assert not torch.allclose(torch.from_numpy(maps[0].matrix), torch.from_numpy(default[0].matrix))
 
 

@@ -37,6 +37,7 @@ from lightning_attnviz.render.maps import (
     render_views,
 )
 from lightning_attnviz.render.overlay import ALPHA, overlay, overlay_grid
+from lightning_attnviz.render.stats import draw_stats, metrics
 
 LUT = (matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
 LONG = "model.bert.encoder.layer.11.attention.self.with.a.much.longer.wrapper.name.around.it.query_key"
@@ -135,10 +136,10 @@ def test_shorten_keeps_both_ends_of_dotted_names():
 
 
 def test_a_string_title_wraps_at_separators_and_keeps_each_part_whole():
-    title = "model.bert.encoder.layer.1.attention.self · sample 0 · step 1234 · head mean"
+    title = "bert.encoder.layer.1.attention.self · sample 0 · step 1234 · head mean"
     canvas = draw_heatmap(np.full((4, 4), 0.25), None, list("abcd"), list("abcd"), title)
     drawn = " ".join(t.text for t in canvas.texts if t.box.inside(canvas.boxes["title"]))
-    assert "model.bert.encoder.layer.1.attention.self" in drawn and "step 1234 · head mean" in drawn
+    assert "bert.encoder.layer.1.attention.self" in drawn and "step 1234 · head mean" in drawn
 
 
 def test_evolution_panel_titles_do_not_overlap():
@@ -158,7 +159,46 @@ def test_heads_grid_is_readable_and_labelled():
     canvas = draw_head_grid(v, (v.layer, "sample 0 · step 1"))
     texts = {t.text for t in canvas.texts}
     assert {f"head {h}" for h in range(8)} | {"mean", "tok0"} <= texts
-    assert canvas.boxes["tile 0"].w >= 128 and canvas.boxes["tile 8"].h >= 128
+    assert canvas.boxes["tile 0"].w >= 64 and canvas.boxes["tile 8"].h >= 64  # a pixel a cell at least
+    few = draw_head_grid(view(12, heads=4), "t")  # up to 6 tiles: one row, as wide as a card
+    assert len({few.boxes[f"tile {i}"].y for i in range(5)}) == 1
+
+
+# TensorBoard shows a picture at its card's size: the Images dashboard 350 px wide, Time Series within
+# about 388 × 215 px (measured with a real TensorBoard in tests/e2e/tensorboard_pages.mjs).
+IMAGES_CARD, SERIES_CARD = 350, (388, 215)
+
+
+def _shown(canvas: layout.Canvas) -> tuple[float, float, float]:
+    """The smallest text's and the largest text's height in px as the Images dashboard shows them, and
+    the largest text's as Time Series shows it."""
+    small, large = min(t.size for t in canvas.texts), max(t.size for t in canvas.texts)
+    images = min(1.0, IMAGES_CARD / canvas.width)
+    series = min(SERIES_CARD[0] / canvas.width, SERIES_CARD[1] / canvas.height)
+    return small * images, large * images, large * series
+
+
+@pytest.mark.parametrize(("tokens", "heads"), [(12, 4), (64, 12)])
+def test_pictures_read_at_tensorboards_card_size(tokens, heads):
+    """Every text of the common pictures at 7 px or more on an Images card (the titles at 8.5) and
+    the titles at 7.5 px or more on a Time Series card; the pictures drawn before measured 3–5 px."""
+    v = view(tokens, heads=heads, layer="model.encoder.layers.11.self_attn")
+    title = (v.layer, "sample 0 · step 384 · head mean")
+    strip = Strip([v.head_mean()[0]] * 8, list(range(0, 400, 50)), list(range(8)))
+    stats = np.random.default_rng(0).random((12, heads))
+    layers = [f"model.encoder.layers.{i}.self_attn" for i in range(12)]
+    canvases = {
+        "heatmap": draw_heatmap(*v.head_mean(), v.q_labels, v.k_labels, title),
+        "heads": draw_head_grid(v, title),
+        "arrows": draw_arrows(v.weights[0], v.q_labels, v.k_labels, title),
+        "atlas": draw_atlas([view(tokens, heads, f"m.layers.{i}.attn") for i in range(6)], "step 1"),
+        "evolution": draw_evolution(strip, v.head_mean()[1], title),
+        "stats": draw_stats(stats, layers, metrics()["entropy_norm"], ("entropy", "step 1"), stats),
+    }
+    for kind, canvas in canvases.items():
+        small, large, series = _shown(canvas)
+        shape = (canvas.width, canvas.height)
+        assert small >= 7 and large >= 8.5 and series >= 7.5, (kind, shape, small, large, series)
 
 
 def test_atlas_rows_drop_the_common_prefix():

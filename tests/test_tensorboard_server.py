@@ -75,7 +75,7 @@ def test_end_to_end_real_fit_images_and_attention_tab(logdir, tmp_path):
         assert "attention/sample_1/model.h.0.attn/heads" in run_tags
         query = urllib.parse.urlencode({"run": "tb/version_0", "tag": tag})
         entries = json.loads(_get(f"{base}/images?{query}"))
-        assert [e["step"] for e in entries] == [3, 6]
+        assert [e["step"] for e in entries] == [2, 5]
         png = _get(f"{base}/individualImage?{entries[-1]['query']}")
         (tmp_path / "served.png").write_bytes(png)
         image = imread(tmp_path / "served.png")
@@ -89,9 +89,9 @@ def test_end_to_end_real_fit_images_and_attention_tab(logdir, tmp_path):
         assert "sample_0/model.h.1.attn" in tab_tags
         query = urllib.parse.urlencode({"run": "tb/version_0", "tag": "sample_0/model.h.1.attn"})
         steps = json.loads(_get(f"{tab}/steps?{query}"))
-        assert steps == [3, 6]
-        record = decode_map(_get(f"{tab}/map?{query}&step=6"))
-        assert (record.step, record.layer, record.q, record.k) == (6, "model.h.1.attn", 10, 10)
+        assert steps == [2, 5]
+        record = decode_map(_get(f"{tab}/map?{query}&step=5"))
+        assert (record.step, record.layer, record.q, record.k) == (5, "model.h.1.attn", 10, 10)
         assert record.visible is not None and not record.visible[0, 0, 1]  # causal: the future is masked
         assert abs(float(record.weights.mean(axis=0).sum(-1).mean()) - 1) < 0.05
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -171,6 +171,14 @@ def _range_labels(length: int, block: int) -> list[str]:
     return [f"{i}–{min(i + block, length) - 1}" for i in range(0, length, block)]
 
 
+# The per-head statistics of a layer (the fields of LayerStats), and every metric logged per layer:
+# these plus the drift since the previous capture, which needs two captures (analysis.history).
+METRICS: tuple[str, ...] = ("entropy", "entropy_norm", "distance", "sink", "max_weight")
+LOGGED_METRICS: tuple[str, ...] = (*METRICS, "drift")
+# The heads' role scores (analysis.roles), fields of LayerStats too, logged under attention_roles/.
+ROLES: tuple[str, ...] = ("previous_token", "duplicate_token", "induction", "first_token")
+
+
 @dataclass(frozen=True)
 class LayerStats:
     """Scalars of one layer, averaged over the fixed samples; ``per_head`` arrays have one value a head.
@@ -182,9 +190,11 @@ class LayerStats:
         distance: mean attention distance: in positions for sequences, Σ_j a_ij·|i−j| averaged over
             rows (self-attention only: NaN when queries and keys are different sequences); in pixels
             between patch centres for a layer on an image's patch grid (the ViT paper's measure, see
-            :func:`~lightning_attnviz.vision.mean_attention_distance`).
+            :func:`~lightning_attnviz.capture.grid.mean_attention_distance`).
         sink: mean weight on the first ``sink_tokens`` keys (the attention-sink share).
         max_weight: the largest weight.
+        previous_token, duplicate_token, induction, first_token: the heads' role scores
+            (:mod:`~lightning_attnviz.analysis.roles`); empty until scored, NaN for a head not scored.
     """
 
     layer: str
@@ -193,8 +203,16 @@ class LayerStats:
     distance: np.ndarray
     sink: np.ndarray
     max_weight: np.ndarray
+    previous_token: np.ndarray = field(default_factory=lambda: _NONE)
+    duplicate_token: np.ndarray = field(default_factory=lambda: _NONE)
+    induction: np.ndarray = field(default_factory=lambda: _NONE)
+    first_token: np.ndarray = field(default_factory=lambda: _NONE)
 
-    METRICS = ("entropy", "entropy_norm", "distance", "sink", "max_weight")
+    METRICS = METRICS
+    ROLES = ROLES
+
+
+_NONE = np.zeros(0, dtype=np.float32)  # a role not scored: no value for any head
 
 
 def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | None = None) -> LayerStats:

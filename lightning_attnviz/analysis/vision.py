@@ -1,6 +1,7 @@
 """Vision maths over one sample's weights: per-patch maps, rollout, attention distance, images.
 
-A ViT's sequence is ``[prefix tokens..., patches...]`` (see :class:`~lightning_attnviz.vision.PatchGrid`).
+A ViT's sequence is ``[prefix tokens..., patches...]`` (see
+:class:`~lightning_attnviz.capture.grid.PatchGrid`).
 Everything here takes ``(heads, L, L)`` weights (a ``torch.Tensor`` or ``numpy`` array), checks ``L``
 against the grid, and returns float64 ``numpy`` arrays.
 

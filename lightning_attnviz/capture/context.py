@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from lightning_attnviz.capture.discover import AttentionSite, ModuleSelector, find_attention, named_modules
 from lightning_attnviz.capture.flex import flex_scores
+from lightning_attnviz.capture.forward import install_attr, install_forward, is_tapped
 from lightning_attnviz.capture.inputs import AttentionMap, Inputs, Path, Pending, ScoresInputs, compute
 from lightning_attnviz.capture.kinds import WINDOW_READERS, CallInputs, read_call, unsupported_warning
 from lightning_attnviz.capture.readers import band_tap, block_sparse_taps
@@ -46,7 +47,7 @@ class AttentionCapture:
 
     Immediately (``defer=False``) each call's weights are computed as the model runs and land in
     :attr:`records`. Deferred, the taps only keep detached CPU copies of the sampled rows' inputs in
-    :attr:`pending`; :func:`~lightning_attnviz.pending.compute` turns each into an
+    :attr:`pending`; :func:`~lightning_attnviz.capture.inputs.compute` turns each into an
     :class:`AttentionMap` later, anywhere (the monitor does it in its drawing process).
     """
 
@@ -215,7 +216,7 @@ class AttentionCapture:
     def _wrap(self, module: nn.Module, before: Callable[[tuple, dict], Callable[[Any], None] | None]) -> None:
         """Run ``before(args, kwargs)`` ahead of ``module``'s own forward, for this instance only; what
         it returns, if anything, is called with the forward's result."""
-        if getattr(module.forward, "_attnviz_tap", False):
+        if is_tapped(module):
             return  # an encoder shared by several tapped layers is wrapped once
         original = module.forward
 
@@ -252,22 +253,11 @@ class AttentionCapture:
         self._set_forward(module, forward)
 
     def _set_forward(self, module: nn.Module, forward: Callable[..., Any], tap: bool = True) -> None:
-        forward._attnviz_tap = tap  # type: ignore[attr-defined]
-        self._set_attr(module, "forward", forward)
+        self._restore.append(install_forward(module, forward, tap))
 
     def _set_attr(self, module: nn.Module, name: str, value: Callable[..., Any]) -> None:
         """Set ``module.<name>`` on this instance only, restored on leaving the capture."""
-        had_own = name in module.__dict__
-        previous = module.__dict__.get(name)
-        setattr(module, name, value)
-
-        def restore() -> None:
-            if had_own:
-                setattr(module, name, previous)
-            else:
-                module.__dict__.pop(name, None)
-
-        self._restore.append(restore)
+        self._restore.append(install_attr(module, name, value))
 
     def _mode_on_(self) -> None:
         self._mode.__enter__()
@@ -311,6 +301,8 @@ class AttentionCapture:
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         key = name if call == 0 else f"{name}#{call}"
+        while call and key in self._by_name:  # a watched module really named "attn#1" keeps its name
+            key += "#"
         site = self._by_name.get(name)
         if site is not None:
             meta.update(axes=site.axes, layout=site.layout.kind, note=site.layout.note)
@@ -353,13 +345,13 @@ def capture_attention(
     Args:
         model: any ``nn.Module`` (a ``torch.compile`` wrapper is looked through).
         samples: how many leading batch rows to keep; memory is O(samples·H·L·S) per call.
-        modules: which modules to watch; see :func:`~lightning_attnviz.discover.find_attention`.
+        modules: which modules to watch; see :func:`~lightning_attnviz.capture.discover.find_attention`.
         max_tokens: ``None`` keeps exact maps. Otherwise a map longer than this is block-pooled while
             it is computed, a block of query rows at a time, so memory stays O(samples·H·max_tokens²)
             however long the sequence (see :attr:`AttentionMap.block`).
         stats: also accumulate per-row statistics at full resolution (:attr:`AttentionMap.stats`).
         defer: only keep detached CPU copies of the sampled rows' inputs (and projection weights) in
-            :attr:`AttentionCapture.pending`; :func:`~lightning_attnviz.pending.compute` makes the
+            :attr:`AttentionCapture.pending`; :func:`~lightning_attnviz.capture.inputs.compute` makes the
             weights later, e.g. in another process while training goes on.
 
     Raises:

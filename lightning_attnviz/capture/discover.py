@@ -62,6 +62,7 @@ def find_attention(model: nn.Module, modules: ModuleSelector = None) -> list[Att
     Raises:
         ValueError: a name or pattern in ``modules`` matches no module.
         TypeError: ``modules`` is none of the above.
+        RuntimeError: the predicate raised (its exception is chained).
     """
     named = named_modules(model)
     if modules is None:
@@ -69,7 +70,7 @@ def find_attention(model: nn.Module, modules: ModuleSelector = None) -> list[Att
         root_ok = not callable(getattr(model, "training_step", None))
         chosen = _innermost([n for n, m in named.items() if (n or root_ok) and _looks_like_attention(m)])
     elif callable(modules):
-        chosen = [n for n, m in named.items() if modules(n, m)]
+        chosen = [n for n, m in named.items() if _chosen(modules, n, m)]
     elif isinstance(modules, str) or (
         isinstance(modules, Sequence) and all(isinstance(p, str) for p in modules)
     ):
@@ -80,6 +81,17 @@ def find_attention(model: nn.Module, modules: ModuleSelector = None) -> list[Att
             f"(name, module) -> bool; got {type(modules).__name__}"
         )
     return [_site(name, named[name], named) for name in chosen]
+
+
+def _chosen(predicate: Callable[[str, nn.Module], bool], name: str, module: nn.Module) -> bool:
+    """The user's predicate on one module; what it raises is re-raised saying which argument raised."""
+    try:
+        return bool(predicate(name, module))
+    except Exception as err:
+        raise RuntimeError(
+            f"`modules`: the predicate raised {type(err).__name__} ({err}) on module {name!r} "
+            f"({type(module).__name__}); its own traceback is above"
+        ) from err
 
 
 def named_modules(model: nn.Module) -> dict[str, nn.Module]:

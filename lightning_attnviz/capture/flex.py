@@ -13,7 +13,7 @@ rebuilds, for the sampled rows only, exactly what the operator's reference imple
 Hidden positions are those ``mask_mod`` rejects inside partial blocks, and every position of a block the
 mask does not list (the fused kernel skips those blocks; full blocks skip ``mask_mod``). The result is
 kept as scores, not weights: ``score_mod`` is a closure that cannot travel to the drawing process, the
-scores can, and :func:`~lightning_attnviz.weights.scores_weights` softmaxes them there.
+scores can, and :func:`~lightning_attnviz.capture.weights.scores_weights` softmaxes them there.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class SoftmaxOutput:
 @dataclass(frozen=True)
 class ScoresInputs:
     """Scores a tap finished itself, ``(s, H, L, S)``, ``-inf`` where hidden: FlexAttention's scores
-    after the model's ``score_mod`` and block mask (:func:`~lightning_attnviz.flex.flex_scores`)."""
+    after the model's ``score_mod`` and block mask (:func:`~lightning_attnviz.capture.flex.flex_scores`)."""
 
     scores: Tensor
 
@@ -104,7 +104,9 @@ class Pending:
     """One attention call seen during capture, its weights not yet computed.
 
     Attributes:
-        key: the record's key: the module name for its first call, ``"<name>#<n>"`` for call ``n``.
+        key: the record's key: the module name for its first call, ``"<name>#<n>"`` for call ``n``
+            (``#`` is kept in tags, so ``attn#1`` never meets a module ``attn_1``; one ``#`` more when
+            another watched module is named ``attn#1`` itself).
         module: qualified name of the module that made the call.
         call: 0-based index of this call of ``module`` in the capture.
         path: how the weights are obtained (see :class:`AttentionMap`).
@@ -157,7 +159,7 @@ class AttentionMap:
             (the latent's row is the overlay), ``"talking_heads"`` (softmax before the head mix), or
             ``"windowed"``, ``"banded"``, ``"block_sparse"`` (made dense: see ``docs/layouts.md``).
         note: what the map shows where that is not plain token attention, for the module table.
-        health: max logit, fidelity and value norms (:class:`~lightning_attnviz.health.Health`).
+        health: max logit, fidelity and value norms (:class:`~lightning_attnviz.capture.probe.Health`).
         grid: ``(rows, cols)`` of the token grid a windowed map lies on (its stage: the resolution
             halves after each patch merging); ``None`` for other layouts.
     """

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from lightning_attnviz.capture.samples import batch_size
+
 Kind = Literal["token", "pool", "talking_heads", "windowed", "banded", "block_sparse", "channel"]
 Axis = Literal["source", "target"]
 # How capture reads a layout that is not one softmax (see find_reader); None: the kernel's own softmax.
@@ -215,8 +217,7 @@ def read_call(args: tuple, kwargs: Mapping[str, Any]) -> CallInputs:
     for arg in args:
         if isinstance(arg, Mapping):
             named.update({k: v for k, v in arg.items() if isinstance(k, str)})
-    sizes = [t.shape[0] for t in _tensors(args, named) if t.dim() > 0]
-    batch = max(set(sizes), key=sizes.count) if sizes else None
+    batch = batch_size([t.shape[0] for t in _tensors(args, named) if t.dim() > 0])
     mask = named.get("attention_mask")
     padded = None
     if isinstance(mask, Tensor) and mask.dim() == 2 and not mask.is_floating_point():

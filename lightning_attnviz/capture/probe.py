@@ -72,7 +72,7 @@ class Health:
 
 
 class Probe:
-    """Reads each block of scores and weights as :func:`~lightning_attnviz.weights._softmax_in_chunks`
+    """Reads each block of scores and weights as :func:`~lightning_attnviz.capture.weights._softmax_in_chunks`
     computes them: the max logit always, and with ``values`` the fidelity and value-weighted sink.
 
     Args:

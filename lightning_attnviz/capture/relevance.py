@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_attnviz.capture.discover import AttentionSite, named_modules
+from lightning_attnviz.capture.forward import install_forward
 
 _SOFTMAX_FUNCS = frozenset({torch.softmax, torch.Tensor.softmax, F.softmax, torch.special.softmax})
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -139,11 +140,7 @@ def _taps(model: nn.Module, sites: list[AttentionSite]) -> Iterator[tuple[_Mode,
             if site.tap != "function" or isinstance(module, nn.MultiheadAttention):
                 skipped.append(site.name)
                 continue
-            had, previous, original = (
-                "forward" in module.__dict__,
-                module.__dict__.get("forward"),
-                module.forward,
-            )
+            original = module.forward
 
             def forward(*args: Any, _site: AttentionSite = site, _orig: Any = original, **kwargs: Any) -> Any:
                 mode.scope.append(_site)
@@ -155,15 +152,11 @@ def _taps(model: nn.Module, sites: list[AttentionSite]) -> Iterator[tuple[_Mode,
                 finally:
                     mode.scope.pop()
 
-            module.forward = forward  # type: ignore[method-assign]
-            restore.append((module, had, previous))
+            restore.append(install_forward(module, forward, tap=False))
         yield mode, skipped
     finally:
-        for module, had, previous in reversed(restore):
-            if had:
-                module.forward = previous  # type: ignore[method-assign]
-            else:
-                module.__dict__.pop("forward", None)
+        for undo in reversed(restore):
+            undo()
 
 
 def logits_of(output: Any) -> Tensor:
@@ -216,7 +209,7 @@ def relevance_pass(
         model.eval()
         with torch.random.fork_rng(devices=rng_devices), torch.inference_mode(False), torch.enable_grad():
             inputs = _fresh(inputs)  # tensors made under inference_mode cannot enter autograd
-            with _taps(model, sites) as (mode, skipped), context() if context else _null():
+            with _taps(model, sites) as (mode, skipped), context() if context else nullcontext():
                 output = forward(model, inputs)
             if target_fn is not None:
                 target, row, words = target_fn(output).sum(), None, "the user's relevance_target"
@@ -262,11 +255,6 @@ def _fresh(batch: Any) -> Any:
     from lightning_utilities.core.apply_func import apply_to_collection
 
     return apply_to_collection(batch, Tensor, lambda t: t.clone())
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
 
 
 def relevance_job(

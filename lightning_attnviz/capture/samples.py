@@ -33,8 +33,7 @@ def first_rows(batch: Any, samples: int) -> Any:
     A tensor is batched when its first dimension is the batch size (the most common first dimension
     among the batch's tensors); others (a 0-d temperature, a shared table) are kept whole.
     """
-    sizes = [t.shape[0] for t in tensors(batch) if t.dim() > 0]
-    batch_size = max(set(sizes), key=sizes.count) if sizes else None
+    batch_size = batch_rows(batch)
 
     def rows(t: Tensor) -> Tensor:
         t = t.detach()
@@ -46,9 +45,14 @@ def first_rows(batch: Any, samples: int) -> Any:
 
 
 def batch_rows(batch: Any) -> int:
-    """How many rows the batched tensors of ``batch`` have (0 when none)."""
-    sizes = [t.shape[0] for t in tensors(batch) if t.dim() > 0]
-    return max(set(sizes), key=sizes.count) if sizes else 0
+    """How many rows the batched tensors of ``batch`` have: their most common first dimension (0 when
+    none)."""
+    return batch_size([t.shape[0] for t in tensors(batch) if t.dim() > 0]) or 0
+
+
+def batch_size(first_dims: Sequence[int]) -> int | None:
+    """The batch size among tensors' first dimensions: the most common one (``None`` when empty)."""
+    return max(set(first_dims), key=list(first_dims).count) if first_dims else None
 
 
 def tensors(inputs: Any) -> list[Tensor]:
@@ -66,6 +70,20 @@ def token_ids(inputs: Any) -> Tensor | None:
     apply_to_collection(inputs, Tensor, lambda t: found.append(t) if not t.is_floating_point() else None)
     ids = [t for t in found if t.dim() == 2 and t.dtype not in (torch.bool,)]
     return ids[0] if ids else None
+
+
+def sample_token_ids(fixed: Any, count: int) -> tuple[np.ndarray, ...]:
+    """The first ``count`` samples' token ids (:func:`token_ids`), one int64 ``(T,)`` array each, ``-1``
+    where a dict batch's ``attention_mask`` is 0 (padding), for the role scores' patterns; ``()`` when
+    the samples have none (images, embeddings given directly)."""
+    ids = token_ids(fixed)
+    if ids is None:
+        return ()
+    ids = ids[:count].detach().cpu().long()
+    mask = fixed.get("attention_mask") if isinstance(fixed, Mapping) else None
+    if isinstance(mask, Tensor) and mask.dim() == 2 and mask.shape[-1] == ids.shape[-1]:
+        ids = ids.masked_fill(mask[: len(ids)].cpu() == 0, -1)
+    return tuple(row.numpy() for row in ids)
 
 
 def token_labeller(tokens: Tokens) -> Callable[[list[int]], Sequence[str]] | None:

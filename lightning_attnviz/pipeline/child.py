@@ -1,18 +1,37 @@
-"""The drawing process: reads jobs from stdin, runs each monitor's pipeline and sinks, answers on a
-pipe of its own. Also the message framing both sides use (length-prefixed pickles)."""
+"""The drawing process: a receiving thread that answers at once, and a drawing thread that runs each
+monitor's pipeline and sinks below the training process's priority. Also the message framing both
+sides use (length-prefixed pickles).
+
+The receiving side never waits for a drawing: it answers :class:`Ping`, writes :class:`Spool` files
+of captures not yet drawn, and hears :class:`Hurry` while a capture is being drawn. Each capture is
+drawn on a thread of its own whose nice value is :data:`DRAWING_NICE` above the training process's
+(Linux keeps a nice value per thread), so that once training ends and waits (``Hurry``) the captures
+left are drawn at full priority. Every request is answered, a failing one with why.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import pickle
+import queue
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from lightning_attnviz.pipeline import spool
+from lightning_attnviz.pipeline.messages import Close, Closed, Done, Draw, Hurry, Open, Ping, Pong, Spool
+
 _HEADER = struct.Struct("<Q")
+# How far below training the drawing runs while training runs. 19 (the lowest) gets almost no CPU
+# on a machine kept busy by other processes (9 of 20 step captures skipped in one loaded run); at 10
+# a drawing thread gets ~10% of a core shared with one busy process, and training, at 0, ~90%
+# (CFS weights 110 : 1024). docs/drawing.md has the measurements.
+DRAWING_NICE = 10
+_PER_THREAD = sys.platform.startswith("linux")  # elsewhere a nice value is the whole process's
 
 
 def send(stream: Any, message: Any) -> None:
@@ -32,92 +51,272 @@ def receive(stream: Any) -> Any:
     return pickle.loads(data)
 
 
-class Serve:
-    """The drawing side: one :class:`~lightning_attnviz.pipeline.Pipeline` (and sinks) per monitor."""
+def _lower_this_thread() -> None:
+    """This thread only (Linux), ``DRAWING_NICE`` below where it is."""
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + DRAWING_NICE))
 
-    def __init__(self, reply: Callable[[Any], None]) -> None:
-        self.reply = reply
+
+class Serve:
+    """The drawing side of every monitor of one training process.
+
+    Args:
+        reply: sends an answer back (called from both threads; must be thread-safe).
+        lower: draw below the training process's priority (a drawing process, never a thread of the
+            training process: that would change its global state).
+    """
+
+    def __init__(self, reply: Callable[[Any], None], lower: bool) -> None:
+        self.reply, self.lower = reply, lower
         self.pipelines: dict[int, Any] = {}
         self.sinks: dict[int, list] = {}
+        self.notes: dict[int, list[str]] = {}  # per channel: said with its next answer
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.lock = threading.Lock()
+        self.pending: dict[int, Draw] = {}  # received and not drawn yet, by job id
+        self.spooled: dict[int, str] = {}  # the spool file of a pending capture, once written
+        self.quitting = False
+        self.hurry = threading.Event()
+        self._spools: queue.Queue[tuple[int, str]] = queue.Queue()
+        self._spooler: threading.Thread | None = None
 
-    def handle(self, message: tuple) -> None:
+    # -- the receiving thread -----------------------------------------------------------------------
+
+    def accept(self, message: Any) -> None:
+        """Take one message as it arrives: answer what needs no drawing, queue the rest."""
+        if isinstance(message, Ping):
+            self.reply(Pong(message.request))
+        elif isinstance(message, Hurry):
+            self.hurry.set()
+        elif isinstance(message, Spool):
+            self._keep(message.job_id, message.path)
+        else:
+            if isinstance(message, Draw):
+                with self.lock:
+                    self.pending[message.job_id] = message
+                if message.spool:
+                    self._keep(message.job_id, message.spool)
+            elif isinstance(message, Open):
+                self.hurry.clear()  # a new fit: training runs again
+            self.queue.put(message)
+
+    def finish(self, drop: bool = False) -> None:
+        """No more messages: draw what is queued, or (``drop``: the training process is gone) only
+        what is being drawn; a capture kept beside the logs stays there for a resume."""
+        self.quitting = drop
+        self.queue.put(None)
+
+    def _keep(self, job_id: int, path: str) -> None:
+        """Spool files are written on a thread of their own: a large capture takes a while to write,
+        and the receiving thread must stay free to answer."""
+        if self._spooler is None:
+            self._spooler = threading.Thread(target=self._spool_loop, name="attnviz-spool", daemon=True)
+            self._spooler.start()
+        self._spools.put((job_id, path))
+
+    def _spool_loop(self) -> None:
+        while True:
+            self._spool(*self._spools.get())
+
+    def _spool(self, job_id: int, path: str) -> None:
+        with self.lock:
+            draw = self.pending.get(job_id)
+        if draw is None:
+            return  # drawn already: the training process keeps the state after it
+        try:
+            spool.write_job(path, draw.job)
+        except Exception as err:
+            return self._note(
+                draw.channel,
+                f"AttentionMonitor: the capture at step {draw.job.step} could not be kept in {path} for a "
+                f"resume ({type(err).__name__}: {err}); a resume from this checkpoint cannot draw it.",
+            )
+        with self.lock:
+            if job_id in self.pending:
+                self.spooled[job_id] = path
+                return
+        spool.remove(path)  # drawn meanwhile: the training process keeps the state after it
+
+    # -- the drawing thread ---------------------------------------------------------------------------
+
+    def work(self) -> None:
+        while (message := self.queue.get()) is not None and not self.quitting:
+            try:
+                self.handle(message)
+            except Exception as err:  # every request is answered, a failing one with why
+                self._failed(message, err)
+
+    def handle(self, message: Any) -> None:
+        if isinstance(message, Open):
+            self._open(message)
+        elif isinstance(message, Draw):
+            self._draw(message)
+        elif isinstance(message, Close):
+            problems = self._close(message.channel)
+            self.reply(
+                Closed(message.channel, message.request, tuple(problems + self._notes(message.channel)))
+            )
+
+    def _failed(self, message: Any, err: Exception) -> None:
+        text = f"({type(err).__name__}: {err})"
+        if isinstance(message, Draw):
+            with self.lock:
+                self.pending.pop(message.job_id, None)
+            notes = (f"AttentionMonitor: drawing a capture failed {text}.", *self._notes(message.channel))
+            self.reply(Done(message.channel, message.job_id, None, notes, 0.0, None))
+        elif isinstance(message, Close):
+            self.reply(
+                Closed(message.channel, message.request, (f"AttentionMonitor: closing failed {text}.",))
+            )
+        elif isinstance(message, Open):
+            self._note(message.channel, f"AttentionMonitor: the drawing pipeline could not start {text}.")
+
+    def _note(self, channel: int, text: str) -> None:
+        with self.lock:
+            self.notes.setdefault(channel, []).append(text)
+
+    def _notes(self, channel: int) -> list[str]:
+        with self.lock:
+            return self.notes.pop(channel, [])
+
+    def _open(self, message: Open) -> None:
         from lightning_attnviz.pipeline.run import Pipeline
         from lightning_attnviz.sinks.tensorboard import TensorBoardSink
 
-        kind, channel = message[0], message[1]
-        if kind == "open":
-            _, _, setup, state, tensorboard_dir = message
-            self._close(channel)
-            self.pipelines[channel] = pipeline = Pipeline(setup)
-            if state:
-                pipeline.load_state_dict(state)
-            self.sinks[channel] = [TensorBoardSink(tensorboard_dir)] if tensorboard_dir else []
-        elif kind == "job":
-            _, _, job_id, job, want_outputs = message
-            started = time.process_time()
-            outputs, messages = self.pipelines[channel].run(job)
-            for sink in self.sinks.get(channel, []):
+        self._close(message.channel)
+        self.pipelines[message.channel] = pipeline = Pipeline(message.setup)
+        folder = message.tensorboard_dir
+        self.sinks[message.channel] = [TensorBoardSink(folder)] if folder else []
+        if message.state:
+            try:
+                pipeline.load_state_dict(message.state)
+            except Exception as err:  # a damaged state costs the history, never the drawing
+                self.pipelines[message.channel] = Pipeline(message.setup)
+                self._note(
+                    message.channel,
+                    f"AttentionMonitor: the saved history could not be restored ({type(err).__name__}: "
+                    f"{err}); evolution strips and drift start over.",
+                )
+
+    def _draw(self, message: Draw) -> None:
+        pipeline = self.pipelines[message.channel]
+
+        def draw() -> tuple[Any, list[str], float]:
+            started = time.thread_time()
+            outputs, messages = pipeline.run(message.job)
+            for sink in self.sinks.get(message.channel, []):
                 try:
                     sink.write(outputs)
                 except Exception as err:  # one sink failing must not lose the others, nor the job
-                    messages.append(
-                        f"AttentionMonitor: writing to {type(sink).__name__} failed "
-                        f"({type(err).__name__}: {err})."
-                    )
-            seconds = time.process_time() - started
-            state = self.pipelines[channel].state_dict()  # so a checkpoint never waits for drawing
-            self.reply(("done", channel, job_id, outputs if want_outputs else None, messages, seconds, state))
-        elif kind == "replay":
-            self.pipelines[channel].replay(message[3])
-        elif kind == "state":
-            pipeline = self.pipelines.get(channel)
-            self.reply(("state", channel, message[2], None if pipeline is None else pipeline.state_dict()))
-        elif kind == "close":
-            self._close(channel)
-            self.reply(("closed", channel, message[2]))
+                    pipeline.writes.add(type(sink).__name__, getattr(sink, "what", str(sink)), err)
+            messages = [*messages, *pipeline.writes.messages(message.job.step)]  # a full disk: said once
+            return outputs, messages, time.thread_time() - started
 
-    def _close(self, channel: int) -> None:
+        outputs, messages, seconds = self._at_priority(draw)
+        state = pipeline.state_dict()  # so that a checkpoint never waits for drawing
+        with self.lock:
+            self.pending.pop(message.job_id, None)
+            kept = self.spooled.pop(message.job_id, None)
+        if kept is not None:  # here too: the training process may be gone before it hears of it
+            try:
+                spool.mark_drawn(kept, state)
+            except Exception as err:
+                messages.append(f"AttentionMonitor: {kept} could not be marked drawn ({err}).")
+        notes = tuple(messages + self._notes(message.channel))
+        self.reply(
+            Done(
+                message.channel,
+                message.job_id,
+                outputs if message.want_outputs else None,
+                notes,
+                seconds,
+                state,
+            )
+        )
+
+    def _at_priority(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on a thread below the training process's priority, or here when training waits."""
+        if not (self.lower and _PER_THREAD) or self.hurry.is_set():
+            return fn()
+        result: dict[str, Any] = {}
+
+        def low() -> None:
+            _lower_this_thread()
+            try:
+                result["value"] = fn()
+            except BaseException as err:
+                result["error"] = err
+
+        thread = threading.Thread(target=low, name="attnviz-draw-low", daemon=True)
+        thread.start()
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["value"]
+
+    def _close(self, channel: int) -> list[str]:
+        problems = []
         for sink in self.sinks.pop(channel, []):
-            sink.close()
+            try:
+                sink.close()
+            except Exception as err:
+                problems.append(
+                    f"AttentionMonitor: closing {type(sink).__name__} failed ({type(err).__name__}: {err})."
+                )
         self.pipelines.pop(channel, None)
+        return problems
 
 
-def _quiet_and_low() -> None:
-    """The drawing process's own settings: low priority, one thread, no terminal signals."""
+def _quiet() -> None:
+    """The drawing process's own settings: one thread for maths, no terminal signals, no warnings
+    (its warnings reach nobody: they travel back as messages)."""
     import signal
     import warnings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it drains us
-    warnings.simplefilter("ignore")  # this process's own state: its warnings reach nobody anyway
-    with contextlib.suppress(OSError):
-        os.nice(19)
+    warnings.simplefilter("ignore")
+    if not _PER_THREAD:  # no nice value per thread: the whole process, for good
+        with contextlib.suppress(OSError):
+            os.nice(DRAWING_NICE)
     import torch
 
     torch.set_num_threads(1)
 
 
 def serve_forever(jobs: Any, out: Any) -> None:
-    """Read jobs until EOF, answer each; a job that cannot run at all is answered, never fatal."""
-    serve = Serve(lambda m: send(out, m))
+    """Read messages until the training process closes our input (or ends), then finish the capture
+    being drawn and return: what is not drawn yet is the training process's to account for (it keeps
+    every capture until it is drawn), and a capture kept beside the logs stays there for a resume."""
+    lock = threading.Lock()
+
+    def reply(message: Any) -> None:
+        try:
+            with lock:
+                send(out, message)
+        except OSError:  # the training process is gone
+            os._exit(0)
+
+    serve = Serve(reply, lower=True)
+    drawing = threading.Thread(target=serve.work, name="attnviz-draw", daemon=True)
+    drawing.start()
     while True:
         try:
             message = receive(jobs)
-        except EOFError:
+        except (EOFError, OSError):
             break
-        try:
-            serve.handle(message)
-        except Exception as err:
-            if message[0] == "job":
-                text = f"AttentionMonitor: drawing a capture failed ({type(err).__name__}: {err})."
-                send(out, ("done", message[1], message[2], None, [text], 0.0, None))
-    for channel in list(serve.pipelines):
-        serve._close(channel)
+        serve.accept(message)
+    serve.finish(drop=True)
+    drawing.join()
 
 
 def child_main(result_fd: int) -> None:
     """Entry of a spawned drawing process: jobs on stdin, answers on ``result_fd``."""
-    _quiet_and_low()
-    serve_forever(sys.stdin.buffer, os.fdopen(result_fd, "wb"))
+    _quiet()
+    try:
+        serve_forever(sys.stdin.buffer, os.fdopen(result_fd, "wb"))
+    finally:
+        os._exit(0)
 
 
 def forked_main(job_fd: int, result_fd: int) -> None:
@@ -128,7 +327,7 @@ def forked_main(job_fd: int, result_fd: int) -> None:
         for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP"):  # the parent's handlers are not ours
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_DFL)
-        _quiet_and_low()
+        _quiet()
         serve_forever(os.fdopen(job_fd, "rb"), os.fdopen(result_fd, "wb"))
     finally:
         os._exit(0)

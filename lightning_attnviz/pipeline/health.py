@@ -1,7 +1,7 @@
 """The drawing side of attention health: scalars, warnings, the module table's fidelity column, and the
 pictures (the max-logit matrix, value-weighted attention, relevance). Plain functions of what
-:func:`~lightning_attnviz.pending.compute` and :mod:`~lightning_attnviz.capture.relevance` produced; the
-pipeline runs each as a step of its own."""
+:func:`~lightning_attnviz.capture.inputs.compute` and :mod:`~lightning_attnviz.capture.relevance`
+produced; the pipeline runs each as a step of its own."""
 
 from __future__ import annotations
 
@@ -20,29 +20,23 @@ from lightning_attnviz.capture.grid import PatchGrid
 from lightning_attnviz.capture.inputs import AttentionMap
 from lightning_attnviz.capture.probe import Health
 from lightning_attnviz.capture.relevance import RelevanceMap
+from lightning_attnviz.pipeline.settings import DIVERGED, LOSS_DEGRADES, MAX_LOGIT
 from lightning_attnviz.render.maps import Picture, draw_head_grid, heatmap
 from lightning_attnviz.render.overlay import overlay
-from lightning_attnviz.render.stats import Metric, StatsPicture, stats_picture
+from lightning_attnviz.render.stats import Metric, matrix_picture
 from lightning_attnviz.sinks.tags import Tags
 
-# Warn when a layer's largest logit passes this. A documented heuristic, not a published constant
-# (Dehghani et al. 2023 and Wortsman et al. 2023 report the growth, not a threshold). Why 200: softmax
-# rows are one-hot in float32 from a logit gap of ln(2^24) ≈ 16.6, so beyond ~200 most rows of such a
-# head are, whatever the other keys; in bf16 (8-bit mantissa) a logit of 200 is itself rounded by ±0.5.
-# Measured in examples/divergence_demo.py (2-layer GPT, AdamW, no warmup, no qk-norm): the best learning
-# rate peaks near 75, a 3× larger one reaches ~380 and learns worse, a 10× larger one ~7000 and does
-# not learn at all.
-MAX_LOGIT = 200.0
-# ... or when it has grown this much over its value at the first capture of the fit, once above
-# max_logit / 2 (early logits are small: growth from there alone is ordinary learning).
-LOGIT_GROWTH = 4.0
+_LEVELS = {
+    LOSS_DEGRADES: "loss degrades from about 1e3 (Wortsman et al. 2023)",
+    DIVERGED: "every run whose attention logits exceeded 1e4 diverged (Wortsman et al. 2023)",
+}
 
 
 class HealthWarnings:
     """Warnings about logits that grow towards one-hot attention (once per layer and rule) and maps
     that do not reproduce the kernel's output (once per layer)."""
 
-    def __init__(self, max_logit: float = MAX_LOGIT, growth: float = LOGIT_GROWTH) -> None:
+    def __init__(self, max_logit: float, growth: float) -> None:
         self.max_logit, self.growth = max_logit, growth
         self.first: dict[str, float] = {}  # each layer's max logit at its first capture
         self.warned: set[str] = set()
@@ -52,14 +46,7 @@ class HealthWarnings:
         top = _layer_max(health.max_logit)
         if top is not None:
             first = self.first.setdefault(layer, top)
-            if top > self.max_logit and f"max:{layer}" not in self.warned:
-                self.warned.add(f"max:{layer}")
-                messages.append(
-                    f"AttentionMonitor: the largest attention logit of {layer!r} is {top:.1f} at step "
-                    f"{step}, above max_logit={self.max_logit:g}: softmax is close to one-hot there. Growing "
-                    "attention logits precede divergence (Dehghani et al. 2023; Wortsman et al. 2023); "
-                    "qk-layernorm or a lower learning rate are the usual remedies."
-                )
+            messages += self._levels(layer, top, step)
             grown = first > 0 and top >= self.growth * first and top > self.max_logit / 2
             if grown and f"growth:{layer}" not in self.warned:
                 self.warned.add(f"growth:{layer}")
@@ -80,6 +67,24 @@ class HealthWarnings:
                 "kernel computed; please report the module."
             )
         return messages
+
+    def _levels(self, layer: str, top: float, step: int) -> list[str]:
+        """One warning per level passed for the first time: ``max_logit``, then 1e3 and 1e4 above it."""
+        levels = {self.max_logit: "", **{v: why for v, why in _LEVELS.items() if v > self.max_logit}}
+        passed = [v for v in levels if top > v and f"max:{layer}:{v:g}" not in self.warned]
+        if not passed:
+            return []
+        level = max(passed)  # a jump past two levels at once says the higher one
+        self.warned.update(f"max:{layer}:{v:g}" for v in passed)
+        where = f"{level:g}, where {levels[level]}" if levels[level] else f"max_logit={self.max_logit:g}"
+        if level == self.max_logit == MAX_LOGIT:
+            where += ", the cap Kimi K2's QK-Clip enforces"
+        return [
+            f"AttentionMonitor: the largest attention logit of {layer!r} is {top:.1f} at step {step}, above "
+            f"{where}: softmax is close to one-hot there. Growing attention logits precede divergence "
+            "(Dehghani et al. 2023; Wortsman et al. 2023); qk-layernorm, QK-Clip or a lower learning rate "
+            "are the usual remedies."
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {"first": dict(self.first), "warned": sorted(self.warned)}
@@ -177,8 +182,7 @@ def max_logit_pictures(records: Sequence[AttentionMap], step: int) -> list[Pictu
     if not np.isfinite(values).any():
         return []
     title = (MAX_LOGIT_METRIC.title, f"step {step} · {len(layers)} layers × {values.shape[1]} heads")
-    image = stats_picture(values, layers, MAX_LOGIT_METRIC, title, change=False)
-    return [StatsPicture("stats", 0, None, image, metric="max_logit")]
+    return [matrix_picture(values, layers, MAX_LOGIT_METRIC, title, change=False)]
 
 
 def value_weighted_pictures(

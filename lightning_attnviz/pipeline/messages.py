@@ -1,5 +1,13 @@
 """The plain data the drawing side receives: a :class:`Setup` once per fit and a :class:`Job` per
-capture (both picklable), and a job as checkpoint state (:func:`job_state`, :func:`job_from_state`)."""
+capture (both picklable); a job as tensors, strings and numbers (:func:`job_state`,
+:func:`job_from_state`), as the spool files beside the logs keep it; and every message between the
+training process and the drawing process, one frozen dataclass per kind.
+
+Training → drawing: :class:`Open` (a monitor's pipeline), :class:`Draw` (one capture), :class:`Spool`
+(keep a capture beside the logs until it is drawn), :class:`Close`, :class:`Ping` (are you there?),
+:class:`Hurry` (training waits now: draw at full priority). Drawing → training: :class:`Done`,
+:class:`Closed`, :class:`Pong`. The receiving side of the drawing process answers ``Ping`` and
+handles ``Spool`` and ``Hurry`` at once, even while a capture is being drawn."""
 
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ from lightning_attnviz.capture.inputs import MHAInputs, Pending, ScoresInputs, S
 from lightning_attnviz.capture.relevance import RelevanceMap
 from lightning_attnviz.capture.windows import WindowInputs
 from lightning_attnviz.pipeline.settings import MonitorConfig
+from lightning_attnviz.sinks.base import Outputs
 from lightning_attnviz.sinks.tags import Tags
 
 
@@ -43,6 +52,7 @@ class Job:
     modules: tuple[tuple[str, str, str, str], ...] = ()  # module table rows, when it is due
     target_labels: tuple[tuple[str, ...] | None, ...] = ()  # decoder tokens per sample (encoder–decoder)
     relevance: tuple[RelevanceMap, ...] = ()  # per sample, with relevance=True
+    token_ids: tuple[np.ndarray | None, ...] = ()  # per sample, int64 (T,): the role scores' patterns
 
 
 def job_state(job: Job) -> dict[str, Any]:
@@ -68,6 +78,7 @@ def job_state(job: Job) -> dict[str, Any]:
             {**{f.name: getattr(r, f.name) for f in fields(r)}, "matrix": torch.from_numpy(r.matrix.copy())}
             for r in job.relevance
         ],
+        "token_ids": [None if x is None else torch.from_numpy(np.array(x)) for x in job.token_ids],
     }
 
 
@@ -93,4 +104,85 @@ def job_from_state(state: dict[str, Any]) -> Job:
             RelevanceMap(**{**r, "matrix": r["matrix"].numpy(), "layers": tuple(r["layers"])})
             for r in state.get("relevance", [])
         ),
+        token_ids=tuple(None if x is None else x.numpy() for x in state.get("token_ids", [])),
     )
+
+
+# -- messages between the two processes ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Open:
+    """Start (or restart, in a new drawing process) one monitor's pipeline and sinks."""
+
+    channel: int
+    setup: Setup
+    state: dict[str, Any] | None  # the pipeline's state to go on from (a checkpoint, a dead process)
+    tensorboard_dir: str | None  # where the drawing process writes its event file (None: nowhere)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Draw one capture; ``spool`` names the file that keeps it beside the logs until it is drawn."""
+
+    channel: int
+    job_id: int
+    job: Job
+    want_outputs: bool  # whether the training process writes other loggers from the outputs
+    spool: str | None = None
+
+
+@dataclass(frozen=True)
+class Spool:
+    """Write a capture already sent, and not yet drawn, to ``path`` (a checkpoint lists it)."""
+
+    channel: int
+    job_id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close a monitor's sinks after the captures sent before; always answered by :class:`Closed`."""
+
+    channel: int
+    request: int
+
+
+@dataclass(frozen=True)
+class Ping:
+    request: int
+
+
+@dataclass(frozen=True)
+class Hurry:
+    """Training has ended and waits for the drawing: draw what is left at the training process's
+    own priority rather than below it."""
+
+
+@dataclass(frozen=True)
+class Done:
+    """One capture drawn (or failed): what other loggers need, warnings, and the state after it."""
+
+    channel: int
+    job_id: int
+    outputs: Outputs | None
+    messages: tuple[str, ...]
+    seconds: float  # CPU seconds the drawing took
+    state: dict[str, Any] | None  # the pipeline's state after this capture (None: unchanged)
+
+
+@dataclass(frozen=True)
+class Closed:
+    channel: int
+    request: int
+    messages: tuple[str, ...] = ()  # why closing failed, if it did
+
+
+@dataclass(frozen=True)
+class Pong:
+    request: int
+
+
+ToDrawing = Open | Draw | Spool | Close | Ping | Hurry
+FromDrawing = Done | Closed | Pong

@@ -1,7 +1,7 @@
 """What one capture draws: the picture kinds as separate drawing steps, the image overlays, and the
-Attention tab's records. Plain functions of the fit's :class:`~lightning_attnviz.jobs.Setup`, the
-capture's :class:`~lightning_attnviz.jobs.Job` and what was computed from it; the
-:class:`~lightning_attnviz.pipeline.Pipeline` runs each step on its own and encodes the results."""
+Attention tab's records. Plain functions of the fit's :class:`~lightning_attnviz.pipeline.messages.Setup`, the
+capture's :class:`~lightning_attnviz.pipeline.messages.Job` and what was computed from it; the
+:class:`~lightning_attnviz.pipeline.run.Pipeline` runs each step on its own and encodes the results."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from lightning_attnviz.pipeline.health import health_groups
 from lightning_attnviz.pipeline.messages import Job, Setup
 from lightning_attnviz.render.maps import Picture, render_views
 from lightning_attnviz.render.overlay import overlay, overlay_grid
+from lightning_attnviz.render.plots import IMAGE_PLOTS, TOKEN_PLOTS
 from lightning_attnviz.render.stats import StatsPicture, render_stats
 from lightning_attnviz.sinks.tags import Tags
 from lightning_attnviz.tab import record
@@ -57,7 +58,7 @@ def picture_groups(
             strip = history.strip(v.sample, v.layer)
             if strip is not None:
                 strips[(v.sample, v.layer)] = strip
-    kinds = [k for k in setup.plots if k in ("heatmap", "heads", "arrows", "atlas", "evolution")]
+    kinds = [k for k in setup.plots if k in TOKEN_PLOTS]
     groups: list[tuple[str, Callable[[], list[Picture]]]] = [
         (k, lambda k=k: render_views(views, job.step, [k], (), c.top_k, strips)) for k in kinds
     ]
@@ -66,7 +67,7 @@ def picture_groups(
     if "stats" in setup.plots and stats:
         groups.append(("stats", lambda: stats_pictures(setup, stats, drift, job, previous)))
     if setup.grid is not None and job.images:
-        for kind in ("overlay", "overlay_heads", "rollout"):
+        for kind in IMAGE_PLOTS:
             if kind in setup.plots:
                 groups.append((kind, lambda kind=kind: vision(setup, kind, records, job)))
     labels = [list(x) if x is not None else None for x in job.labels]
@@ -161,6 +162,7 @@ def tab_records(
             image=image,
             grid=grid.grid if on_grid and grid is not None else None,
             prefix_tokens=grid.prefix_tokens if on_grid and grid is not None else 0,
+            epoch=job.epoch,
         )
         into.append((setup.tags.tab(view.sample, view.layer), blob))
 

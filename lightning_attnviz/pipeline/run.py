@@ -19,15 +19,20 @@ import numpy as np
 import torch
 
 from lightning_attnviz.analysis.history import Diagnostics, History
+from lightning_attnviz.analysis.roles import RoleHistory, roles_note
 from lightning_attnviz.analysis.views import AttentionView, LayerStats, layer_stats, make_views
 from lightning_attnviz.capture.inputs import AttentionMap, Pending, compute
 from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, module_table
 from lightning_attnviz.pipeline.messages import Job, Setup
 from lightning_attnviz.pipeline.plan import PreviousStats, on_grids, picture_groups, picture_tag, tab_records
-from lightning_attnviz.render.maps import encode_png
+from lightning_attnviz.pipeline.roles import roles_step
+from lightning_attnviz.pipeline.tab_extras import add_overview
+from lightning_attnviz.render.maps import Picture, encode_png
 from lightning_attnviz.sinks import capture_file as formats
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs
-from lightning_attnviz.sinks.tags import Tags
+from lightning_attnviz.sinks.failures import WriteFailures
+from lightning_attnviz.sinks.tags import Tags, clean
+from lightning_attnviz.util.checks import missing_heads_message
 
 
 class Pipeline:
@@ -39,37 +44,32 @@ class Pipeline:
         self.history = History(c.strip_length)
         self.diagnostics = Diagnostics(c.entropy_collapse, c.uniform_entropy)
         self.health = HealthWarnings(c.max_logit, c.logit_growth)
+        self.roles = RoleHistory()  # each head's role scores at the last captures, for phase changes
         self.layers: list[str] = []  # every layer logged so far, for the custom-scalars layout
         self.previous_stats: PreviousStats | None = None  # for the stats pictures' change panels
         self._warned: set[str] = set()
         self.messages: list[str] = []
+        self.writes = WriteFailures()  # what could not be written; the caller words it after the sinks
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "history": self.history.state_dict(),
             "diagnostics": self.diagnostics.state_dict(),
             "health": self.health.state_dict(),
+            "roles": self.roles.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history.load_state_dict(state.get("history", {}))
         self.diagnostics.load_state_dict(state.get("diagnostics", {}))
         self.health.load_state_dict(state.get("health", {}))
-
-    def replay(self, job: Job) -> None:
-        """Bring the history up to ``job`` without logging anything: for captures that were still
-        being drawn when a checkpoint was saved."""
-        c = self.setup.config
-        records = self._select(self._compute(job.pending, 1))
-        labels, targets = _labels(job)
-        grid = self.setup.grid.labels() if self.setup.grid is not None else None
-        self._drift(make_views(records, labels, c.max_tokens, targets, grid), job)
+        self.roles.load_state_dict(state.get("roles", {}))
 
     def run(self, job: Job) -> tuple[Outputs, list[str]]:
         """Outputs of one capture and the warnings it raised (each at most once per fit)."""
         self.messages = []
         c, tags = self.setup.config, self.setup.tags
-        out = Outputs(job.step)
+        out = Outputs(job.step, epoch=job.epoch)
         sink = c.sink_tokens or (
             self.setup.grid.prefix_tokens if self.setup.grid and self.setup.grid.prefix_tokens else 1
         )
@@ -77,7 +77,8 @@ class Pipeline:
         records = self._select(records)
         self._check(records, job)
         if job.modules:
-            out.text[tags.modules] = module_table(job.modules, records)
+            note = roles_note(records, job.token_ids) if c.stats else ""
+            out.text[tags.modules] = module_table(job.modules, records) + note
         if c.health:
             self._step("attention health", lambda: self._health(out, records, job))
         stats: list[LayerStats] = []
@@ -88,6 +89,12 @@ class Pipeline:
             )
             if job.diagnose:
                 self.messages += self.diagnostics.check(stats, job.step)
+        if stats:
+            roles = self.roles, out, tags, c.head_stats, stats, records, job
+            scored = self._step("role scores", lambda: roles_step(*roles))
+            if scored is not None:
+                stats, said = scored
+                self.messages += said
         new_layers = [r.key for r in records if r.key not in self.layers]
         if new_layers and c.stats:
             self.layers += new_layers
@@ -106,18 +113,19 @@ class Pipeline:
                 _scalars(out.scalars, tags, metric, st.layer, per_head, c.head_stats)
         if c.histograms:
             self._step("histograms", lambda: _histograms(out.histograms, tags, records))
-        self._pictures(out, views, records, job, stats, drift)
+        drawn = self._pictures(out, views, records, job, stats, drift)
         if stats:
             self.previous_stats = (job.step, stats, drift)
         if c.dashboard:
             self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, records, labels, job))
+            self._step("Attention tab overview", lambda: add_overview(out, tags, drawn, job.epoch))
         if c.save_captures and self.setup.log_dir is not None and views:
             path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
             images = list(job.images) if self.setup.grid is not None else []
-            self._step(
-                f"saving the capture file {path}",
-                lambda: formats.save_capture(path, views, job.step, job.epoch, self.setup.grid, images),
-            )
+            try:
+                formats.save_capture(path, views, job.step, job.epoch, self.setup.grid, images)
+            except Exception as err:  # a full disk: told once with the sinks' failures (self.writes)
+                self.writes.add("the capture files", f"the capture file {path}", err)
         return out, self.messages
 
     # -- steps ------------------------------------------------------------------------------------
@@ -161,31 +169,46 @@ class Pipeline:
                     self.messages += self.health.check(r.key, r.health, job.step)
 
     def _select(self, records: list[AttentionMap]) -> list[AttentionMap]:
-        """The layers ``layers=`` asks to draw, by index (negative from the end) or name/glob."""
+        """The layers ``layers=`` asks to draw, by index (negative from the end) or name/glob; a
+        selector that matches none of them is said once."""
         chosen = self.setup.config.layers
         if chosen is None:
             return records
         n = len(records)
-        keep = [
-            r
-            for i, r in enumerate(records)
-            if any(
-                (isinstance(sel, int) and sel in (i, i - n))
-                or (isinstance(sel, str) and fnmatch.fnmatchcase(r.key, sel))
-                for sel in chosen
-            )
-        ]
-        if not keep and records:
+
+        def hit(sel: int | str, i: int, r: AttentionMap) -> bool:
+            if isinstance(sel, int):
+                return sel in (i, i - n)
+            return fnmatch.fnmatchcase(r.key, sel)
+
+        keep = [r for i, r in enumerate(records) if any(hit(sel, i, r) for sel in chosen)]
+        missed = [sel for sel in chosen if not any(hit(sel, i, r) for i, r in enumerate(records))]
+        if missed and records:
+            drawn = "the others are drawn" if keep else "nothing is drawn"
             self._warn_once(
                 "layers",
-                f"AttentionMonitor: `layers={list(chosen)}` matches none of the captured "
-                f"layers {[r.key for r in records]}.",
+                f"AttentionMonitor: `layers={list(chosen)}`: {missed} match none of the {n} captured "
+                f"layers {[r.key for r in records]} (indices -{n} to {n - 1}); {drawn}.",
             )
         return keep
 
     def _check(self, records: list[AttentionMap], job: Job) -> None:
         """One warning for each thing the pictures cannot show as captured."""
-        c, grid = self.setup.config, self.setup.grid
+        c, grid, tags = self.setup.config, self.setup.grid, self.setup.tags
+        for r in records:  # in forward order, so the first of two clashing keys keeps the plain name
+            segment = tags.layer(r.key)
+            if segment != clean(r.key):
+                self._warn_once(
+                    f"renamed:{r.key}",
+                    f"AttentionMonitor: layers {tags.owner(clean(r.key))!r} and {r.key!r} would share the "
+                    f"tag name {clean(r.key)!r}; {r.key!r} is logged as {segment!r}.",
+                )
+        if c.heads and job.modules:  # modules that did not say their heads at setup: checked here, once
+            unknown = {row[0] for row in job.modules if row[2] == "?"}
+            heads = {r.key: r.weights.shape[1] for r in records if r.module in unknown}
+            message = missing_heads_message(c.heads, heads)
+            if message is not None:
+                self._warn_once("heads", message)
         pooled = [r for r in records if r.block != (1, 1)]
         if pooled:
             longest = max(max(r.length) for r in pooled)
@@ -252,13 +275,16 @@ class Pipeline:
         job: Job,
         stats: list[LayerStats],
         drift: dict[str, np.ndarray],
-    ) -> None:
+    ) -> list[Picture]:
+        """Draws and encodes every picture kind into ``out``; returns the pictures drawn."""
         tags = self.setup.tags
+        drawn: list[Picture] = []
         groups = picture_groups(
             self.setup, self.history, views, records, job, stats, drift, self.previous_stats
         )
         for kind, draw in groups:
             pictures = self._step(f"drawing the {kind} pictures", draw) or []
+            drawn += pictures
             for p in pictures:
                 png = self._step(f"encoding the {kind} pictures", lambda p=p: encode_png(p.image))
                 if png is not None:
@@ -268,6 +294,7 @@ class Pipeline:
                             tag, p.kind, p.sample, p.layer, png, p.image.shape[1], p.image.shape[0]
                         )
                     )
+        return drawn
 
 
 def _scalars(

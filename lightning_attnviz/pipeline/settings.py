@@ -1,6 +1,6 @@
 """The monitor's settings: what ``AttentionMonitor(...)`` was given, checked (by ``config.build_config``)
 and frozen. The drawing side receives them in its :class:`~lightning_attnviz.pipeline.messages.Setup`;
-nothing changes them during a fit. Each default is written here once."""
+nothing changes them during a fit."""
 
 from __future__ import annotations
 
@@ -11,49 +11,70 @@ from typing import Any
 from lightning_attnviz.capture.discover import ModuleSelector
 from lightning_attnviz.capture.grid import PatchGrid
 
+# The max-logit warning levels, from the literature. "Max logit": the largest scaled logit q·k·scale
+# (+ mask/bias) entering a head's softmax, as both sources measure it.
+# - MAX_LOGIT = 100: Kimi K2 (Kimi Team 2025, "Kimi K2: Open Agentic Intelligence", MuonClip) caps
+#   every head's max logit at τ = 100 with QK-Clip, rescaling W_q and W_k of a head that passes it: a
+#   production run treats more as a head to be fixed. Past 100 a float32 softmax row is one-hot for
+#   any logit gap above ln(2^24) ≈ 16.6. In examples/divergence_demo.py the best learning rate stays
+#   below 80 and a 3× larger one passes 400 and learns worse.
+# - LOSS_DEGRADES = 1e3 and DIVERGED = 1e4: Wortsman et al. 2023 ("Small-scale proxies for large-scale
+#   Transformer training instabilities", §3.1.1, attention logit growth): the loss degrades once the max
+#   logit reaches about 1e3, and every run whose logits exceeded 1e4 diverged.
+# Each level warns once per layer; the first is the user's `max_logit`, the others stay fixed.
+MAX_LOGIT = 100.0
+LOSS_DEGRADES = 1e3
+DIVERGED = 1e4
+# ... or when it has grown this much over its value at the first capture of the fit, once above
+# max_logit / 2 (early logits are small: growth from there alone is ordinary learning). A heuristic:
+# neither source gives a growth rate; 4× names a trend well before the first level is reached.
+LOGIT_GROWTH = 4.0
+
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """Everything ``AttentionMonitor(...)`` was given, checked. See the callback for each field."""
+    """Everything ``AttentionMonitor(...)`` was given, checked. The defaults are the callback's (written
+    once, in its signature); docs/callback.md says what each field does."""
 
-    every_n_epochs: int = 1
-    every_n_steps: int | None = None
-    samples: int = 2
-    sample_input: Any = None
-    forward_fn: Callable | None = None
-    modules: ModuleSelector = None
-    layers: tuple[int | str, ...] | None = None
-    heads: tuple[int, ...] = ()
-    tokens: Any = None
-    target: Any = None  # where the decoder's input tokens are in a batch: index, key or (batch) -> ids
-    plots: tuple[str, ...] | None = None
-    max_tokens: int = 64
-    store_tokens: int = 512
-    top_k: int = 3
-    log_sanity_check: bool = False
-    strip_length: int = 8
-    stats: bool = True
-    head_stats: bool = False
-    histograms: bool = True
-    save_captures: bool = True
-    sink_tokens: int | None = None
-    entropy_collapse: float = 0.02
-    uniform_entropy: float = 0.99
-    image_grid: PatchGrid | str | None = "auto"
-    image_mean: tuple[float, ...] | None = None
-    image_std: tuple[float, ...] | None = None
-    rollout_fusion: str = "mean"
-    rollout_discard: float = 0.0
-    dashboard: bool = True
-    dashboard_tokens: int = 128
-    name: str | None = None
-    # attention health (health.py): max logit, fidelity, value-weighted sink share, and their warnings
-    health: bool = True
-    max_logit: float = 200.0  # warn above this logit (see health_report.MAX_LOGIT for why)
-    logit_growth: float = 4.0  # warn when a layer's max logit grows this much over its first capture
-    # gradient-weighted relevance (relevance.py): a separate forward + backward at each capture
-    relevance: bool = False
-    relevance_target: Callable | None = None
+    every_n_epochs: int
+    every_n_steps: int | None
+    samples: int
+    sample_input: Any
+    forward_fn: Callable | None
+    modules: ModuleSelector
+    layers: tuple[int | str, ...] | None
+    heads: tuple[int, ...]
+    tokens: Any
+    target: Any  # where the decoder's input tokens are in a batch: index, key or (batch) -> ids
+    plots: tuple[str, ...] | None
+    max_tokens: int
+    store_tokens: int
+    top_k: int
+    log_sanity_check: bool
+    strip_length: int
+    stats: bool
+    head_stats: bool
+    histograms: bool
+    save_captures: bool
+    sink_tokens: int | None
+    entropy_collapse: float
+    uniform_entropy: float
+    image_grid: PatchGrid | str | None
+    image_mean: tuple[float, ...] | None
+    image_std: tuple[float, ...] | None
+    rollout_fusion: str
+    rollout_discard: float
+    dashboard: bool
+    dashboard_tokens: int
+    name: str | None
+    # attention health (capture/probe.py, pipeline/health.py): max logit, fidelity, value-weighted
+    # sink share, and their warnings
+    health: bool
+    max_logit: float  # warn above this logit (MAX_LOGIT above says why 100)
+    logit_growth: float  # warn when a layer's max logit grows this much over its first capture
+    # gradient-weighted relevance (capture/relevance.py): a separate forward + backward at each capture
+    relevance: bool
+    relevance_target: Callable | None
 
     @property
     def state_id(self) -> str:

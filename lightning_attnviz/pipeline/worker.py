@@ -1,121 +1,110 @@
-"""Drawing away from training: one low-priority child process per Python process, shared by monitors.
+"""Drawing away from training: one drawing process per Python process, shared by monitors, that
+never holds training up, never loses a capture it was handed, and whose every wait is bounded.
 
 Training must never wait for pictures nor compete with them for the GIL, so the pipeline runs in a
-child process (:func:`lightning_attnviz.serve.child_main`, niced, one thread), started on first use
-and kept for the life of the parent. Jobs go over a pipe as pickles (plain data: tensors, arrays, strings);
-results and warnings come back over another. The training thread only enqueues: a sender thread
-writes, a reader thread reads. If the child cannot start or dies, the same pipeline runs on a
-background thread in this process instead, and the user is told once.
+child process (:mod:`lightning_attnviz.pipeline.child`), started on first use (:mod:`.link`). The
+training process keeps every capture it hands over until its :class:`Done` arrives, and the
+pipeline's state after the last capture drawn. So when the drawing process ends (killed, crashed),
+a new one is started at the next training step, reopened from that state (the history goes on),
+and handed the captures again. A capture that was being drawn each of :data:`POISON` times the
+process ended is not drawn again (it may be what ends it; said once); after :data:`MAX_DEATHS` ends,
+or when no process can start, drawing goes on in a thread of the training process (said once).
 
-Accounting is per monitor (:class:`Channel`): how many jobs are in flight (back-pressure: the
-callback skips a capture rather than queue without bound), warnings to raise on the training thread,
-and the drawing seconds per capture (to say which capture rate can be sustained).
+A drawing process that stops answering (stopped by a signal, stuck) for :data:`STALL_SECONDS` while
+captures wait is ended and replaced the same way. The end of a fit waits at most its ``seconds`` for
+the captures and the close of the sinks, says what it waits for once it is long, then ends what is
+still drawing and names every capture that was not drawn, and why.
+
+Accounting is per monitor (:class:`Channel`): the captures in flight (back-pressure: the client
+skips step captures rather than queue without bound), warnings to raise on the training thread,
+the drawing seconds of recent captures, and the spool file of each capture a checkpoint listed.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import os
-import pickle
 import queue
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lightning_attnviz.pipeline.child import Serve, receive, send
+from lightning_attnviz.pipeline import spool
+from lightning_attnviz.pipeline.link import How, Link, default_how
+from lightning_attnviz.pipeline.messages import Close, Closed, Done, Draw, Hurry, Open, Ping, Pong, Spool
+
+STALL_SECONDS = 10.0  # no answer to a ping for this long while captures wait: the process is stuck
+PING_SECONDS = 1.0
+MAX_DEATHS = 5  # ends of the drawing process (in one Python process) before drawing moves to a thread
+POISON = 3  # a capture held at this many ends (the oldest each time) is not drawn again
+LONG_WAIT = 5.0  # the end of a fit says what it waits for once it has waited this long
+RESERVE = 3.0  # of a close's seconds, kept for ending a late process and hearing its last answers
+
+_job_ids = itertools.count(1)  # unique across drawing processes: a capture drawn again keeps its id
+
+
+def next_job_id() -> int:
+    return next(_job_ids)
 
 
 @dataclass
 class Channel:
-    """One monitor's view of the worker."""
+    """One monitor's view of the drawing side: the captures it holds until they are drawn."""
 
     id: int
-    in_flight: int = 0
+    on_outputs: Callable[[Any], None] | None = None  # loggers in this process, on the delivery thread
+    opened: Open | None = None
+    jobs: dict[int, Draw] = field(default_factory=dict)  # handed over and not drawn, oldest first
+    since: dict[int, float] = field(default_factory=dict)  # when each was handed over (monotonic)
+    spools: dict[int, str] = field(default_factory=dict)  # the spool file of a capture, if any
+    attempts: dict[int, int] = field(default_factory=dict)  # ends of the process while it was held
+    state: Any = None  # the pipeline's state after the last capture drawn
+    seconds: list[float] = field(default_factory=list)  # CPU seconds of recent captures
+    walls: list[float] = field(default_factory=list)  # seconds from handing over to drawn
     messages: list[str] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)  # drawing CPU seconds of recent captures
-    lost: int = 0
-    state: Any = None  # the pipeline's state after the last job drawn
-    jobs: dict[int, Any] = field(default_factory=dict)  # jobs sent and not drawn yet, by id
-    replies: dict[int, Any] = field(default_factory=dict)
+    closed: dict[int, tuple[str, ...]] = field(default_factory=dict)
     done: threading.Condition = field(default_factory=threading.Condition)
-    on_outputs: Callable[[Any], None] | None = None  # sinks in this process, called on the reader thread
+
+    def steps(self, ids: Any = None) -> str:
+        return ", ".join(str(self.jobs[i].job.step) for i in (self.jobs if ids is None else ids))
 
 
 class Worker:
-    """The parent side: sends jobs, routes answers to channels, notices a dead child."""
+    """The training side of the drawing process: hands messages over, routes answers to channels,
+    replaces a drawing process that ended or stopped answering."""
 
-    def __init__(self, use_process: bool = True) -> None:
-        self._ids = itertools.count(1)
+    def __init__(self, how: How | None = None) -> None:
+        self.pid = os.getpid()
+        self._lock = threading.RLock()
         self._channels: dict[int, Channel] = {}
-        self._outbox: queue.Queue[Any] = queue.Queue()
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self.mode = "process"
-        self._process: subprocess.Popen | None = None
-        self._local: Serve | None = None
+        self._ids = itertools.count(1)  # channels, pings and close requests
+        self._deliveries: queue.Queue[Any] = queue.Queue()
+        self._undelivered = 0
+        self._pings: dict[int, float] = {}
+        self._heard = time.monotonic()
+        self._deaths = 0
+        self._closing = 0
+        self._ended_by_us: tuple[str, bool] | None = None  # why, and whether the next start says it
         self.failure: str | None = None
-        if use_process:
+        threading.Thread(target=self._deliver_loop, name="attnviz-deliver", daemon=True).start()
+        self.link = self._connect(how or default_how())
+
+    @property
+    def mode(self) -> How:
+        return self.link.how
+
+    def _connect(self, how: How) -> Link:
+        if how != "thread":
             try:
-                self._start_fork() if _can_fork() else self._start_process()
+                return Link(how, self._incoming, self._on_end)
             except OSError as err:
-                self.failure = f"the drawing process could not start ({err})"
-        if self._process is None:
-            self._start_thread()
+                self.failure = f"a drawing process could not start ({err})"
+        return Link("thread", self._incoming, self._on_end)
 
-    # -- starting -----------------------------------------------------------------------------------
-
-    def _start_process(self) -> None:
-        read_fd, write_fd = os.pipe()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        code = f"from lightning_attnviz.pipeline.child import child_main; child_main({write_fd})"
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-c", code],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                pass_fds=(write_fd,),
-                start_new_session=True,  # no terminal signals: Ctrl-C is handled by draining
-                env=env,
-            )
-        finally:
-            os.close(write_fd)
-        results = os.fdopen(read_fd, "rb")
-        threading.Thread(target=self._send_loop, name="attnviz-send", daemon=True).start()
-        threading.Thread(target=self._read_loop, args=(results,), name="attnviz-read", daemon=True).start()
-
-    def _start_fork(self) -> None:
-        """Fork the drawing process from this one: no second import of torch (~1.5 s of CPU a spawned
-        process spends before its first picture). Everything it runs is imported first, so no import
-        lock can be held by another thread at the fork, and it never touches CUDA or the parent's
-        objects; it only reads jobs and writes files and answers."""
-        from lightning_attnviz.pipeline.child import forked_main
-
-        job_r, job_w = os.pipe()
-        result_r, result_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child
-            os.close(job_w)
-            os.close(result_r)
-            forked_main(job_r, result_w)
-        os.close(job_r)
-        os.close(result_w)
-        self._process = _Forked(pid, os.fdopen(job_w, "wb"))  # type: ignore[assignment]
-        results = os.fdopen(result_r, "rb")
-        threading.Thread(target=self._send_loop, name="attnviz-send", daemon=True).start()
-        threading.Thread(target=self._read_loop, args=(results,), name="attnviz-read", daemon=True).start()
-
-    def _start_thread(self) -> None:
-        self.mode = "thread"
-        self._local = Serve(self._route)
-        threading.Thread(target=self._local_loop, name="attnviz-draw", daemon=True).start()
-
-    # -- public -------------------------------------------------------------------------------------
+    # -- the training thread ------------------------------------------------------------------------
 
     def channel(self, on_outputs: Callable[[Any], None] | None = None) -> Channel:
         with self._lock:
@@ -123,186 +112,277 @@ class Worker:
             self._channels[ch.id] = ch
         return ch
 
-    def alive(self) -> bool:
-        return os.getpid() == self._pid and (self.mode == "thread" or self._process.poll() is None)  # type: ignore[union-attr]
-
-    def post(self, ch: Channel, message: tuple) -> None:
-        if message[0] == "job":
-            with ch.done:
-                ch.in_flight += 1
-                ch.jobs[message[2]] = message[3]
-        self._outbox.put(message)
-
-    def request(self, ch: Channel, kind: str, timeout: float) -> Any:
-        """Send ``kind`` ("state" or "close") after every job already sent; its answer, or None."""
-        rid = next(self._ids)
-        self._outbox.put((kind, ch.id, rid))
-        deadline = time.monotonic() + timeout
+    def open(self, ch: Channel, message: Open) -> None:
         with ch.done:
-            while rid not in ch.replies and self.alive():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                ch.done.wait(min(left, 0.5))
-            return ch.replies.pop(rid, None)
+            ch.opened, ch.state = message, message.state
+        self.link.send(message)
 
-    def wait(self, ch: Channel, timeout: float) -> bool:
-        """Until every job of ``ch`` is done (True), the timeout passes or the worker dies (False)."""
-        deadline = time.monotonic() + timeout
+    def submit(self, ch: Channel, draw: Draw) -> None:
         with ch.done:
-            while ch.in_flight and self.alive():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                ch.done.wait(min(left, 0.5))
-            return ch.in_flight == 0
+            ch.jobs[draw.job_id] = draw
+            ch.since[draw.job_id] = time.monotonic()
+            if draw.spool:
+                ch.spools[draw.job_id] = draw.spool
+        self.link.send(draw)
+
+    def spool(self, ch: Channel, job_id: int, path: str) -> None:
+        with ch.done:
+            if job_id not in ch.jobs:
+                return
+            ch.spools[job_id] = path
+        self.link.send(Spool(ch.id, job_id, path))
+
+    def check(self, revive: bool = True) -> str | None:
+        """Start a new drawing process if the last one ended; end one that stopped answering (it is
+        replaced at the next check). Returns why it ended a stuck process, if it did now."""
+        if os.getpid() != self.pid:
+            return None
+        if not self.link.alive():
+            if revive:
+                self._revive()
+            return None
+        return self._heartbeat()
 
     def forget(self, ch: Channel) -> None:
         with self._lock:
             self._channels.pop(ch.id, None)
 
     def stop(self) -> None:
-        """End the child after the jobs already sent (at interpreter exit)."""
-        self._outbox.put(None)
-        if self._process is not None:
-            try:
-                self._process.wait(timeout=60)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                self._process.kill()
+        """End the drawing process (at interpreter exit)."""
+        self.link.stop()
 
-    # -- threads --------------------------------------------------------------------------------------
+    # -- ends and stalls ------------------------------------------------------------------------------
 
-    def _send_loop(self) -> None:
-        stdin = self._process.stdin  # type: ignore[union-attr]
-        while True:
-            message = self._outbox.get()
-            try:
-                if message is None:
-                    stdin.close()
-                    return
-                send(stdin, message)
-            except (OSError, ValueError, pickle.PicklingError, TypeError, AttributeError) as err:
-                if message is not None and message[0] == "job":
-                    self._route(
-                        (
-                            "done",
-                            message[1],
-                            message[2],
-                            None,
-                            [f"AttentionMonitor: a capture could not be sent for drawing ({err}); lost."],
-                            0.0,
-                            None,
-                        )
-                    )
-                if isinstance(err, OSError):
-                    return
+    def _heartbeat(self) -> str | None:
+        if self.link.how == "thread":
+            return None  # a thread cannot be replaced; a close still ends at its deadline
+        now = time.monotonic()
+        with self._lock:
+            busy = self._closing or any(ch.jobs for ch in self._channels.values())
+            if not busy:
+                self._pings.clear()
+                return None
+            rid = None
+            if now - max(self._pings.values(), default=0.0) >= PING_SECONDS:
+                rid = next(self._ids)
+                self._pings[rid] = now
+            oldest = min(self._pings.values())
+        if rid is not None:
+            self.link.send(Ping(rid))
+        if now - oldest < STALL_SECONDS or now - self._heard < STALL_SECONDS:
+            return None
+        why = f"stopped answering for {STALL_SECONDS:.0f} s"
+        if self.link.stopped():
+            why += " (it is stopped by a signal, e.g. SIGSTOP)"
+        self._ended_by_us = (why, not self._closing)  # a close says it itself
+        self.link.kill()
+        return why
 
-    def _read_loop(self, results: Any) -> None:
-        while True:
-            try:
-                message = receive(results)
-            except (EOFError, OSError, pickle.UnpicklingError):
-                break
-            self._route(message)
-        self._on_death()
+    def _revive(self) -> None:
+        """A new drawing process, reopened where the last one was, handed every capture it held."""
+        old = self.link
+        old.ended.wait(2.0)  # its last answers are delivered first: nothing is drawn twice
+        self._settle(2.0)
+        old.send(None)  # its sender thread ends
+        ended_by_us, self._ended_by_us = self._ended_by_us, None
+        said = ended_by_us is None or ended_by_us[1]
+        if said:
+            self._deaths += 1
+        how = default_how() if self._deaths < MAX_DEATHS and old.how != "thread" else "thread"
+        self.failure = None
+        self.link = self._connect(how)
+        self._pings.clear()
+        self._heard = time.monotonic()
+        with self._lock:
+            channels = [ch for ch in self._channels.values() if ch.opened is not None]
+        dropped = self._drop_poison(channels) if said else {}
+        cause = f"it {ended_by_us[0]}" if ended_by_us else f"exit code {old.exit_code}"
+        for ch in channels:
+            with ch.done:
+                self.link.send(replace(ch.opened, state=ch.state))  # type: ignore[arg-type]
+                for job_id, draw in ch.jobs.items():
+                    self.link.send(replace(draw, spool=ch.spools.get(job_id)))
+                if said:
+                    ch.messages.append(self._death_message(ch, cause, dropped.get(ch.id)))
 
-    def _local_loop(self) -> None:
-        while True:
-            message = self._outbox.get()
-            if message is None:
-                return
-            try:
-                self._local.handle(message)  # type: ignore[union-attr]
-            except BaseException as err:
-                if message[0] == "job":
-                    self._route(
-                        (
-                            "done",
-                            message[1],
-                            message[2],
-                            None,
-                            [f"AttentionMonitor: drawing a capture failed ({type(err).__name__}: {err})."],
-                            0.0,
-                            None,
-                        )
-                    )
-
-    def _route(self, message: tuple) -> None:
-        kind, cid = message[0], message[1]
-        ch = self._channels.get(cid)
-        if ch is None:
-            return
-        if kind == "done" and message[3] is not None and ch.on_outputs is not None:
-            try:  # loggers in this process: written here, off the training thread, before "done"
-                ch.on_outputs(message[3])
-            except Exception as err:
-                with ch.done:
-                    ch.messages.append(
-                        f"AttentionMonitor: logging a capture failed ({type(err).__name__}: {err})."
-                    )
+    def _drop_poison(self, channels: list[Channel]) -> dict[int, str]:
+        """The capture being drawn when the process ended (the oldest held), if that is the
+        :data:`POISON`-th time: drawing it again could end the next process too."""
+        held = [(job_id, ch) for ch in channels for job_id in ch.jobs]
+        if not held:
+            return {}
+        job_id, ch = min(held, key=lambda item: item[0])
         with ch.done:
-            if kind == "done":
-                _, _, job_id, _, messages, seconds, state = message
-                ch.in_flight = max(0, ch.in_flight - 1)
-                ch.jobs.pop(job_id, None)
-                ch.state = state if state is not None else ch.state
-                ch.messages.extend(messages)
-                ch.seconds = [*ch.seconds, seconds][-8:]
-            else:
-                ch.replies[message[2]] = message[3] if kind == "state" else True
+            draw = ch.jobs[job_id]
+            ch.attempts[job_id] = ch.attempts.get(job_id, 0) + 1
+            if ch.attempts[job_id] < POISON:
+                return {}
+            del ch.jobs[job_id]
+            ch.since.pop(job_id, None)
+            ch.spools.pop(job_id, None)
             ch.done.notify_all()
+        return {ch.id: f"the capture at step {draw.job.step}, held each time, is not drawn again"}
 
-    def _on_death(self) -> None:
-        """Tell every monitor, once, that the drawing process ended and what was lost with it."""
-        code = self._process.poll() if self._process is not None else None
+    def _death_message(self, ch: Channel, cause: str, dropped: str | None) -> str:
+        held = f"; it held {len(ch.jobs)} capture(s) (step(s) {ch.steps()})" if ch.jobs else ""
+        again = " and draws them again" if ch.jobs else ""
+        if self.link.how == "thread":
+            why = self.failure or f"the drawing process ended {self._deaths} times"
+            where = f"drawing continues on a thread in the training process ({why}){again}"
+        else:
+            where = f"a new drawing process took over{again}"
+        lost = f"; {dropped}" if dropped else ""
+        return f"AttentionMonitor: the drawing process ended ({cause}){held}; {where}{lost}."
+
+    # -- the end of a fit -----------------------------------------------------------------------------
+
+    def close(self, ch: Channel, seconds: float, tell: Callable[[str], None]) -> list[str]:
+        """Wait at most ``seconds`` in all for ``ch``'s captures and the close of its sinks; returns
+        what could not be done, in words. ``tell`` says, once, what a long wait is for. With
+        ``seconds=0`` nothing is waited for: the sinks are closed after what was handed over."""
+        if seconds <= 0:
+            self.link.send(Close(ch.id, next(self._ids)))
+            return []
+        start = time.monotonic()
+        drain_until, end = start + max(0.0, seconds - RESERVE), start + seconds
+        self.link.send(Hurry())
+        with self._lock:
+            self._closing += 1
+        why: str | None = None
+        try:
+            why = self._drain(ch, drain_until, tell)
+            if why is not None and self.link.how != "thread":
+                if self.link.alive():  # still drawing at the deadline: end it, so that nothing
+                    self._ended_by_us = (why, False)  # is written after the count below
+                    self.link.kill()
+                self.link.ended.wait(max(0.1, min(2.0, end - time.monotonic())))
+                self._settle(max(0.1, min(2.0, end - time.monotonic())))
+            problems = self._close_sinks(ch, end) if why is None else []
+        finally:
+            with self._lock:
+                self._closing -= 1
+        with ch.done:
+            if ch.jobs:
+                lost = f"{len(ch.jobs)} capture(s) were not drawn (step(s) {ch.steps()})"
+                problems.append(f"AttentionMonitor: {lost}: {why}.")
+        return problems
+
+    def _drain(self, ch: Channel, until: float, tell: Callable[[str], None]) -> str | None:
+        """Until ``ch`` holds no capture (``None``), or why not."""
+        start, told = time.monotonic(), False
+        while True:
+            stuck = self.check()  # a process that ended is replaced and draws them again
+            if stuck is not None:
+                return f"the drawing process {stuck} and was ended"  # e.g. "stopped answering for 10 s"
+            with ch.done:
+                if not ch.jobs:
+                    return None
+                now = time.monotonic()
+                if now >= until:
+                    return f"they were still being drawn {now - start:.0f} s after training ended"
+                ch.done.wait(min(0.25, until - now))
+                count, steps = len(ch.jobs), ch.steps()
+            answering = time.monotonic() - self._heard < 3 * PING_SECONDS  # not a stuck process
+            if not told and count and answering and time.monotonic() - start > LONG_WAIT:
+                told = True
+                tell(
+                    f"AttentionMonitor: waiting for {count} capture(s) still being drawn (step(s) {steps}), "
+                    f"at most {until - time.monotonic():.0f} s more."
+                )
+
+    def _close_sinks(self, ch: Channel, end: float) -> list[str]:
+        rid = next(self._ids)
+        self.link.send(Close(ch.id, rid))
+        while True:
+            stuck = self.check(revive=False)
+            with ch.done:
+                if rid in ch.closed:
+                    return list(ch.closed.pop(rid))
+                if stuck is not None or not self.link.alive() or time.monotonic() >= end:
+                    break
+                ch.done.wait(0.25)
+        why = stuck or ("it ended" if not self.link.alive() else "no answer in time")
+        return [
+            f"AttentionMonitor: the drawing process did not close its files ({why}); the last capture's "
+            "event records may be incomplete."
+        ]
+
+    # -- the reader and delivery threads -----------------------------------------------------------------
+
+    def _incoming(self, message: Any) -> None:
+        self._heard = time.monotonic()
+        if isinstance(message, Pong):
+            with self._lock:
+                self._pings = {r: t for r, t in self._pings.items() if r > message.request}
+            return
+        with self._lock:
+            self._undelivered += 1
+        self._deliveries.put(message)
+
+    def _on_end(self) -> None:
         with self._lock:
             channels = list(self._channels.values())
         for ch in channels:
             with ch.done:
-                lost = f"; {ch.in_flight} capture(s) being drawn were lost" if ch.in_flight else ""
-                ch.lost += ch.in_flight
-                ch.messages.append(
-                    f"AttentionMonitor: the drawing process ended (exit code {code}){lost}; drawing "
-                    "continues on a background thread."
-                )
-                ch.in_flight = 0
-                ch.jobs.clear()
                 ch.done.notify_all()
 
-
-def _can_fork() -> bool:
-    """Fork on Linux (fast, copy-on-write); spawn elsewhere (macOS frameworks are not fork-safe)."""
-    how = os.environ.get("ATTNVIZ_WORKER", "process")
-    return how != "spawn" and sys.platform.startswith("linux") and hasattr(os, "fork")
-
-
-class _Forked:
-    """The forked child seen through the parts of ``subprocess.Popen`` the worker uses."""
-
-    def __init__(self, pid: int, stdin: Any) -> None:
-        self.pid, self.stdin, self._code = pid, stdin, None
-
-    def poll(self) -> int | None:
-        if self._code is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                return -1
-            if pid:
-                self._code = os.waitstatus_to_exitcode(status)
-        return self._code
-
-    def wait(self, timeout: float) -> int | None:
+    def _settle(self, timeout: float) -> None:
+        """Until every answer received so far is routed (bounded)."""
         deadline = time.monotonic() + timeout
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired("drawing process", timeout)
-            time.sleep(0.02)
-        return self._code
+        while self._undelivered and time.monotonic() < deadline:
+            time.sleep(0.01)
 
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, 9)
+    def _deliver_loop(self) -> None:
+        """Answers in order, off the reader thread: loggers written here may take a while, and the
+        reader must stay free to hear pongs."""
+        while True:
+            message = self._deliveries.get()
+            try:
+                self._route(message)
+            finally:
+                with self._lock:
+                    self._undelivered -= 1
+
+    def _route(self, message: Any) -> None:
+        ch = self._channels.get(message.channel)
+        if ch is None:
+            return
+        if isinstance(message, Closed):
+            with ch.done:
+                ch.closed[message.request] = message.messages
+                ch.done.notify_all()
+            return
+        if not isinstance(message, Done):
+            return
+        with ch.done:
+            known, path = message.job_id in ch.jobs, ch.spools.get(message.job_id)
+        if not known:
+            return  # answered twice (handed again after the process ended): once is enough
+        notes = list(message.messages)
+        if message.outputs is not None and ch.on_outputs is not None:
+            try:  # loggers in this process: written before the capture counts as drawn
+                ch.on_outputs(message.outputs)
+            except Exception as err:
+                notes.append(f"AttentionMonitor: logging a capture failed ({type(err).__name__}: {err}).")
+        if path is not None:
+            try:
+                spool.mark_drawn(path, message.state or ch.state, overwrite=False)
+            except Exception as err:
+                notes.append(
+                    f"AttentionMonitor: the state after step {ch.jobs[message.job_id].job.step} "
+                    f"could not be kept beside the logs ({type(err).__name__}: {err})."
+                )
+        with ch.done:
+            ch.jobs.pop(message.job_id, None)
+            wall = time.monotonic() - ch.since.pop(message.job_id, time.monotonic())
+            ch.spools.pop(message.job_id, None)
+            ch.attempts.pop(message.job_id, None)
+            if message.state is not None:
+                ch.state = message.state
+            if message.seconds > 0:
+                ch.seconds, ch.walls = [*ch.seconds, message.seconds][-8:], [*ch.walls, wall][-8:]
+            ch.messages.extend(notes)
+            ch.done.notify_all()
 
 
 _shared: Worker | None = None
@@ -310,13 +390,10 @@ _shared_lock = threading.Lock()
 
 
 def shared_worker() -> Worker:
-    """The worker of this process, started (or restarted after a death) on demand."""
+    """The worker of this process, started on first use (a forked copy of this process gets its own)."""
     global _shared
     with _shared_lock:
-        if _shared is None or not _shared.alive():
-            use_process = os.environ.get("ATTNVIZ_WORKER", "process") != "thread"
-            if _shared is not None and _shared.mode == "process":
-                use_process = False  # it died once: keep drawing, in a thread
-            _shared = Worker(use_process)
+        if _shared is None or _shared.pid != os.getpid():
+            _shared = Worker()
             atexit.register(_shared.stop)
         return _shared

@@ -11,6 +11,8 @@ from lightning_attnviz.render import canvas as layout
 from lightning_attnviz.render.canvas import Canvas
 from lightning_attnviz.render.scale import _LABEL, _PAD, UNIFORM_AT, _bounded, _notes, levels
 
+LINE_RGB = (31, 90, 170)
+
 
 def draw_arrows(
     weights: np.ndarray,
@@ -24,11 +26,11 @@ def draw_arrows(
     """:func:`arrows` with its layout (``boxes["lines"]`` is the band the lines cross)."""
     weights, visible, q_labels, k_labels = _bounded(weights, visible, q_labels, k_labels)
     q_len, k_len = weights.shape
-    row = int(np.clip(768 // max(q_len, k_len), 6, 24))
+    row = int(np.clip(240 // max(q_len, k_len), 3, 18))
     every = layout.stride(row)
     q_w = max((layout.width(t, _LABEL) for t in q_labels[::every]), default=0)
     k_w = max((layout.width(t, _LABEL) for t in k_labels[::every]), default=0)
-    band = 300
+    band = 220
     x0 = max(_PAD + q_w + 6, 60)
     width = max(x0 + band + 6 + k_w + _PAD, 480)
     k = min(top_k, k_len)
@@ -54,7 +56,9 @@ def draw_arrows(
         draw.line(
             [(0, (2 * i + 1) * row), (2 * band - 1, (2 * j + 1) * row)], fill=round(255 * alpha), width=3
         )
-    canvas.blend(np.asarray(mask.reduce(2)), x0, top, (31, 90, 170))
+    canvas.ink(np.asarray(mask.reduce(2)), x0, top, LINE_RGB)
+    lines = tuple((x0, top + (i + 0.5) * row, x0 + band, top + (j + 0.5) * row, a) for a, i, j in ends)
+    canvas.segments.append(layout.Segments(lines, LINE_RGB, 1.5))
     canvas.boxes["lines"] = layout.Box(x0, top, band, mask.height)
     for i in range(0, q_len, every):
         canvas.text(q_labels[i], x0 - 6, top + (i + 0.5) * row, _LABEL, anchor="rm")

@@ -7,12 +7,18 @@ only shared object is that cache, behind a lock, so pictures can be drawn from a
 Sizes are measured before the canvas is allocated, and every text is bounded first (long names are
 shortened in the middle, where dotted module paths are least distinctive), so no input can make a
 picture grow without bound.
+
+A canvas also keeps what a vector figure needs (:mod:`lightning_attnviz.render.vector`): every text
+with its font size, colour and direction, every line segment drawn, and the pixels they covered, so
+that the picture can be redrawn with its text as text and its lines as lines over the rest.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,10 +58,24 @@ class Box:
 
 @dataclass(frozen=True)
 class Placed:
-    """A text as drawn: the string after shortening and the box it covers."""
+    """A text as drawn: the string after shortening, the box it covers, and how it was set (font size
+    in pixels, colour, turned to read upwards, bold)."""
 
     text: str
     box: Box
+    size: int = 11
+    color: tuple[int, int, int] = INK
+    rotate: bool = False
+    bold: bool = False
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Straight lines blended in as one layer: ``(x0, y0, x1, y1, opacity)`` each, in canvas pixels."""
+
+    lines: tuple[tuple[float, float, float, float, float], ...]
+    color: tuple[int, int, int]
+    width: float
 
 
 @dataclass
@@ -71,6 +91,8 @@ class Canvas:
     image: np.ndarray = field(init=False)
     texts: list[Placed] = field(default_factory=list)
     boxes: dict[str, Box] = field(default_factory=dict)
+    segments: list[Segments] = field(default_factory=list)
+    _under: list[tuple[int, int, np.ndarray]] = field(default_factory=list, repr=False)  # before ink
 
     def __post_init__(self) -> None:
         self.image = np.full((self.height, self.width, 3), 255, dtype=np.uint8)
@@ -95,10 +117,29 @@ class Canvas:
         h, w = mask.shape
         x0 = round(x - {"l": 0, "c": w / 2, "r": w}[anchor[0]])
         y0 = round(y - {"t": 0, "m": h / 2, "b": h}[anchor[1]])
-        self.blend(mask, x0, y0, color)
+        self.ink(mask, x0, y0, color)
         box = Box(x0, y0, w, h)
-        self.texts.append(Placed(text, box))
+        self.texts.append(Placed(text, box, size, tuple(color), rotate, bold))
         return box
+
+    def ink(self, mask: np.ndarray, x: int, y: int, color: Sequence[int]) -> None:
+        """:meth:`blend` for text and lines: the pixels under them are kept for :meth:`background`."""
+        h, w = mask.shape
+        ys, xs, ye, xe = max(0, y), max(0, x), min(self.height, y + h), min(self.width, x + w)
+        if ye > ys and xe > xs:
+            self._under.append((ys, xs, self.image[ys:ye, xs:xe].copy()))
+        self.blend(mask, x, y, color)
+
+    def background(self) -> np.ndarray:
+        """The picture without its texts and line segments: what a vector figure draws them over.
+
+        Shape:
+            ``(height, width, 3)`` uint8.
+        """
+        image = self.image.copy()
+        for y, x, pixels in reversed(self._under):
+            image[y : y + pixels.shape[0], x : x + pixels.shape[1]] = pixels
+        return image
 
     def lines(self, lines: Sequence[str], x: float, y: float, size: int = 11, **kwargs) -> Box:
         """Several lines, the first one's top at ``y``; returns the box around all of them."""
@@ -150,13 +191,14 @@ def colorbar(
     height: int,
     ticks: Sequence[tuple[float, str]],
     bar: int = 12,
-    size: int = 10,
+    size: int | None = None,
 ) -> Box:
     """A vertical ramp of ``lut`` (top = last entry) with labelled ticks at fractions ``0..1``.
 
     Shape:
         lut: ``(n, 3)`` uint8.
     """
+    size = SMALL if size is None else size
     index = np.linspace(len(lut) - 1, 0, height).round().astype(int)
     canvas.paste(np.broadcast_to(lut[index][:, None, :], (height, bar, 3)), x, y, "colorbar")
     for frac, label in ticks:
@@ -166,13 +208,17 @@ def colorbar(
     return Box(x, y, bar + 5 + max((width(t, size) for _, t in ticks), default=0), height)
 
 
-def colorbar_width(ticks: Sequence[tuple[float, str]], bar: int = 12, size: int = 10) -> int:
-    return bar + 5 + max((width(t, size) for _, t in ticks), default=0)
+def colorbar_width(ticks: Sequence[tuple[float, str]], bar: int = 12, size: int | None = None) -> int:
+    return bar + 5 + max((width(t, SMALL if size is None else size) for _, t in ticks), default=0)
 
 
 # -- pages: a title on top, a note at the bottom, and a grid of tiles between ------------------------
 
-PAD, TITLE, LABEL, SMALL = 8, 12, 10, 9  # pixels: margin, title, label and tick-label font sizes
+# Pixels: margin, title, label and tick-label font sizes. TensorBoard shows a picture at its card's
+# width, about 330–380 CSS px on a laptop screen; pictures are laid out about 480–560 px wide, so these
+# sizes show at 9–11 px there (legible without "Show actual image size").
+PAD, TITLE, LABEL, SMALL = 8, 17, 15, 14
+CARD = 350  # CSS px: the width TensorBoard's Images and Time Series cards show a picture at
 Title = str | Sequence[str]  # a string wraps; a sequence is one line per item, each fitted to width
 Bar = tuple[np.ndarray, Sequence[tuple[float, str]]]  # a colorbar: lookup table and ticks
 
@@ -198,6 +244,22 @@ def footer(note: str, page_width: int) -> tuple[list[str], int]:
     return lines, len(lines) * line_height(LABEL) + PAD
 
 
+_kept: ContextVar[list[Canvas] | None] = ContextVar("kept_canvases", default=None)
+
+
+@contextmanager
+def keep_canvases() -> Iterator[list[Canvas]]:
+    """Every page finished inside the block, in order: the vector output finds each picture's layout
+    (``canvas.image is picture.image``) without changing what the drawing functions return. A context
+    variable, so other threads and the drawing process are unaffected."""
+    kept: list[Canvas] = []
+    token = _kept.set(kept)
+    try:
+        yield kept
+    finally:
+        _kept.reset(token)
+
+
 def finish(canvas: Canvas, title: Title, foot: Sequence[str]) -> Canvas:
     """Draw the title centred on top and the note bottom left; record them as boxes."""
     canvas.boxes["title"] = canvas.lines(
@@ -205,6 +267,9 @@ def finish(canvas: Canvas, title: Title, foot: Sequence[str]) -> Canvas:
     )
     y = canvas.height - PAD // 2 - len(foot) * line_height(LABEL)
     canvas.boxes["note"] = canvas.lines(foot, PAD, y, LABEL, anchor="lt", color=GRAY)
+    kept = _kept.get()
+    if kept is not None:
+        kept.append(canvas)
     return canvas
 
 
@@ -219,7 +284,7 @@ def grid(
     q_labels: Sequence[str] = (),
     k_labels: Sequence[str] = (),
     bar: Bar | None = None,
-    min_width: int = 480,
+    min_width: int = 360,
 ) -> Canvas:
     """Tiles in a grid, each scaled up by ``cell``, with name lines above each, row names left, token
     labels along the left column and under the lowest tile of each column, and one colorbar.

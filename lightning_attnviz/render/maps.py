@@ -13,7 +13,6 @@ key of one is not "hot", one key of 64 is).
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -27,11 +26,13 @@ from lightning_attnviz.render import canvas as layout
 from lightning_attnviz.render.arrows import arrows
 from lightning_attnviz.render.arrows import draw_arrows as draw_arrows
 from lightning_attnviz.render.canvas import Canvas
+from lightning_attnviz.render.plots import TOKEN_PLOTS
 from lightning_attnviz.render.scale import (
     _BAR,
     _LABEL,
     _LUT,
     _PAD,
+    MAX_CELLS,
     SCALE_NOTE,
     TICKS,
     _bounded,
@@ -44,6 +45,14 @@ from lightning_attnviz.render.scale import TOP_RGB as TOP_RGB
 from lightning_attnviz.render.scale import UNIFORM_AT as UNIFORM_AT
 from lightning_attnviz.render.scale import UNIFORM_RGB as UNIFORM_RGB
 from lightning_attnviz.render.scale import levels as levels
+
+# Sizes for TensorBoard's cards: the Images dashboard shows a picture 350 px wide, Time Series fits it
+# into about 388 × 215 px. Pictures about 500 × 340 px then show their 15 px text at 9–10 px.
+MAP_SIDE = 200  # pixels a heatmap's longer side is scaled towards (whole cells, 2–24 px each)
+GRID_WIDTH = 380  # pixels the tiles of a head grid share, side by side
+GRID_TILE = 64  # cells a side of a head grid's tiles when there are more than 6
+ATLAS_WIDTH, ATLAS_HEIGHT = 400, 300  # pixels the head columns and the layer rows of an atlas share
+STRIP_TILE = 72  # pixels a panel of the evolution strip is scaled towards
 
 
 def draw_heatmap(
@@ -58,15 +67,15 @@ def draw_heatmap(
     and ``texts`` the strings as drawn."""
     weights, visible, q_labels, k_labels = _bounded(weights, visible, q_labels, k_labels)
     q_len, k_len = weights.shape
-    cell = int(np.clip(704 // max(q_len, k_len), 6, 28))
+    cell = int(np.clip(MAP_SIDE // max(q_len, k_len), 2, 24))
     every = layout.stride(cell)
     label_w = max((layout.width(t, _LABEL) for t in q_labels[::every] + k_labels[::every]), default=0)
     caption = layout.line_height(_LABEL)
     map_x = _PAD + caption + 4 + label_w + 4
-    width = max(map_x + k_len * cell + 14 + layout.colorbar_width(TICKS) + _PAD, 480)
+    width = max(map_x + k_len * cell + 14 + layout.colorbar_width(TICKS) + _PAD, 360)
     top = layout.header_height(title, width)
     foot, foot_h = layout.footer(f"{_notes(note, masked=visible is not None)}\n{SCALE_NOTE}", width)
-    map_h, bar_h = q_len * cell, max(q_len * cell, 160)
+    map_h, bar_h = q_len * cell, max(q_len * cell, 150)
     below = 4 + label_w + 4 + caption
     canvas = Canvas(top + max(map_h, bar_h) + below + foot_h, width)
     canvas.paste(layout.scale_up(colorize(weights, visible), cell), map_x, top, "map")
@@ -108,17 +117,22 @@ def _head_visible(view: AttentionView, head: int) -> np.ndarray | None:
 def draw_head_grid(view: AttentionView, title: layout.Title) -> Canvas:
     """:func:`head_grid` with its layout (``boxes[f"tile {h}"]``, the mean last)."""
     mean, mean_visible = view.head_mean()
+    limit = GRID_TILE if view.heads + 1 > 6 else MAX_CELLS  # many heads: tiles a card can hold
     weights, visible, q_labels, k_labels = _bounded(
         np.concatenate([view.weights, mean[None]]),
         None if view.visible is None else np.concatenate(
             [np.broadcast_to(view.visible, view.weights.shape), mean_visible[None]]),
-        view.q_labels, view.k_labels,
+        view.q_labels, view.k_labels, limit,
     )  # fmt: skip
     tiles = list(colorize(weights, visible))
     names = [[f"head {h}"] for h in range(view.heads)] + [["mean"]]
-    cell = int(np.clip(200 // max(weights.shape[-2:]), 1, 24))
-    note = _notes(view.note, SCALE_NOTE, masked=view.visible is not None)
-    cols = math.ceil(math.sqrt(len(tiles)))
+    # one row of up to 6 tiles, as wide as TensorBoard's cards; at least 2 px a cell, then fewer columns
+    size = max(weights.shape[-2:])
+    cell = int(np.clip((GRID_WIDTH // min(len(tiles), 6) - 10) // size, 1, 16))
+    cols = max(1, min(len(tiles), (GRID_WIDTH + 140) // (cell * size + 10)))
+    smaller = size < max(view.weights.shape[-2:])
+    pooled = f"tiles pooled to {size} cells a side for the page" if smaller else ""
+    note = _notes(view.note, pooled, SCALE_NOTE, masked=view.visible is not None)
     return layout.grid(tiles, names, cols, title, note, cell, (), q_labels, k_labels, _BAR)
 
 
@@ -141,17 +155,26 @@ def _common_prefix(names: Sequence[str]) -> str:
 def draw_atlas(views: Sequence[AttentionView], title: layout.Title) -> Canvas:
     """:func:`atlas` with its layout; row names drop the layers' common dotted prefix."""
     heads = max(v.heads for v in views)
+    # pixels a tile gets: a row of heads fits a card's width, the column of layers its height
+    side = int(np.clip(min(ATLAS_WIDTH // heads, ATLAS_HEIGHT // len(views)) - 10, 16, 64))
     tiles: list[np.ndarray | None] = []
+    pooled = False
     for view in views:
-        weights, visible, _, _ = _bounded(view.weights, view.visible, view.q_labels, view.k_labels)
+        weights, visible, _, _ = _bounded(view.weights, view.visible, view.q_labels, view.k_labels, side)
+        pooled |= weights.shape[-1] < view.weights.shape[-1] or weights.shape[-2] < view.weights.shape[-2]
         tiles += [*colorize(weights, visible), *[None] * (heads - view.heads)]
-    names = [[f"head {h}"] if i < heads else [] for i, h in enumerate(list(range(heads)) * len(views))]
+    size = max(t.shape[0] for t in tiles if t is not None)
+    cell = int(np.clip(round(side / size), 1, 12))
+    wide = cell * size + 8 >= layout.width(f"head {heads - 1}", _LABEL)
+    head_names = [[f"head {h}" if wide else str(h)] for h in range(heads)]  # numbers fit narrow tiles
+    names = [head_names[h] if i < heads else [] for i, h in enumerate(list(range(heads)) * len(views))]
     prefix = _common_prefix([v.layer for v in views])
     rows = [layout.fit(v.layer[len(prefix) :], _LABEL, 220) for v in views]
     notes = sorted({v.note for v in views if v.note})
     masked = any(v.visible is not None for v in views)
-    note = _notes(f"layers {prefix}*" if prefix else "", *notes, SCALE_NOTE, masked=masked)
-    cell = int(np.clip(64 // max(t.shape[0] for t in tiles if t is not None), 1, 12))
+    shown = f"tiles pooled to {side} cells a side for the page" if pooled else ""
+    note = _notes(f"layers {prefix}*" if prefix else "", "" if wide else "columns: heads", *notes, shown,
+                  SCALE_NOTE, masked=masked)  # fmt: skip
     return layout.grid(tiles, names, heads, title, note, cell, rows, bar=_BAR)
 
 
@@ -161,6 +184,7 @@ def atlas(views: Sequence[AttentionView], title: layout.Title) -> np.ndarray:
 
 
 MAX_STRIP = 12  # panels drawn at most (the newest)
+STRIP_ROW = 5  # panels a row of the evolution strip holds: more wrap, so the strip reads on a card
 
 
 def draw_evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title, note: str = "") -> Canvas:
@@ -168,20 +192,22 @@ def draw_evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title
     maps, steps, epochs = (list(x)[-MAX_STRIP:] for x in (strip.maps, strip.steps, strip.epochs))
     tiles, names = [], []
     for m, step, epoch in zip(maps, steps, epochs, strict=True):
-        weights, shown, _, _ = _bounded(m, visible, [], [])
+        weights, shown, _, _ = _bounded(m, visible, [], [], STRIP_TILE)
         tiles.append(colorize(weights, shown))
         names.append([f"step {step}", f"ep {epoch}"])
-    cell = int(np.clip(144 // max(tiles[0].shape[:2]), 2, 18))
+    cell = int(np.clip(STRIP_TILE // max(tiles[0].shape[:2]), 1, 12))
     scale = SCALE_NOTE
+    if max(maps[0].shape) > STRIP_TILE:
+        scale = f"pooled to {STRIP_TILE} cells a side for the page; {scale}"
     if len(maps) > 1:
-        diff, shown, _, _ = _bounded(maps[-1] - maps[-2], visible, [], [])
+        diff, shown, _, _ = _bounded(maps[-1] - maps[-2], visible, [], [], STRIP_TILE)
         span = max(float(np.abs(np.nan_to_num(diff)).max()), 1e-6)
         tiles.append(_colorize_diff(diff, shown, span))
         names.append(["Δ step", f"{steps[-2]}→{steps[-1]}"])
-        scale += f"; Δ: weight change, red = more, blue = less, white = same (±{span:.2g})"
-    names = [[layout.fit(n, _LABEL, len(tiles[0][0]) * cell) for n in lines] for lines in names]
+        scale += f"; Δ: red = more weight, blue = less (±{span:.2g})"
+    names = [[layout.fit(n, _LABEL, len(tiles[0][0]) * cell + 8) for n in lines] for lines in names]
     note = _notes(note, scale, masked=visible is not None)
-    return layout.grid(tiles, names, len(tiles), title, note, cell, bar=_BAR)
+    return layout.grid(tiles, names, min(len(tiles), STRIP_ROW), title, note, cell, bar=_BAR)
 
 
 def evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title, note: str = "") -> np.ndarray:
@@ -216,9 +242,6 @@ def encode_png(image: np.ndarray) -> bytes:
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
-PLOT_KINDS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution")
-
-
 @dataclass(frozen=True)
 class Picture:
     """A rendered image and what it shows; ``layer`` is ``None`` for a whole-model atlas and ``head``
@@ -234,7 +257,7 @@ class Picture:
 def render_views(
     views: Sequence[AttentionView],
     step: int,
-    plots: Sequence[str] = PLOT_KINDS,
+    plots: Sequence[str] = TOKEN_PLOTS,
     heads: Sequence[int] = (),
     top_k: int = 3,
     strips: Mapping[tuple[int, str], Strip] | None = None,
@@ -244,7 +267,7 @@ def render_views(
     Args:
         views: reduced maps of the fixed samples.
         step: the training step, shown in titles.
-        plots: which of :data:`PLOT_KINDS`.
+        plots: which of :data:`~lightning_attnviz.render.plots.TOKEN_PLOTS`.
         heads: heads that also get their own token-labelled heatmap.
         top_k: keys per query in the arrow view.
         strips: for ``"evolution"``, per ``(sample, layer)`` the past head-mean maps with their steps.

@@ -16,15 +16,14 @@ import numpy as np
 from lightning_attnviz.render import canvas as layout
 from lightning_attnviz.render.scale import _LUT, UNIFORM_AT, levels
 
-VISION_PLOTS: tuple[str, ...] = ("overlay", "overlay_heads", "rollout")
 ALPHA = 0.6  # opacity of the heat at its maximum; it fades with the weight so the image shows through
 ALPHA_MIN = 0.15  # opacity at zero weight: enough tint that "ignored" reads differently from "no data"
 SATURATION = 0.35  # colour kept in the image under the heat: enough to recognise it, little enough that
 # the tint reads as the colorbar says (yellow heat over a red object would otherwise look orange)
-_SIDE = 400  # pixels the longest image side is scaled towards in a single overlay
-_GRID_WIDTH = 720  # pixels a row of overlay tiles is scaled towards
-TICKS = ((1.0, "all on one patch"), (UNIFORM_AT, "1/n  even"), (0.0, "≤ 1/n²"))
-SCALE_NOTE = "colour: each patch's share of the heat vs. an even 1/n over the n patches, log scale"
+_SIDE = 224  # pixels the longest image side is scaled towards in a single overlay
+_GRID_WIDTH = 400  # pixels a row of overlay tiles is scaled towards
+TICKS = ((1.0, "one patch"), (UNIFORM_AT, "1/n  even"), (0.0, "≤ 1/n²"))
+SCALE_NOTE = "colour: each patch's share vs an even 1/n over the n patches, log"
 
 
 def upsample(
@@ -158,11 +157,6 @@ def _check_image(image: np.ndarray) -> np.ndarray:
             f"`image` must be (H, W, 3) RGB in [0, 1] (use vision.unnormalize), got shape {image.shape}"
         )
     return np.clip(image, 0.0, 1.0)
-
-
-def _heat_max(heat: np.ndarray) -> float:
-    finite = heat[np.isfinite(heat)]
-    return max(float(finite.max()) if finite.size else 0.0, 1e-6)
 
 
 def _fit(rgb: np.ndarray, side: int) -> np.ndarray:

@@ -28,7 +28,7 @@ UNIFORM_RGB = tuple(int(c) for c in _LUT[round(UNIFORM_AT * 255)])
 TOP_RGB = tuple(int(c) for c in _LUT[255])
 TICKS = ((1.0, "1  one-hot"), (UNIFORM_AT + (1 - UNIFORM_AT) / 2, "1/√n"), (UNIFORM_AT, "1/n  uniform"),
          (UNIFORM_AT / 2, "1/n√n"), (0.0, "≤ 1/n²"))  # fmt: skip
-SCALE_NOTE = "colour: share of the row's weight vs. uniform 1/n (n = visible keys in the row), log scale"
+SCALE_NOTE = "colour: share of the row vs uniform 1/n (n visible keys), log"
 _PAD, _LABEL = layout.PAD, layout.LABEL
 _BAR = (_LUT, TICKS)
 
@@ -78,13 +78,13 @@ def _clean(label: str) -> str:
 
 
 def _bound(
-    weights: np.ndarray, visible: np.ndarray | None, labels: Sequence[str], axis: int
+    weights: np.ndarray, visible: np.ndarray | None, labels: Sequence[str], axis: int, limit: int = MAX_CELLS
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Block-pool ``axis`` (-2 queries: mean, -1 keys: sum, as ``reduce.pool_view``) to at most
     :data:`MAX_CELLS`, so no input makes a picture unbounded; labels cleaned, one per kept block."""
     size = weights.shape[axis]
     labels = list(labels) if len(labels) == size else [str(i) for i in range(size)]
-    block = math.ceil(size / MAX_CELLS)
+    block = math.ceil(size / limit)
     if block > 1:
 
         def pool(a: np.ndarray, reduce) -> np.ndarray:
@@ -99,9 +99,9 @@ def _bound(
     return weights, visible, [_clean(label) for label in labels]
 
 
-def _bounded(weights, visible, q_labels, k_labels):
-    weights, visible, q_labels = _bound(np.asarray(weights, dtype=np.float32), visible, q_labels, -2)
-    weights, visible, k_labels = _bound(weights, visible, k_labels, -1)
+def _bounded(weights, visible, q_labels, k_labels, limit: int = MAX_CELLS):
+    weights, visible, q_labels = _bound(np.asarray(weights, dtype=np.float32), visible, q_labels, -2, limit)
+    weights, visible, k_labels = _bound(weights, visible, k_labels, -1, limit)
     return weights, visible, q_labels, k_labels
 
 

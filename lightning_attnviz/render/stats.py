@@ -17,19 +17,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_attnviz.analysis.views import LayerStats
+from lightning_attnviz.analysis.views import LOGGED_METRICS, ROLES, LayerStats
 from lightning_attnviz.render import canvas as layout
 from lightning_attnviz.render import text as glyphs
 from lightning_attnviz.render.canvas import Canvas
 from lightning_attnviz.render.maps import Picture, _common_prefix
-from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, MASKED_RGB
+from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, MASKED_RGB, _colorize_diff
 
-STATS_METRICS: tuple[str, ...] = ("entropy_norm", "distance", "sink", "max_weight", "drift")
+# Pictured: every logged metric but the entropy in nats, whose scale depends on the sequence length
+# (the normalised entropy says the same on one scale for every layer).
+# and the heads' role scores (analysis.roles), drawn the same way.
+STATS_METRICS: tuple[str, ...] = (*(m for m in LOGGED_METRICS if m != "entropy"), *ROLES)
 _LABEL, _SMALL, _PAD = layout.LABEL, layout.SMALL, layout.PAD
-_MAX_CELL_W, _MAX_CELL_H = 34, 24  # pixels: wide enough for "+0.05" in the cell
-_MATRIX_W, _MATRIX_H = 560, 480  # pixels the head columns and layer rows are scaled towards
-_ROW_NAME_W = 200  # pixels a layer name is shortened to (in the middle)
+_MAX_CELL_W, _MAX_CELL_H = 46, 24  # pixels: wide enough for "+0.05" in the cell
+_MATRIX_W, _MATRIX_H = 264, 100  # pixels the head columns and layer rows are scaled towards
+_ROW_NAME_W = 130  # pixels a layer name is shortened to (in the middle)
 _BAR_ROOM = ((0.0, "+0.005  higher"),)  # the widest usual colorbar label
+_BAR_H = 90  # pixels of a colorbar at least
 _GAP = 14  # pixels between a matrix, its mean column, its colorbar and the next panel
 
 
@@ -77,14 +81,55 @@ def metrics(sink_tokens: int = 1, distance_unit: str = "positions") -> dict[str,
             "Jensen–Shannon divergence between this capture's and the previous capture's query rows, "
             "in nats, averaged over rows and samples: 0 = unchanged, ln 2 ≈ 0.69 = disjoint",
             None, None, ("unchanged", "nats"), 3),
+        **ROLE_METRICS,
     }  # fmt: skip
+
+
+_SHARE = "share of the head's attention on {} (TransformerLens's sum(A ⊙ P) / sum(A)), averaged over samples"
+ROLE_METRICS = {
+    "previous_token": Metric("previous_token", "previous-token score",
+        _SHARE.format("the previous token"), 0.0, 1.0, ("none", "all"), 2),
+    "duplicate_token": Metric("duplicate_token", "duplicate-token score",
+        _SHARE.format("earlier occurrences of the query's token"), 0.0, 1.0, ("none", "all"), 2),
+    "induction": Metric("induction", "induction score",
+        _SHARE.format("the token after an earlier occurrence of the query's token (Olsson et al. 2022)"),
+        0.0, 1.0, ("none", "all"), 2),
+    "first_token": Metric("first_token", "first-token score",
+        "mean attention to the first key; above 0.3 a sink head (Gu et al. 2025)",
+        0.0, 1.0, ("none", "all on it"), 2),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class StatsPicture(Picture):
-    """A stats matrix: ``layer`` is ``None``, ``sample`` 0 (values are averaged over the samples)."""
+    """A stats matrix: ``layer`` is ``None``, ``sample`` 0 (values are averaged over the samples).
+
+    ``values``, ``layers`` and ``info`` are the matrix it was drawn from: the Attention tab's overview
+    is written from them (:func:`matrix_picture` fills them), so every metric drawn here is shown there.
+
+    Shape:
+        values: ``(layers, heads)``.
+    """
 
     metric: str = ""
+    values: np.ndarray | None = None
+    layers: tuple[str, ...] = ()
+    info: Metric | None = None
+
+
+def matrix_picture(
+    values: np.ndarray,
+    layers: Sequence[str],
+    metric: Metric,
+    title: layout.Title,
+    previous: np.ndarray | None = None,
+    previous_step: int | None = None,
+    change: bool = True,
+) -> StatsPicture:
+    """:func:`stats_picture` as the ``attention/stats/<metric>`` picture, carrying the matrix it shows."""
+    image = stats_picture(values, layers, metric, title, previous, previous_step, change)
+    return StatsPicture("stats", 0, None, image, metric=metric.name, values=values, layers=tuple(layers),
+                        info=metric)  # fmt: skip
 
 
 def stats_matrix(
@@ -165,8 +210,7 @@ def _change(now: np.ndarray, before: np.ndarray | None, m: Metric, subtitle: str
     diff = now - before
     finite = np.abs(diff[np.isfinite(diff)])
     span = _nice(max(float(finite.max()) if finite.size else 0.0, m.min_change * scale))
-    rgb = _DIFF_LUT[np.clip((np.nan_to_num(diff) / span + 1) * 127.5, 0, 255).round().astype(np.uint8)]
-    rgb[~np.isfinite(diff)] = MASKED_RGB
+    rgb = _colorize_diff(diff, np.isfinite(diff), span)
     ticks = ((1.0, f"+{span:g}  higher"), (0.5, "0  same"), (0.0, f"−{span:g}  lower"))
     if empty:
         ticks = ((1.0, "higher"), (0.5, "same"), (0.0, "lower"))
@@ -184,70 +228,72 @@ def draw_stats(
 ) -> Canvas:
     """:func:`stats_picture` with its layout: ``boxes["matrix"]`` is the head columns of the first
     panel (one ``cell_w × cell_h`` cell per layer and head), ``boxes["mean"]`` its mean column and
-    ``boxes["change"]`` the change panel's head columns."""
+    ``boxes["change"]`` the change panel's head columns, below it (stacked, so the picture stays
+    narrow enough to read on a TensorBoard card)."""
     n_layers, n_heads = values.shape
     means = _row_mean(values)
     panels = [_sequential(values, means, metric, "this capture")]
     if change:
         now = np.concatenate([values, means[:, None]], axis=1)
-        since = (
-            f"change since step {previous_step}"
-            if previous_step is not None
-            else "change since the last capture"
-        )
+        since = "change since the last capture"
+        since = f"change since step {previous_step}" if previous_step is not None else since
         panels.append(_change(now, previous, metric, since, panels[0].high))
     cell_w = int(np.clip(_MATRIX_W // max(n_heads, 1), 1, _MAX_CELL_W))
     cell_h = int(np.clip(_MATRIX_H // max(n_layers, 1), 1, _MAX_CELL_H))
     prefix = _common_prefix(list(layers))
     names = [layout.fit(name[len(prefix) :] or name, _LABEL, _ROW_NAME_W) for name in layers]
     row_w = max((layout.width(n, _LABEL) for n in names), default=0)
-    head_every = max(1, int(np.ceil((layout.width(str(max(n_heads - 1, 0)), _SMALL) + 4) / cell_w)))
-    row_every = layout.stride(cell_h)
     map_w, map_h = n_heads * cell_w, n_layers * cell_h
-    bar_h = max(map_h, 120)
     # colorbars get a fixed room, so that the picture keeps its size from capture to capture
-    bar_w = [max(layout.colorbar_width(p.ticks), layout.colorbar_width(_BAR_ROOM)) for p in panels]
-    panel_w = [map_w + 6 + cell_w + _GAP + w for w in bar_w]
+    bar_w = max(max(layout.colorbar_width(p.ticks) for p in panels), layout.colorbar_width(_BAR_ROOM))
     left = _PAD + max(row_w, layout.width("head", _LABEL)) + 6
-    width = max(left + sum(panel_w) + _GAP * 2 * (len(panels) - 1) + _PAD, 480)
+    width = max(left + map_w + 6 + cell_w + _GAP + bar_w + _PAD, 360)
     top = layout.header_height(title, width)
+    panel_h = layout.line_height(_LABEL) + 2 + layout.line_height(_SMALL) + 2 + max(map_h, _BAR_H) + _GAP
+    rows_note = f"rows: layers {prefix}*" if prefix else "rows: layers"
+    notes = [f"{metric.name}: {metric.meaning}", f"{rows_note} (first on top); columns: heads, their mean"]
+    notes = notes[:1] if change else notes  # the card's room: the meaning first
+    if change:
+        notes.append("change: this capture minus the previous one")
+    foot, foot_h = layout.footer("\n".join(notes), width)
+    canvas = Canvas(top + len(panels) * panel_h + foot_h, width)
+    geometry = (left, cell_w, cell_h, names)
+    for k, panel in enumerate(panels):
+        _draw_panel(canvas, panel, top + k * panel_h, geometry, "" if k == 0 else "change")
+    return layout.finish(canvas, title, foot)
+
+
+def _draw_panel(
+    canvas: Canvas, panel: _Panel, top: int, geometry: tuple[int, int, int, list[str]], name: str
+) -> None:
+    """One panel at ``top``: its subtitle, head numbers, layer names, cells (and their values when
+    they fit) and colorbar; its boxes are ``matrix``/``mean`` (``name`` "") or ``change``/``change mean``."""
+    left, cell_w, cell_h, names = geometry
+    n_layers, n_heads = panel.values.shape
+    map_w, map_h = n_heads * cell_w, n_layers * cell_h
     sub_h, col_h = layout.line_height(_LABEL) + 2, layout.line_height(_SMALL) + 2
     map_y = top + sub_h + col_h
-    rows_note = f"rows: layers {prefix}* in forward order" if prefix else "rows: layers in forward order"
-    notes = [
-        f"{metric.name}: {metric.meaning}",
-        f"{rows_note}, first on top; columns: heads, then the layer's mean over heads; gray = no value",
-    ]
-    if change:
-        notes.append("change: this capture minus the previous one, red = higher, blue = lower")
-    foot, foot_h = layout.footer("\n".join(notes), width)
-    canvas = Canvas(map_y + max(map_h, bar_h) + 6 + foot_h, width)
+    mean_x = left + map_w + 6
+    canvas.text(panel.subtitle, left, top, _LABEL, anchor="lt", bold=True)
     canvas.text("head", left - 6, top + sub_h, _LABEL, anchor="rt", color=layout.GRAY)
-    for i in range(0, n_layers, row_every):
+    for i in range(0, n_layers, layout.stride(cell_h)):
         canvas.text(names[i], left - 6, map_y + (i + 0.5) * cell_h, _LABEL, anchor="rm")
-    show_numbers = cell_h >= layout.line_height(_SMALL) - 1
-    x = left
-    for k, panel in enumerate(panels):
-        mean_x = x + map_w + 6
-        canvas.text(panel.subtitle, x + (mean_x + cell_w - x) / 2, top, _LABEL, anchor="ct", bold=True)
-        canvas.paste(panel.rgb[:, :n_heads].repeat(cell_h, 0).repeat(cell_w, 1), x, map_y,
-                     "matrix" if k == 0 else "change")  # fmt: skip
-        canvas.paste(panel.rgb[:, n_heads:].repeat(cell_h, 0).repeat(cell_w, 1), mean_x, map_y,
-                     "mean" if k == 0 else "change mean")  # fmt: skip
-        mean_left = mean_x + cell_w / 2 - layout.width("mean", _SMALL) / 2 - 3
-        for h in range(0, n_heads, head_every):
-            hx = x + (h + 0.5) * cell_w
-            if hx + layout.width(str(h), _SMALL) / 2 <= mean_left:  # never over the "mean" label
-                canvas.text(str(h), hx, top + sub_h, _SMALL, anchor="ct", color=layout.GRAY)
-        canvas.text("mean", mean_x + cell_w / 2, top + sub_h, _SMALL, anchor="ct", color=layout.GRAY)
-        if show_numbers:
-            _numbers(canvas, panel, x, mean_x, map_y, cell_w, cell_h)
-        if panel.empty:
-            canvas.lines(panel.empty.split("\n"), mean_x / 2 + x / 2, map_y + map_h / 2 - 12, _LABEL,
-                         anchor="ct", color=layout.GRAY)  # fmt: skip
-        layout.colorbar(canvas, panel.lut, mean_x + cell_w + _GAP, map_y, bar_h, panel.ticks)
-        x += panel_w[k] + 2 * _GAP
-    return layout.finish(canvas, title, foot)
+    canvas.paste(panel.rgb[:, :n_heads].repeat(cell_h, 0).repeat(cell_w, 1), left, map_y, name or "matrix")
+    canvas.paste(panel.rgb[:, n_heads:].repeat(cell_h, 0).repeat(cell_w, 1), mean_x, map_y,
+                 f"{name} mean".strip() if name else "mean")  # fmt: skip
+    head_every = max(1, int(np.ceil((layout.width(str(max(n_heads - 1, 0)), _SMALL) + 4) / cell_w)))
+    mean_left = mean_x + cell_w / 2 - layout.width("mean", _SMALL) / 2 - 3
+    for h in range(0, n_heads, head_every):
+        hx = left + (h + 0.5) * cell_w
+        if hx + layout.width(str(h), _SMALL) / 2 <= mean_left:  # never over the "mean" label
+            canvas.text(str(h), hx, top + sub_h, _SMALL, anchor="ct", color=layout.GRAY)
+    canvas.text("mean", mean_x + cell_w / 2, top + sub_h, _SMALL, anchor="ct", color=layout.GRAY)
+    if cell_h >= layout.line_height(_SMALL) - 1:
+        _numbers(canvas, panel, left, mean_x, map_y, cell_w, cell_h)
+    if panel.empty:
+        canvas.lines(panel.empty.split("\n"), mean_x / 2 + left / 2, map_y + map_h / 2 - 12, _LABEL,
+                     anchor="ct", color=layout.GRAY)  # fmt: skip
+    layout.colorbar(canvas, panel.lut, mean_x + cell_w + _GAP, map_y, max(map_h, _BAR_H), panel.ticks)
 
 
 def _numbers(canvas: Canvas, panel: _Panel, x: int, mean_x: int, y: int, cell_w: int, cell_h: int) -> None:
@@ -277,9 +323,11 @@ def _numbers(canvas: Canvas, panel: _Panel, x: int, mean_x: int, y: int, cell_w:
         x0, y0 = round(cx - w / 2) + margin, round((i + 0.5) * cell_h - h / 2) + margin
         target = planes[int(light[i, j]), y0 : y0 + h, x0 : x0 + w]
         np.maximum(target, mask[: target.shape[0], : target.shape[1]], out=target)
-        canvas.texts.append(layout.Placed(text, layout.Box(x + x0 - margin, y + y0 - margin, w, h)))
+        color = (255, 255, 255) if light[i, j] else layout.INK
+        box = layout.Box(x + x0 - margin, y + y0 - margin, w, h)
+        canvas.texts.append(layout.Placed(text, box, _SMALL, color))
     for plane, color in zip(planes, (layout.INK, (255, 255, 255)), strict=True):
-        canvas.blend(plane, x - margin, y - margin, color)
+        canvas.ink(plane, x - margin, y - margin, color)
 
 
 def stats_picture(
@@ -332,6 +380,5 @@ def render_stats(
                 before_step = previous[0]
         title = (shown[name].title, f"step {step} · {len(layers)} layers × {values.shape[1]} heads")
         change = name != "drift"  # drift is a change already
-        image = stats_picture(values, layers, shown[name], title, before, before_step, change)
-        pictures.append(StatsPicture("stats", 0, None, image, metric=name))
+        pictures.append(matrix_picture(values, layers, shown[name], title, before, before_step, change))
     return pictures

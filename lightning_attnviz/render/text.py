@@ -39,6 +39,11 @@ def line_height(size: int) -> int:
     return ascent + descent
 
 
+def ascent(size: int) -> int:
+    """Pixels from the top of a line of text to its baseline, for a font ``size`` (in pixels)."""
+    return _font(size, False).getmetrics()[0]
+
+
 def bitmap(text: str, size: int, rotate: bool = False, bold: bool = False) -> np.ndarray:
     """The alpha mask of one line of text, cached by ``(text, size, rotate, bold)``.
 

@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from lightning_attnviz.analysis.roles import PhaseChange
+
 
 @dataclass
 class EncodedPicture:
@@ -29,7 +31,11 @@ class Outputs:
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
     text: dict[str, str] = field(default_factory=dict)
     layout: dict | None = None
-    tab: list[tuple[str, bytes]] = field(default_factory=list)
+    tab: list[tuple[str, bytes]] = field(default_factory=list)  # (tag, map record)
+    # (kind, tag, record) of the run-level tab records: the overview, markers
+    tab_extra: list[tuple[str, str, bytes]] = field(default_factory=list)
+    phase_changes: list[PhaseChange] = field(default_factory=list)  # for the tab's step-slider markers
+    epoch: int | None = None  # the epoch of the capture, for loggers that keep it beside the step (CSV)
 
 
 class Sink(Protocol):

@@ -8,14 +8,21 @@ Format ``lightning_attnviz.capture/2``, a numpy ``.npz`` archive holding
 - ``img<s>``: uint8 ``(H, W, 3)`` image of sample ``s`` (vision runs), so overlays and rollout can be
   drawn again from the file alone.
 
-Reading never trusts the file: the archive's members are size-checked before they are read, the
-metadata is validated, and every problem is a :class:`CaptureFileError` naming the file.
+Reading never trusts the file. Before any array is read, every member's own header (shape and dtype)
+is checked against what the archive says the member holds, against :data:`MAX_MEMBER_BYTES` and, all
+members together, against :data:`MAX_TOTAL_BYTES`; images are at most :data:`MAX_IMAGE_SIDE` pixels a
+side. The metadata is validated, and every problem is a :class:`CaptureFileError` naming the file, so
+no file makes a reader allocate more than these limits. Writing goes through a hidden temporary file
+(``.step_<step>.npz.partial``), removed if the write fails, so a full disk leaves nothing that looks
+like a capture.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +34,21 @@ from lightning_attnviz.capture.grid import PatchGrid
 
 CAPTURE_FORMAT = "lightning_attnviz.capture/2"
 READABLE_FORMATS = ("lightning_attnviz.capture/1", CAPTURE_FORMAT)
-MAX_MEMBER_BYTES = 512 << 20  # an uncompressed array larger than this is refused (zip bombs)
+MAX_MEMBER_BYTES = 256 << 20  # an uncompressed array larger than this is refused (zip bombs)
+MAX_TOTAL_BYTES = 512 << 20  # all arrays of one file together, as they decode (six members under the limit)
 MAX_META_BYTES = 16 << 20
+MAX_IMAGE_SIDE = 2048  # pixels (ViT inputs are 224 to 1024); drawing a 2048² overlay takes ~0.9 GB
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    ValueError,
+    KeyError,
+    TypeError,
+    RuntimeError,  # zipfile: encrypted members; json: nesting too deep
+    NotImplementedError,  # zipfile: a compression method it does not know
+)
 
 
 class CaptureFileError(ValueError):
@@ -84,51 +104,132 @@ def save_capture(
             arrays[f"v{n}"] = np.ascontiguousarray(view.visible)
     for s, image in enumerate(images):
         arrays[f"img{s}"] = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)  # readers never see a half-written file
+    _check_sizes(path, [(f"{name}.npy", a.nbytes) for name, a in arrays.items()])
+    for s in range(len(images)):
+        _check_image(path, arrays[f"img{s}"].shape, s)
+    if grid is not None:
+        _check_grid(path, grid)
+    tmp = path.with_name(f".{path.name}.partial")  # never matches step_*.npz
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        tmp.replace(path)  # readers never see a half-written file
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves nothing behind
+        raise
     return path
 
 
+@dataclass(frozen=True)
+class _Member:
+    """One ``.npy`` member as its own header declares it, checked before it is read."""
+
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
 def load_capture(path: str | Path) -> SavedCapture:
-    """Read a file :func:`save_capture` wrote.
+    """Read a file :func:`save_capture` wrote; what it holds is checked before it is read.
 
     Raises:
-        CaptureFileError: not a readable capture (not a zip, wrong format, bad metadata, members too
-            large, arrays of the wrong shape); the message names the file.
+        CaptureFileError: not a readable capture (not a zip, wrong format, bad metadata, members or
+            images too large, arrays of the wrong shape); the message names the file.
     """
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                limit = MAX_META_BYTES if info.filename == "meta.npy" else MAX_MEMBER_BYTES
-                if info.file_size > limit:
-                    raise CaptureFileError(
-                        f"{path}: member {info.filename!r} expands to {info.file_size} bytes (limit {limit})"
-                    )
-        with np.load(path, allow_pickle=False) as archive:
-            meta = _meta(path, archive)
-            views = [_view(path, archive, n, v) for n, v in enumerate(meta["views"])]
+            members = _members(path, archive)
+            meta = _meta(path, archive, members)
+            views = [_view(path, archive, members, n, v) for n, v in enumerate(meta["views"])]
             images = []
-            while f"img{len(images)}" in archive.files:
-                image = archive[f"img{len(images)}"]
-                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-                    raise CaptureFileError(f"{path}: img{len(images)} is not a (H, W, 3) uint8 image")
-                images.append(image)
+            while f"img{len(images)}" in members:
+                images.append(_image(path, archive, members[f"img{len(images)}"], len(images)))
             grid = _grid(path, meta.get("grid"))
     except CaptureFileError:
         raise
-    except (OSError, zipfile.BadZipFile, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+    except _READ_ERRORS as err:
         raise CaptureFileError(
             f"{path}: not a readable lightning_attnviz capture ({type(err).__name__}: {err})"
         ) from err
     return SavedCapture(views, int(meta["step"]), int(meta["epoch"]), grid, tuple(images))
 
 
-def _meta(path: Path, archive: Any) -> dict[str, Any]:
-    if "meta" not in archive.files:
-        raise CaptureFileError(f"{path}: no `meta` entry; not a lightning_attnviz capture")
-    meta = json.loads(str(archive["meta"]))
+def _members(path: Path, archive: zipfile.ZipFile) -> dict[str, _Member]:
+    """Every ``.npy`` member by key, from the headers alone; refused when one member or all of them
+    together would decode to more than the limits."""
+    members: dict[str, _Member] = {}
+    _check_sizes(path, [(i.filename, i.file_size) for i in archive.infolist()])  # the archive's claim
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        with archive.open(info) as f:
+            shape, dtype = _header(f)
+            start = f.tell()
+        size = math.prod(shape) * dtype.itemsize
+        if dtype.hasobject or start + size != info.file_size:
+            raise CaptureFileError(
+                f"{path}: member {info.filename!r} declares {dtype} {shape} ({size} bytes) but the "
+                f"archive holds {info.file_size - start} bytes of plain data"
+            )
+        members[info.filename[: -len(".npy")]] = _Member(info, shape, dtype)
+    return members
+
+
+def _check_sizes(path: Path, sizes: list[tuple[str, int]]) -> None:
+    """Refuse a member over its limit, or members over :data:`MAX_TOTAL_BYTES` together."""
+    for name, size in sizes:
+        limit = MAX_META_BYTES if name == "meta.npy" else MAX_MEMBER_BYTES
+        if size > limit:
+            raise CaptureFileError(f"{path}: member {name!r} expands to {size} bytes (limit {limit})")
+    total = sum(size for _, size in sizes)
+    if total > MAX_TOTAL_BYTES:
+        raise CaptureFileError(
+            f"{path}: its {len(sizes)} members expand to {total} bytes in all (limit {MAX_TOTAL_BYTES}); "
+            "refused unread"
+        )
+
+
+def _check_image(path: Path, shape: tuple[int, ...], s: int) -> None:
+    if not 1 <= min(shape[:2]) <= max(shape[:2]) <= MAX_IMAGE_SIDE:
+        raise CaptureFileError(
+            f"{path}: img{s} is {shape[1]}×{shape[0]} pixels; images of 1 to {MAX_IMAGE_SIDE} "
+            "pixels a side are read"
+        )
+
+
+def _check_grid(path: Path, grid: PatchGrid) -> None:
+    """The pixels a patch grid covers are bounded like an image (drawing upsamples heat to them)."""
+    covered = [n * size for n, size in zip(grid.grid, grid.patch_size, strict=True)]
+    if max(covered) > MAX_IMAGE_SIDE:
+        raise CaptureFileError(
+            f"{path}: the patch grid {grid.grid} of {grid.patch_size}-pixel patches covers "
+            f"{covered[1]}×{covered[0]} pixels; at most {MAX_IMAGE_SIDE} a side are drawn"
+        )
+
+
+def _header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a ``.npy`` header (versions 1.0 and 2.0, the ones numpy writes here)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"npy format version {version} is not one this library writes")
+    return tuple(shape), dtype
+
+
+def _read(archive: zipfile.ZipFile, member: _Member) -> np.ndarray:
+    with archive.open(member.info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _meta(path: Path, archive: zipfile.ZipFile, members: dict[str, _Member]) -> dict[str, Any]:
+    member = members.get("meta")
+    if member is None or member.shape != () or member.dtype.kind != "U":
+        raise CaptureFileError(f"{path}: no `meta` string; not a lightning_attnviz capture")
+    meta = json.loads(str(_read(archive, member)))
     if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CaptureFileError(f"{path}: format must be one of {list(READABLE_FORMATS)}, got {found!r}")
@@ -140,24 +241,23 @@ def _meta(path: Path, archive: Any) -> dict[str, Any]:
     return meta
 
 
-def _view(path: Path, archive: Any, n: int, v: Any) -> AttentionView:
+def _view(path: Path, archive: zipfile.ZipFile, members: dict[str, _Member], n: int, v: Any) -> AttentionView:
+    """View ``n``: its shapes are checked from the headers, then its arrays are read."""
     if not isinstance(v, dict):
         raise CaptureFileError(f"{path}: view {n} is not an object")
-    weights = archive[f"w{n}"]
-    if weights.ndim != 3 or not np.issubdtype(weights.dtype, np.floating):
-        raise CaptureFileError(
-            f"{path}: w{n} must be float (heads, q, k), got {weights.dtype} {weights.shape}"
-        )
-    visible = archive[f"v{n}"] if f"v{n}" in archive.files else None
-    if visible is not None and (
-        visible.dtype != bool or visible.ndim != 3 or visible.shape[1:] != weights.shape[1:]
+    w, vis = members.get(f"w{n}"), members.get(f"v{n}")
+    if w is None or len(w.shape) != 3 or min(w.shape) < 1 or w.dtype.kind != "f":
+        found = "nothing" if w is None else f"{w.dtype} {w.shape}"
+        raise CaptureFileError(f"{path}: w{n} must be float (heads, q, k), each at least 1, got {found}")
+    if vis is not None and (
+        vis.dtype != bool
+        or len(vis.shape) != 3
+        or vis.shape[0] not in (1, w.shape[0])
+        or vis.shape[1:] != w.shape[1:]
     ):
         raise CaptureFileError(f"{path}: v{n} must be bool (1|heads, q, k) matching w{n}")
     q_labels, k_labels = v.get("q_labels"), v.get("k_labels")
-    for name, labels, size in (
-        ("q_labels", q_labels, weights.shape[1]),
-        ("k_labels", k_labels, weights.shape[2]),
-    ):
+    for name, labels, size in (("q_labels", q_labels, w.shape[1]), ("k_labels", k_labels, w.shape[2])):
         if not isinstance(labels, list) or len(labels) != size or not all(isinstance(x, str) for x in labels):
             raise CaptureFileError(f"{path}: view {n} `{name}` must be {size} strings")
     layer, sample, note = v.get("layer"), v.get("sample"), v.get("note", "")
@@ -165,13 +265,26 @@ def _view(path: Path, archive: Any, n: int, v: Any) -> AttentionView:
         raise CaptureFileError(
             f"{path}: view {n} needs a string `layer`, an int `sample` >= 0 and a string `note`"
         )
-    return AttentionView(layer, sample, weights.astype(np.float32), visible, q_labels, k_labels, note)
+    weights = _read(archive, w).astype(np.float32, copy=False)
+    visible = None if vis is None else _read(archive, vis)
+    return AttentionView(layer, sample, weights, visible, q_labels, k_labels, note)
+
+
+def _image(path: Path, archive: zipfile.ZipFile, member: _Member, s: int) -> np.ndarray:
+    """Image ``s``, ``(H, W, 3)`` uint8, at most :data:`MAX_IMAGE_SIDE` a side (checked unread)."""
+    shape = member.shape
+    if member.dtype != np.uint8 or len(shape) != 3 or shape[-1] != 3:
+        raise CaptureFileError(f"{path}: img{s} is not a (H, W, 3) uint8 image, got {member.dtype} {shape}")
+    _check_image(path, shape, s)
+    return _read(archive, member)
 
 
 def _grid(path: Path, grid: Any) -> PatchGrid | None:
     if grid is None:
         return None
     try:
-        return PatchGrid(tuple(grid["grid"]), grid["prefix_tokens"], tuple(grid["patch_size"]))
-    except (KeyError, TypeError, ValueError) as err:
+        found = PatchGrid(tuple(grid["grid"]), grid["prefix_tokens"], tuple(grid["patch_size"]))
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise CaptureFileError(f"{path}: bad patch grid {grid!r} ({err})") from err
+    _check_grid(path, found)
+    return found

@@ -158,7 +158,9 @@ class MLflowSink:
 
 
 class CSVSink:
-    """The scalars as rows of ``metrics.csv``; the pictures (which a CSV cannot hold) as PNG files
+    """The scalars as rows of ``metrics.csv``, with the step and epoch of the validation metrics they
+    were captured beside (Lightning's CSV logger writes a row per call, so they share those values,
+    not the row); the pictures (which a CSV cannot hold) as PNG files
     ``<log_dir>/attention/step_<step>/sample_<i>/<layer>/<kind>.png``, the module table as ``.md``."""
 
     def __init__(self, logger: Any) -> None:
@@ -173,8 +175,9 @@ class CSVSink:
         for tag, text in out.text.items():
             self._file(tag, out.step, ".md", text.encode())
         if out.scalars:
+            epoch = {} if out.epoch is None else {"epoch": out.epoch}  # as Lightning's own rows have it
             with self.lock:
-                self.logger.log_metrics(dict(out.scalars), step=out.step)
+                self.logger.log_metrics({**out.scalars, **epoch}, step=out.step)
 
     def _file(self, tag: str, step: int, suffix: str, data: bytes) -> None:
         root, _, rest = self.files(tag).partition("/")
@@ -283,7 +286,7 @@ class LoggerSinks:
 
     @property
     def on_outputs(self) -> Callable[[Outputs], None] | None:
-        """What :class:`~lightning_attnviz.drawing.Drawing` calls with each capture's outputs."""
+        """What :class:`~lightning_attnviz.pipeline.client.Drawing` calls with each capture's outputs."""
         return self.write if self.sinks else None
 
     def write(self, out: Outputs) -> None:

@@ -32,7 +32,12 @@ def _masked_crc(data: bytes) -> int:
 
 
 class EventFile:
-    """A TensorBoard event file: TFRecord framing of ``Event`` protos, flushed after each capture."""
+    """A TensorBoard event file: TFRecord framing of ``Event`` protos, written once per capture.
+
+    A capture's events are written whole or not at all: a write that fails (a full disk) is cut back
+    to the last whole capture, because a torn record would hide every record after it from
+    TensorBoard. So the file stays readable, and later captures land once there is space again.
+    """
 
     def __init__(self, directory: str | Path, suffix: str = ".attnviz") -> None:
         from tensorboard.compat.proto.event_pb2 import Event
@@ -40,14 +45,16 @@ class EventFile:
         Path(directory).mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}{suffix}"
         self.path = Path(directory) / name
-        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across captures, closed in close()
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open, closed in close()
+        self._written = os.fstat(self._file.fileno()).st_size  # bytes of whole captures
+        self._pending = bytearray()
         self._event = Event
         self.add(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def add(self, event: object) -> None:
         data = event.SerializeToString()  # type: ignore[attr-defined]
         header = struct.pack("<Q", len(data))
-        self._file.write(
+        self._pending += (
             header + struct.pack("<I", _masked_crc(header)) + data + struct.pack("<I", _masked_crc(data))
         )
 
@@ -58,7 +65,15 @@ class EventFile:
             self.add(self._event(wall_time=time.time(), step=step, summary=Summary(value=values)))
 
     def flush(self) -> None:
-        self._file.flush()
+        """Write what was added since the last flush, whole; on failure nothing of it stays."""
+        data, self._pending = memoryview(bytes(self._pending)), bytearray()
+        try:
+            while data:
+                data = data[self._file.write(data) or 0 :]
+        except BaseException:
+            os.ftruncate(self._file.fileno(), self._written)
+            raise
+        self._written = os.fstat(self._file.fileno()).st_size
 
     def close(self) -> None:
         if not self._file.closed:
@@ -91,6 +106,7 @@ class TensorBoardSink:
 
     def __init__(self, log_dir: str | Path) -> None:
         self.log_dir = str(log_dir)
+        self.what = f"TensorBoard's pictures, scalars and Attention-tab maps (in {self.log_dir})"
         self._file: EventFile | None = None
 
     def write(self, out: Outputs) -> None:
@@ -116,6 +132,7 @@ class TensorBoardSink:
         ]
         f.summary(images, step)
         f.summary([tab_value(tag, blob) for tag, blob in out.tab], step)
+        f.summary([tab_value(tag, blob, kind) for kind, tag, blob in out.tab_extra], step)
         f.flush()
 
     def close(self) -> None:

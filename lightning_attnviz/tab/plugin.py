@@ -7,14 +7,19 @@ plugin stores pictures: listing steps reads blob references only, and ``map`` re
 
 Routes, under ``/data/plugin/attnviz/``:
 
-- ``runs``: ``{run: [tag, ...]}``, sorted; a tag is ``sample_<i>/<layer>``.
+- ``runs``: ``{run: [tag, ...]}``, sorted, the map tags only; a tag is ``sample_<i>/<layer>``.
+- ``extras``: ``{run: {"overview": [tag, ...], "markers": [tag, ...]}}``, the run-level tags.
 - ``steps?run=&tag=``: the steps with data, ascending.
 - ``map?run=&tag=&step=``: one step's record, bytes as written (:mod:`lightning_attnviz.tab.record`).
+- ``records?run=&tag=``: every kept step of an overview or markers tag, as one JSON array in step
+  order (their records are small JSON; the per-head line over steps needs them all).
 - ``static/<file>``: the frontend, ES modules and a stylesheet shipped in the package (no CDN:
   TensorBoard's security policy allows scripts, styles and fetches from TensorBoard itself only).
 
-Unknown runs, tags or steps answer 404 (``errors.NotFoundError``); a missing or malformed parameter
-answers 400 (``errors.InvalidArgumentError``). TensorBoard turns both into plain-text responses.
+The summary metadata of each tag says its kind (:func:`lightning_attnviz.tab.record.kind_of`; tags
+written before kinds existed are maps). Unknown runs, tags or steps answer 404
+(``errors.NotFoundError``); a missing or malformed parameter answers 400
+(``errors.InvalidArgumentError``). TensorBoard turns both into plain-text responses.
 
 TensorBoard keeps a sample of the steps of each tag (10 by default; ``--samples_per_plugin attnviz=1000``
 keeps more); the tab offers every step kept.
@@ -32,7 +37,7 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from lightning_attnviz.tab.record import PLUGIN_NAME
+from lightning_attnviz.tab.record import PLUGIN_NAME, kind_of
 
 _STATIC = "static"
 _ENTRY = "index.js"
@@ -53,6 +58,8 @@ class AttentionPlugin(base_plugin.TBPlugin):
             "/runs": self._serve_runs,
             "/steps": self._serve_steps,
             "/map": self._serve_map,
+            "/extras": self._serve_extras,
+            "/records": self._serve_records,
             f"/{_STATIC}/*": self._serve_static,
         }
 
@@ -70,8 +77,38 @@ class AttentionPlugin(base_plugin.TBPlugin):
     @wrappers.Request.application
     def _serve_runs(self, request: wrappers.Request) -> wrappers.Response:
         listing = self._list(request)
-        body = {run: sorted(tags) for run, tags in sorted(listing.items())}
+        body = {run: sorted(t for t, s in tags.items() if _kind(s) == "map") for run, tags in listing.items()}
+        return http_util.Respond(
+            request, {run: tags for run, tags in sorted(body.items()) if tags}, "application/json"
+        )
+
+    @wrappers.Request.application
+    def _serve_extras(self, request: wrappers.Request) -> wrappers.Response:
+        body = {}
+        for run, tags in sorted(self._list(request).items()):
+            kinds = {
+                kind: sorted(t for t, s in tags.items() if _kind(s) == kind)
+                for kind in ("overview", "markers")
+            }
+            if any(kinds.values()):
+                body[run] = kinds
         return http_util.Respond(request, body, "application/json")
+
+    @wrappers.Request.application
+    def _serve_records(self, request: wrappers.Request) -> wrappers.Response:
+        run, tag = _run_and_tag(request)
+        series = self._list(request).get(run, {}).get(tag)
+        if series is not None and _kind(series) == "map":
+            raise errors.InvalidArgumentError(
+                f"`records` serves overview and markers tags, {tag!r} holds maps"
+            )
+        ctx = plugin_util.context(request.environ)
+        blobs = [
+            self._provider.read_blob(ctx, blob_key=datum.values[0].blob_key)
+            for datum in sorted(self._read(request, run, tag), key=lambda d: d.step)
+            if datum.values
+        ]
+        return http_util.Respond(request, b"[" + b",".join(blobs) + b"]", "application/json")
 
     @wrappers.Request.application
     def _serve_steps(self, request: wrappers.Request) -> wrappers.Response:
@@ -127,6 +164,11 @@ class AttentionPlugin(base_plugin.TBPlugin):
             run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
         )
         return list(found.get(run, {}).get(tag, []))
+
+
+def _kind(series: Any) -> str:
+    """The kind a tag's summary metadata names (``map`` for tags written before kinds)."""
+    return kind_of(getattr(series, "plugin_content", b"") or b"")
 
 
 def _run_and_tag(request: wrappers.Request) -> tuple[str, str]:

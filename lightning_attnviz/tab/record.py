@@ -1,39 +1,56 @@
-"""The Attention tab's record: one step of one sample and layer, as bytes.
+"""The Attention tab's records: one step of one sample and layer as bytes, and the run-level records
+beside them (the layer × head overview of a capture, and markers on the step axis).
 
-The callback encodes, the TensorBoard plugin serves the bytes untouched, and the tab (``static/record.js``),
+The pipeline encodes, the TensorBoard plugin serves the bytes untouched, and the tab (``static/record.js``),
 the tests and the CLI decode. This module depends on numpy and TensorBoard's protos only, so that all of
 them share one encoder and one decoder.
 
-Format ``attnviz/2``, little-endian::
+Map format ``attnviz/3`` (``attnviz/2`` is still decoded), little-endian::
 
     uint32 n                       length of the header
     n bytes                        UTF-8 JSON header (below)
-    heads·q·k uint8                weights: round(w / scales[h] · 254); 255 = not finite (NaN, ±inf);
+    heads·q·k uint8                weights, log-quantised per head (below); 255 = not finite (NaN, ±inf);
                                    masked cells are 0
     ceil(m·q·k / 8) bytes          only if header["mask"]: the visible cells, np.packbits(bitorder="little"),
                                    m = header["mask"]["heads"] (1: one mask for every head)
     height·width·3 uint8           only if header["image"]: the sample's picture, RGB
 
-Header: ``{"format", "step", "layer", "sample", "heads", "q", "k", "scales", "q_labels", "k_labels",
-"note", "mask": null | {"heads"}, "image": null | {"height", "width", "grid": [rows, cols], "prefix"}}``.
+Header: ``{"format", "step", "epoch", "layer", "sample", "heads", "q", "k", "scales", "floors", "q_labels",
+"k_labels", "note", "mask": null | {"heads"}, "image": null | {"height", "width", "grid": [rows, cols],
+"prefix"}}``. Byte ``b`` of head ``h`` is the weight ``floors[h] · (scales[h] / floors[h]) ^ ((b - 1) / 253)``
+for ``b`` in 1..254, and 0 for 0 (a weight below the floor, or masked). ``attnviz/2`` had no epoch and no
+floors, and stored ``round(w / scales[h] · 254)``.
 
-Why these choices: one byte per cell keeps a 512-token, 8-head map at 2 MiB, and a per-head scale keeps
-a head whose weights are all small readable. Masked cells (padding, a causal future) travel as bits so
-the tab can draw them gray instead of as a weight of 0; 255 is kept for NaN for the same reason.
+Why these choices: one byte per cell keeps a 512-token, 8-head map at 2 MiB. The tab colours a cell by
+its share of the row against uniform on a log scale, as the PNGs do; linear bytes left everything below
+``scale / 508`` at 0 (a uniform row of a 256-token causal map, whose first row is one-hot), so the bytes
+are spaced on a log scale from the head's largest weight down to ``scale / (2·k²)``, below the scale's
+bottom (``1/n²``): every byte is within half a step, ``ln(2·k²) / 506`` (1 % at 10 keys, 3 % at 2,048),
+of the weight. Masked cells (padding, a causal future) travel as bits so the tab can draw them gray
+instead of as a weight of 0; 255 is kept for NaN for the same reason.
+
+Beside the maps, under the same plugin, each capture may write one overview record (JSON: the
+layer × head matrix of every metric the ``attention/stats/<metric>`` pictures show) and marker records
+(JSON: texts the monitor attaches to a step, such as a phase change). The summary metadata says which
+kind a tag holds (:func:`tab_value`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-PLUGIN_NAME = "attnviz"  # the TensorBoard plugin (tb_plugin.py) lists summaries written under this name
-FORMAT = "attnviz/2"
+PLUGIN_NAME = "attnviz"  # the TensorBoard plugin (tab/plugin.py) lists summaries written under this name
+FORMAT = "attnviz/3"
+READABLE = ("attnviz/2", FORMAT)
 LEVELS = 254  # quantisation levels per head; byte 255 marks a cell that is not finite
 NOT_FINITE = 255
+KINDS = ("map", "overview", "markers")  # what a tag holds, said in its summary metadata
+MARKERS_FORMAT = "attnviz-markers/1"
 _LENGTH = 4  # bytes of the header length
 
 
@@ -48,6 +65,7 @@ class DecodedMap:
 
     format: str
     step: int
+    epoch: int | None  # None in attnviz/2 records
     layer: str
     sample: int
     heads: int
@@ -77,6 +95,7 @@ def encode_map(
     image: np.ndarray | None = None,
     grid: tuple[int, int] | None = None,
     prefix_tokens: int = 0,
+    epoch: int | None = None,
 ) -> bytes:
     """One step of one sample and layer for the Attention tab (format in the module docstring).
 
@@ -87,6 +106,7 @@ def encode_map(
         note: how the map was reduced, shown under the scale.
         image: the vision sample, float in [0, 1] (or uint8), with ``grid``.
         grid: the patch grid ``(rows, cols)``; the patches are keys ``prefix_tokens`` onwards.
+        epoch: the training epoch of ``step``, shown beside it.
 
     Raises:
         ValueError: a shape or label count does not match ``weights``, or ``image`` comes without ``grid``.
@@ -106,22 +126,24 @@ def encode_map(
     mask = _mask(visible, weights.shape)
     finite = np.isfinite(weights)
     shown = finite if mask is None else finite & mask
-    kept = np.where(shown, weights, 0.0)
-    scales = np.maximum(kept.reshape(heads, -1).max(axis=1, initial=0.0), 0.0).astype(np.float32)
-    levels = np.round(kept / np.maximum(scales, 1e-30)[:, None, None] * LEVELS)
-    cells = np.clip(levels, 0, LEVELS).astype(np.uint8)
+    kept = np.where(shown, np.maximum(weights, 0.0), 0.0)
+    scales = kept.reshape(heads, -1).max(axis=1, initial=0.0).astype(np.float32)
+    floors = (scales / (2.0 * max(k, 1) ** 2)).astype(np.float32)
+    cells = _log_bytes(kept, scales, floors)
     cells[~finite] = NOT_FINITE
     if mask is not None:
         cells[~np.broadcast_to(mask, cells.shape)] = 0  # masked wins: a fully masked row is NaN
     header: dict[str, Any] = {
         "format": FORMAT,
         "step": int(step),
+        "epoch": None if epoch is None else int(epoch),
         "layer": str(layer),
         "sample": int(sample),
         "heads": int(heads),
         "q": int(q),
         "k": int(k),
         "scales": [float(s) for s in scales],
+        "floors": [float(f) for f in floors],
         "q_labels": [str(s) for s in q_labels],
         "k_labels": [str(s) for s in k_labels],
         "note": note,
@@ -146,41 +168,72 @@ def encode_map(
     return len(encoded).to_bytes(_LENGTH, "little") + encoded + b"".join(payload)
 
 
+def _log_bytes(kept: np.ndarray, scales: np.ndarray, floors: np.ndarray) -> np.ndarray:
+    """Bytes 1..254 log-spaced from each head's floor to its scale; 0 below half a step under the floor.
+
+    Shape:
+        kept: ``(heads, q, k)``, finite and >= 0; scales, floors: ``(heads,)``.
+    """
+    ratio = np.where(floors > 0, scales / np.maximum(floors, 1e-38), 1.0)[:, None, None]
+    step = np.log(np.maximum(ratio, 1.0 + 1e-6)) / (LEVELS - 1)
+    with np.errstate(divide="ignore"):  # thread-local: log(0) is -inf, mapped to byte 0 below
+        place = 1 + (np.log(kept) - np.log(np.maximum(floors, 1e-38))[:, None, None]) / step
+    cells = np.clip(np.round(place), 1, LEVELS)
+    return np.where(place >= 0.5, cells, 0).astype(np.uint8)
+
+
+def byte_weights(header: Mapping[str, Any]) -> np.ndarray:
+    """Per head, the weight each byte stands for: ``(heads, 256)`` float32, NaN at byte 255."""
+    scales = np.asarray(header["scales"], dtype=np.float64)[:, None]
+    b = np.arange(256, dtype=np.float64)[None, :]
+    if header["format"] == "attnviz/2":
+        table = b / LEVELS * scales
+    else:
+        floors = np.asarray(header["floors"], dtype=np.float64)[:, None]
+        ratio = np.where(floors > 0, scales / np.maximum(floors, 1e-38), 1.0)
+        table = np.where(b >= 1, floors * ratio ** ((b - 1) / (LEVELS - 1)), 0.0)
+    table[:, NOT_FINITE] = np.nan
+    return table.astype(np.float32)
+
+
 def decode_map(blob: bytes) -> DecodedMap:
-    """Reads a record that :func:`encode_map` wrote.
+    """Reads a record that :func:`encode_map` wrote (``attnviz/3``, or ``attnviz/2`` from older runs).
 
     Raises:
-        ValueError: not an ``attnviz/2`` record, or its length does not match its header.
+        ValueError: not an attnviz map record, or its length does not match its header.
     """
-    if len(blob) < _LENGTH:
-        raise ValueError(f"an attnviz record starts with a {_LENGTH}-byte length, got {len(blob)} bytes")
-    n = int.from_bytes(blob[:_LENGTH], "little")
-    if _LENGTH + n > len(blob):
-        raise ValueError(f"header of {n} bytes in a record of {len(blob)} bytes")
-    header = json.loads(bytes(blob[_LENGTH : _LENGTH + n]).decode())
-    if header.get("format") != FORMAT:
-        raise ValueError(f"record format must be {FORMAT!r}, got {header.get('format')!r}")
-    heads, q, k = header["heads"], header["q"], header["k"]
-    mask_heads = header["mask"]["heads"] if header["mask"] else 0
-    info = header["image"]
-    sizes = [heads * q * k, (mask_heads * q * k + 7) // 8, info["height"] * info["width"] * 3 if info else 0]
+    header, n = _header(blob, READABLE)
+    try:  # every count is a plain int >= 0 before any size is computed from it
+        heads, q, k = (_count(header[key]) for key in ("heads", "q", "k"))
+        mask_heads = _count(header["mask"]["heads"]) if header["mask"] else 0
+        info = header["image"]
+        pixels = (_count(info["height"]), _count(info["width"])) if info else (0, 0)
+        missing = [
+            key for key in ("step", "layer", "sample", "q_labels", "k_labels", "note") if key not in header
+        ]
+        if missing:
+            raise ValueError(f"an attnviz record header without {missing}")
+        if len(header["scales"]) != heads or mask_heads not in (0, 1, heads):
+            raise ValueError(f"{len(header['scales'])} scales and a mask of {mask_heads} for {heads} heads")
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"malformed attnviz record header ({type(err).__name__}: {err})") from err
+    sizes = [heads * q * k, (mask_heads * q * k + 7) // 8, pixels[0] * pixels[1] * 3]
     if _LENGTH + n + sum(sizes) != len(blob):
         raise ValueError(f"record of {len(blob)} bytes, its header describes {_LENGTH + n + sum(sizes)}")
     body = np.frombuffer(blob, dtype=np.uint8, offset=_LENGTH + n)
     cells = body[: sizes[0]].reshape(heads, q, k)
-    scales = np.asarray(header["scales"], dtype=np.float32)
-    weights = cells.astype(np.float32) / LEVELS * scales[:, None, None]
-    weights[cells == NOT_FINITE] = np.nan
+    weights = byte_weights(header)[np.arange(heads)[:, None, None], cells]
     weights.flags.writeable = False
     visible = None
     if mask_heads:
         bits = np.unpackbits(body[sizes[0] : sizes[0] + sizes[1]], bitorder="little")
         visible = bits[: mask_heads * q * k].astype(bool).reshape(mask_heads, q, k)
         visible.flags.writeable = False
-    image = body[sizes[0] + sizes[1] :].reshape(info["height"], info["width"], 3) if info else None
+    image = body[sizes[0] + sizes[1] :].reshape(*pixels, 3) if info else None
     return DecodedMap(
         format=header["format"],
         step=header["step"],
+        epoch=header.get("epoch"),
         layer=header["layer"],
         sample=header["sample"],
         heads=heads,
@@ -198,13 +251,75 @@ def decode_map(blob: bytes) -> DecodedMap:
     )
 
 
-def tab_value(tag: str, blob: bytes) -> Any:
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"a count in an attnviz record header must be an int >= 0, got {value!r}")
+    return value
+
+
+def _header(blob: bytes, formats: Sequence[str]) -> tuple[dict[str, Any], int]:
+    if len(blob) < _LENGTH:
+        raise ValueError(f"an attnviz record starts with a {_LENGTH}-byte length, got {len(blob)} bytes")
+    n = int.from_bytes(blob[:_LENGTH], "little")
+    if _LENGTH + n > len(blob):
+        raise ValueError(f"header of {n} bytes in a record of {len(blob)} bytes")
+    header = json.loads(bytes(blob[_LENGTH : _LENGTH + n]).decode())
+    if not isinstance(header, dict) or header.get("format") not in formats:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise ValueError(f"record format must be one of {list(formats)}, got {found!r}")
+    return header, n
+
+
+# -- markers on the step axis ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A text attached to a training step (a phase change, say), drawn on the tab's step slider."""
+
+    step: int
+    text: str
+
+
+def encode_markers(markers: Sequence[Marker]) -> bytes:
+    """The markers of one step as one record (one tag holds one record per step).
+
+    Raises:
+        ValueError: no markers, markers of different steps, or an empty text.
+    """
+    steps = {m.step for m in markers}
+    if len(steps) != 1:
+        raise ValueError(f"`markers` must all be of one step, got steps {sorted(steps)}")
+    if any(not str(m.text).strip() for m in markers):
+        raise ValueError("`markers` need a text each, got an empty one")
+    record = {"format": MARKERS_FORMAT, "step": int(steps.pop()), "texts": [str(m.text) for m in markers]}
+    return json.dumps(record, ensure_ascii=False).encode()
+
+
+def decode_markers(blob: bytes) -> list[Marker]:
+    """Reads :func:`encode_markers`'s record. Raises ValueError for another format."""
+    record = read_json(blob, MARKERS_FORMAT)
+    return [Marker(int(record["step"]), str(text)) for text in record["texts"]]
+
+
+def read_json(blob: bytes, fmt: str) -> dict[str, Any]:
+    try:
+        record = json.loads(bytes(blob).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"a {fmt} record is UTF-8 JSON: {err}") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"record format must be {fmt!r}, got {found!r}")
+    return record
+
+
+def tab_value(tag: str, blob: bytes, kind: str = "map") -> Any:
     """The summary value that stores ``blob`` under ``tag`` for the Attention tab.
 
     A blob sequence of length 1, as TensorBoard's images plugin writes them: the data providers then
     list steps from blob references and read one blob on demand, never every stored map. Write it
-    with ``Summary(value=[...])`` at a step. Per-step content lives in the blob, not in the metadata,
-    of which TensorBoard keeps only the first per tag.
+    with ``Summary(value=[...])`` at a step. Per-step content lives in the blob; the metadata, of which
+    TensorBoard keeps only the first per tag, says the tag's ``kind`` (one of :data:`KINDS`).
 
     Returns:
         a ``tensorboard.compat.proto.summary_pb2.Summary.Value``.
@@ -214,8 +329,11 @@ def tab_value(tag: str, blob: bytes) -> Any:
     from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
     from tensorboard.compat.proto.types_pb2 import DT_STRING
 
+    if kind not in KINDS:
+        raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
+    content = json.dumps({"version": 3, "kind": kind}).encode()
     metadata = SummaryMetadata(
-        plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=b'{"version": 2}'),
+        plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content),
         data_class=DATA_CLASS_BLOB_SEQUENCE,
     )
     tensor = TensorProto(
@@ -224,6 +342,15 @@ def tab_value(tag: str, blob: bytes) -> Any:
         string_val=[blob],
     )
     return Summary.Value(tag=tag, metadata=metadata, tensor=tensor)
+
+
+def kind_of(plugin_content: bytes) -> str:
+    """The kind of a tag from its summary metadata's content; ``"map"`` for records before kinds."""
+    try:
+        kind = json.loads(plugin_content.decode() or "{}").get("kind", "map")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return "map"
+    return kind if kind in KINDS else "map"
 
 
 def _mask(visible: np.ndarray | None, shape: tuple[int, int, int]) -> np.ndarray | None:

@@ -118,3 +118,23 @@ def check_rgb_stats(name: str, value: Any, positive: bool) -> tuple[float, ...] 
             )
         numbers_.append(float(v))
     return tuple(numbers_)
+
+
+def missing_heads_message(heads: Sequence[int], layers: dict[str, int]) -> str | None:
+    """The warning for ``heads=`` naming heads that some of ``layers`` (name -> head count) lack, or
+    ``None`` when every layer has them all; said by the callback at setup where a module declares its
+    heads, and by the drawing side at the first capture for the others."""
+    missing = {h: [n for n, count in layers.items() if h >= count] for h in heads}
+    said = "; ".join(
+        f"head {h} in "
+        + ", ".join(f"{n!r} ({layers[n]} heads)" for n in names[:3])
+        + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        for h, names in missing.items()
+        if names
+    )
+    if not said:
+        return None
+    return (
+        f"AttentionMonitor: `heads={list(heads)}` names heads these layers do not have: {said}. Heads "
+        "count from 0; no heatmap is drawn for a head that does not exist."
+    )

@@ -44,10 +44,6 @@ SHARDED: tuple[type, ...] = tuple(
 REPLICATED: tuple[type, ...] = tuple(_load("strategies:DDPStrategy"))
 
 
-def is_tensorboard(logger: Any) -> bool:
-    return isinstance(logger, TENSORBOARD_LOGGERS)
-
-
 def logger_kind(logger: Any) -> LoggerKind:
     """Which sink a logger of either Lightning package gets (subclasses count as their base)."""
     for kind, classes in (
@@ -78,7 +74,7 @@ def capture_on_every_rank(strategy: Any, world_size: int) -> bool:
 def logging_problem(trainer: Any) -> str | None:
     """Why nothing can be logged in this fit, or ``None``; decided alike on every rank (a sharded
     capture forward needs every rank to agree on capturing). Which logger gets what is
-    :class:`lightning_attnviz.loggers.LoggerSinks`'s."""
+    :class:`lightning_attnviz.sinks.loggers.LoggerSinks`'s."""
     if getattr(trainer, "fast_dev_run", False):
         return (
             "AttentionMonitor: nothing is logged under `fast_dev_run` (Lightning replaces the loggers with "
@@ -91,6 +87,21 @@ def logging_problem(trainer: Any) -> str | None:
             "and CSVLogger get the pictures and scalars."
         )
     return None
+
+
+def metrics_step(trainer: Any) -> int:
+    """The step Lightning logs metrics at now, so that attention lines up with them.
+
+    ``_LoggerConnector.log_metrics`` logs at ``fit_loop.epoch_loop._batches_that_stepped``: the batches
+    that stepped an optimizer *before* the current one, because validation (at an epoch's end or
+    mid-epoch with ``val_check_interval``) and a batch's own training metrics are logged before the
+    count moves on. So ``val_loss`` of the validation after step 32 is logged at 31, and a step
+    capture after batch 20 at 19. Lightning has no public name for it (the one private attribute
+    read here); without it, ``global_step``.
+    """
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    step = getattr(loop, "_batches_that_stepped", None)
+    return step if isinstance(step, int) else int(trainer.global_step)
 
 
 def to_device(batch: Any, device: Any) -> Any:

@@ -1,15 +1,16 @@
 // Token names, layer names, bidi isolation and the colour table.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { expected, STATIC } from "./helpers.mjs";
+import { STATIC } from "./helpers.mjs";
 
 const labels = await import(new URL("labels.js", STATIC).href);
-const { LUT, colorIndex } = await import(new URL("colors.js", STATIC).href);
 
 test("top-key lines carry the key's position: repeated tokens stay apart", () => {
   assert.equal(labels.topKeyLine("i", 3, 0.9891), "\u2068i\u2069@3  0.989");
   assert.equal(labels.topKeyLine("i", 5, 0.004), "\u2068i\u2069@5  0.004");
   assert.equal(labels.topKeyLine("7", 7, 0.5), "@7  0.500");
+  assert.equal(labels.formatWeight(0.00012345), "0.00012"); // a long row's weights keep two digits
+  assert.equal(labels.formatWeight(0), "0.000");
 });
 
 test("bidi controls in labels are isolated", () => {
@@ -33,17 +34,4 @@ test("the vision caption says what it shows once", () => {
   assert.equal(labels.overlayCaption(header, 1), "where patch (0, 0) · \u2068p0\u2069 attends");
   const noPrefix = { q_labels: ["0"], image: { prefix: 0, grid: [1, 1] } };
   assert.equal(labels.overlayCaption(noPrefix, null), "mean attention received · hover a patch");
-});
-
-test("the colour table is matplotlib's viridis, and values pick matplotlib's entries", () => {
-  const want = expected();
-  assert.equal(LUT.length, 256 * 3);
-  for (const [index, rgb] of Object.entries(want.viridis)) {
-    assert.deepEqual([...LUT.slice(Number(index) * 3, Number(index) * 3 + 3)], rgb, `entry ${index}`);
-  }
-  for (const [value, rgb] of want.viridis_values) {
-    const c = colorIndex(value, 1) * 3;
-    assert.deepEqual([...LUT.slice(c, c + 3)], rgb, `value ${value}`);
-  }
-  assert.equal(colorIndex(5, 0), 0);
 });

@@ -1,7 +1,9 @@
 """Records and expected values for the node unit tests (tests/js), made by the Python encoder itself.
 
-Usage: ``python tests/js/make_fixtures.py <dir>``; writes ``<name>.bin`` records and ``expected.json``
-(each record's decoding by :func:`lightning_attnviz.record.decode_map`, and matplotlib's viridis).
+Usage: ``python tests/js/make_fixtures.py <dir>``; writes ``<name>.bin`` records and ``expected.json``:
+each record's decoding by :func:`lightning_attnviz.tab.record.decode_map`, the pictures' colour tables and
+where :func:`lightning_attnviz.render.scale.levels` places decoded maps on the colour scale (exact and
+block-pooled as the pictures pool long maps), an overview record, and a record in the previous format.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, _bounded, levels
+from lightning_attnviz.tab.overview import MatrixMetric, encode_overview
 from lightning_attnviz.tab.record import decode_map, encode_map
 
 
@@ -29,7 +33,22 @@ def _records() -> dict[str, bytes]:
     per_head = rng.random((2, 3, 5)) > 0.4
     vision = rng.random((2, 5, 5)).astype(np.float32)
     vision /= vision.sum(-1, keepdims=True)
+    long = rng.random((1, 256, 256)).astype(np.float32) ** 8  # peaked rows, many small weights
+    long_visible = np.tril(np.ones((256, 256), bool))[None]
+    long = long * long_visible
+    long /= long.sum(-1, keepdims=True)
     return {
+        "long": encode_map(
+            layer="long",
+            sample=0,
+            step=5,
+            epoch=2,
+            weights=long,
+            visible=long_visible,
+            q_labels=[str(i) for i in range(256)],
+            k_labels=[str(i) for i in range(256)],
+        ),
+        "version2": _version2(),
         "causal": encode_map(
             layer="blocks.1.attn",
             sample=0,
@@ -64,9 +83,39 @@ def _records() -> dict[str, bytes]:
     }
 
 
+def _version2() -> bytes:
+    """A record as attnviz/2 wrote it: linear bytes, no epoch, no floors."""
+    header = {"format": "attnviz/2", "step": 4, "layer": "old", "sample": 0, "heads": 1, "q": 2, "k": 2,
+              "scales": [0.8], "q_labels": ["a", "b"], "k_labels": ["a", "b"], "note": "", "mask": None,
+              "image": None}  # fmt: skip
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(4, "little") + encoded + bytes([254, 0, 127, 255])
+
+
+def _places(blob: bytes, pooled: bool = False) -> list:
+    """Where the pictures' scale places the decoded head mean (pooled as the pictures pool it)."""
+    record = decode_map(blob)
+    mean = record.weights.mean(axis=0)
+    visible = None if record.visible is None else record.visible.any(axis=0)
+    if pooled:
+        labels = [str(i) for i in range(mean.shape[0])]
+        mean, visible, _, _ = _bounded(mean, visible, labels, labels)
+    t = levels(mean, visible)
+    return [None if np.isnan(v) else float(v) for v in t.ravel()]
+
+
+def _overview() -> bytes:
+    values = np.array([[0.9, 0.8, np.nan], [0.2, 0.1, 0.3]])
+    metric = MatrixMetric("entropy_norm", "normalised attention entropy", "0 = one key, 1 = uniform",
+                          values, 0.0, 1.0, ("one key", "uniform"), 2)  # fmt: skip
+    other = MatrixMetric("distance", "mean attention distance", "positions", values * 10, None, None)
+    return encode_overview(7, 1, ["a.0", "a.1"], [metric, other])
+
+
 def _expected(blob: bytes) -> dict:
     record = decode_map(blob)
     return {
+        "epoch": record.epoch,
         "step": record.step,
         "layer": record.layer,
         "heads": record.heads,
@@ -87,15 +136,16 @@ def _rgb(cmap: matplotlib.colors.Colormap, x: float) -> list[int]:
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     expected = {}
-    for name, blob in _records().items():
+    records = _records()
+    for name, blob in records.items():
         (out / f"{name}.bin").write_bytes(blob)
         expected[name] = _expected(blob)
-    cmap = matplotlib.colormaps["viridis"]
-    probes = [0, 1, 64, 127, 128, 200, 254, 255]
-    expected["viridis"] = {str(i): _rgb(cmap, i) for i in probes}
-    # the colour matplotlib gives a value on a 0–1 scale: the tab must pick the same entry
-    values = [0.0, 0.001, 0.25, 0.5, 0.7, 0.999, 1.0]
-    expected["viridis_values"] = [[v, _rgb(cmap, v)] for v in values]
+    expected["viridis"] = _LUT.tolist()  # the tables the pictures are drawn with
+    expected["rdbu"] = _DIFF_LUT.tolist()
+    expected["viridis_matplotlib"] = [_rgb(matplotlib.colormaps["viridis"], i) for i in (0, 128, 255)]
+    expected["places"] = {"causal": _places(records["causal"]), "long": _places(records["long"]),
+                          "long_pooled": _places(records["long"], pooled=True)}  # fmt: skip
+    (out / "overview.json").write_bytes(_overview())
     (out / "expected.json").write_text(json.dumps(expected))
 
 

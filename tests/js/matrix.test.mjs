@@ -4,7 +4,7 @@ import { test } from "node:test";
 import { expected, recordBytes, STATIC } from "./helpers.mjs";
 
 const { decodeRecord } = await import(new URL("record.js", STATIC).href);
-const { matrixOf, topKeys, meanReceived, patchRow, saturation } = await import(new URL("matrix.js", STATIC).href);
+const { matrixOf, topKeys, meanReceived, patchRow, poolMatrix, rowStats } = await import(new URL("matrix.js", STATIC).href);
 const want = expected();
 
 test("the head mean is the mean of the decoded heads; masked cells are hidden", () => {
@@ -55,10 +55,26 @@ test("patch rows and the mean attention received", () => {
   for (let p = 0; p < 4; p++) assert.ok(Math.abs(received[p] - column(p)) < 1e-12);
 });
 
-test("colours saturate at the 99.5th percentile of large maps only", () => {
-  const small = Float64Array.from({ length: 100 }, (_, i) => i / 100);
-  assert.equal(saturation(small, new Uint8Array(100), 0.99), 0.99);
-  const big = new Float64Array(10_000).fill(0.01);
-  big[0] = 1;
-  assert.equal(saturation(big, new Uint8Array(10_000), 1), 0.01);
+test("block pooling: rows averaged, keys summed, a block visible if any cell is; partial blocks too", () => {
+  const values = Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]); // 5 rows × 3 keys
+  const hidden = new Uint8Array(15);
+  hidden[0] = hidden[1] = hidden[3] = hidden[4] = 1; // the first 2×2 block is all hidden
+  const matrix = { values, hidden, max: 15, q: 5, k: 3 };
+  const pooled = poolMatrix(matrix, 2);
+  assert.deepEqual([pooled.q, pooled.k, pooled.block], [3, 2, 2]);
+  assert.deepEqual([...pooled.values], [(1 + 2 + 4 + 5) / 2, (3 + 6) / 2, (7 + 8 + 10 + 11) / 2, (9 + 12) / 2, 13 + 14, 15]);
+  assert.deepEqual([...pooled.hidden], [1, 0, 0, 0, 0, 0]);
+  assert.equal(poolMatrix(matrix, 2), pooled, "cached");
+  assert.equal(poolMatrix(matrix, 1), matrix);
+  const rows = rowStats(matrix); // hidden and non-finite keys do not count
+  assert.deepEqual([...rows.counts], [1, 1, 3, 3, 3]);
+  assert.deepEqual([...rows.totals], [3, 6, 24, 33, 42]);
+});
+
+test("top keys of a long row: one pass, the same as a full sort", () => {
+  const k = 2048;
+  const values = Float32Array.from({ length: k }, (_, j) => ((j * 7919) % 1000) / 1000);
+  const matrix = { values, hidden: new Uint8Array(k), q: 1, k, max: 1 };
+  const sorted = [...values.keys()].sort((a, b) => values[b] - values[a] || a - b).slice(0, 5);
+  assert.deepEqual(topKeys(matrix, 0, 5).map((x) => x.key), sorted);
 });

@@ -1,25 +1,5 @@
-// Colours: matplotlib's viridis (generated into viridis.js, so the tab and the PNGs agree), the gray
-// of masked and non-finite cells (render.py's MASKED_RGB), and the canvas themes.
-// Pure: no DOM, so node's test runner imports it (tests/js).
-
-import { VIRIDIS } from "./viridis.js";
-
-/** 256 RGB entries, matplotlib's viridis. */
-export const LUT = VIRIDIS;
-
-/** Masked (padding, causal future) and non-finite cells: gray, not a weight. */
-export const MASKED_RGB = [215, 215, 215];
-
-/**
- * The LUT entry of `value` on a scale from 0 to `vmax`, as matplotlib picks it: floor(256·t), clipped.
- * @param {number} value
- * @param {number} vmax
- * @returns {number}
- */
-export function colorIndex(value, vmax) {
-  if (!(vmax > 0)) return 0;
-  return Math.max(0, Math.min(255, Math.floor((value / vmax) * 256)));
-}
+// The canvas themes, following TensorBoard's light or dark mode. (The colour tables and scales are
+// scale.js's, the same as the logged pictures'.) Pure: no DOM.
 
 /**
  * @typedef {object} Theme

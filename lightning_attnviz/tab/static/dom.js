@@ -74,21 +74,41 @@ export function buildLayout(root) {
     headSelect: el("select", { id: "attnviz-head" }),
     heatmapButton: el("button", { id: "attnviz-view-heatmap", type: "button", text: "heatmap" }),
     linesButton: el("button", { id: "attnviz-view-lines", type: "button", text: "lines" }),
+    compareSelect: el("select", { id: "attnviz-compare" }),
+    step2Select: el("select", { id: "attnviz-step2" }),
+    run2Select: el("select", { id: "attnviz-run2" }),
     stepInput: el("input", { id: "attnviz-step", type: "range", min: "0", max: "0", step: "1", value: "0" }),
     stepLabel: el("span", { id: "attnviz-step-label", text: "step –" }),
+    markers: el("div", { class: "attnviz-markers", id: "attnviz-markers" }),
+    markerText: el("div", { class: "attnviz-marker-text", id: "attnviz-marker-text" }),
     errorBox: el("div", { class: "attnviz-error", id: "attnviz-error", role: "alert", hidden: true }),
     emptyBox: el("div", { class: "attnviz-message", id: "attnviz-empty", text: EMPTY_MESSAGE, hidden: true }),
     strip: el("div", { class: "attnviz-strip", id: "attnviz-tokens" }),
     canvas: el("canvas", { id: "attnviz-map" }),
     cellInfo: el("div", { class: "attnviz-cell", id: "attnviz-cell" }),
+    zoomInfo: el("span", { id: "attnviz-zoom-info" }),
+    zoomReset: el("button", { id: "attnviz-zoom-reset", type: "button", text: "whole map", hidden: true }),
     imageCanvas: el("canvas", { id: "attnviz-image" }),
     imageCaption: el("div", { class: "attnviz-caption", id: "attnviz-image-caption" }),
     topTitle: el("div", { id: "attnviz-topkeys-title", class: "attnviz-hint" }),
     topKeysBox: el("pre", { id: "attnviz-topkeys" }),
+    scaleSelect: el("select", { id: "attnviz-scale" }),
     colorbar: el("canvas", { width: 256, height: 1 }),
-    colorMax: el("span", { text: "" }),
+    ticks: el("div", { class: "attnviz-ticks", id: "attnviz-ticks" }),
+    scaleMeaning: el("div", { class: "attnviz-info", id: "attnviz-scale-meaning" }),
+    changeBox: el("div", { class: "attnviz-change", id: "attnviz-change", hidden: true }),
+    changeBar: el("canvas", { width: 256, height: 1 }),
+    changeTicks: el("div", { class: "attnviz-ticks", id: "attnviz-change-ticks" }),
+    changeMeaning: el("div", { class: "attnviz-info", id: "attnviz-change-meaning" }),
     info: el("div", { class: "attnviz-info" }),
     note: el("div", { class: "attnviz-note", hidden: true }),
+    overviewCard: el("div", { class: "attnviz-card", id: "attnviz-overview", hidden: true }),
+    metricSelect: el("select", { id: "attnviz-metric" }),
+    overviewTitle: el("div", { class: "attnviz-hint", id: "attnviz-overview-title" }),
+    overviewCanvas: el("canvas", { id: "attnviz-overview-map" }),
+    overviewHint: el("div", { class: "attnviz-hint", id: "attnviz-overview-hint" }),
+    sparkline: el("canvas", { id: "attnviz-sparkline" }),
+    sparkTitle: el("div", { class: "attnviz-hint", id: "attnviz-spark-title" }),
   };
   const toolbar = el("div", { class: "attnviz-toolbar" }, [
     field("Run", ui.runSelect),
@@ -99,7 +119,17 @@ export function buildLayout(root) {
       el("span", { class: "attnviz-field-title", text: "View" }),
       el("div", { class: "attnviz-toggle", role: "group" }, [ui.heatmapButton, ui.linesButton]),
     ]),
-    field("Step", el("span", { class: "attnviz-steprow" }, [ui.stepInput, ui.stepLabel]), "attnviz-stepfield"),
+    field("Compare", ui.compareSelect),
+    field("With step", ui.step2Select, "attnviz-step2field"),
+    field("With run", ui.run2Select, "attnviz-run2field"),
+    el("div", { class: "attnviz-field attnviz-stepfield" }, [
+      el("span", { class: "attnviz-field-title", text: "Step" }),
+      el("span", { class: "attnviz-steprow" }, [
+        el("span", { class: "attnviz-slider" }, [ui.stepInput, ui.markers]),
+        ui.stepLabel,
+      ]),
+      ui.markerText,
+    ]),
   ]);
   // vision records: the picture leads the plot column, the token heatmap follows it
   const imagePanel = el("div", { class: "attnviz-image-panel", id: "attnviz-image-panel", hidden: true }, [
@@ -108,13 +138,30 @@ export function buildLayout(root) {
     ui.imageCaption,
   ]);
   const mapTitle = el("h3", { class: "attnviz-map-title", text: "Token attention", hidden: true });
-  const plot = el("div", { class: "attnviz-plot" }, [imagePanel, mapTitle, ui.canvas, ui.cellInfo]);
+  const zoomRow = el("div", { class: "attnviz-zoom" }, [ui.zoomInfo, ui.zoomReset]);
+  const plot = el("div", { class: "attnviz-plot" }, [imagePanel, mapTitle, ui.canvas, ui.cellInfo, zoomRow]);
+  ui.overviewCard.append(
+    el("h3", { text: "Overview: layers × heads" }),
+    el("div", { class: "attnviz-overview-row" }, [ui.metricSelect]),
+    ui.overviewTitle,
+    ui.overviewCanvas,
+    ui.overviewHint,
+    ui.sparkTitle,
+    ui.sparkline,
+  );
+  const bar = (/** @type {HTMLCanvasElement} */ canvas, /** @type {HTMLElement} */ ticks) =>
+    el("div", { class: "attnviz-bar" }, [canvas, ticks]);
+  ui.changeBox.append(el("h3", { text: "Change" }), bar(ui.changeBar, ui.changeTicks), ui.changeMeaning);
   const side = el("div", { class: "attnviz-side" }, [
+    ui.overviewCard,
     el("div", { class: "attnviz-card" }, [el("h3", { text: "Top keys" }), ui.topTitle, ui.topKeysBox]),
-    el("div", { class: "attnviz-card" }, [
-      el("h3", { text: "Scale" }),
-      el("div", { class: "attnviz-colorbar" }, [el("span", { text: "0" }), ui.colorbar, ui.colorMax]),
+    el("div", { class: "attnviz-card", id: "attnviz-scale-card" }, [
+      el("h3", { text: "Colour scale" }),
+      ui.scaleSelect,
+      bar(ui.colorbar, ui.ticks),
+      ui.scaleMeaning,
       el("div", { class: "attnviz-legend" }, [el("i", { class: "attnviz-swatch" }), "masked or not finite"]),
+      ui.changeBox,
       ui.info,
       ui.note,
     ]),
@@ -122,5 +169,24 @@ export function buildLayout(root) {
   const body = el("div", { class: "attnviz-body" }, [ui.strip, plot, side]);
   const main = el("div", { hidden: true }, [toolbar, body]);
   root.append(el("div", { class: "attnviz" }, [ui.errorBox, ui.emptyBox, main]));
-  return { ...ui, imagePanel, mapTitle, plot, body, main };
+  return { ...ui, imagePanel, mapTitle, plot, side, body, main, toolbar };
+}
+
+/**
+ * Tick labels under a colour bar: a label (and a word under it) at each place.
+ * @param {HTMLElement} box
+ * @param {Array<[number, string, string]>} ticks
+ */
+export function setTicks(box, ticks) {
+  box.replaceChildren(
+    ...ticks.map(([place, label, word]) => {
+      const align = place <= 0 ? "start" : place >= 1 ? "end" : "middle";
+      const tick = el("span", { class: `attnviz-tick attnviz-tick-${align}` }, [
+        el("b", { text: label }),
+        ...(word ? [el("i", { text: word })] : []),
+      ]);
+      tick.style.left = `${(place * 100).toFixed(1)}%`; // CSSOM: TensorBoard's CSP refuses style attributes
+      return tick;
+    }),
+  );
 }

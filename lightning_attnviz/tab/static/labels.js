@@ -37,9 +37,13 @@ export function naturalCompare(a, b) {
   return a.localeCompare(b, "en", { numeric: true });
 }
 
-/** @param {number} weight */
+/**
+ * A weight with three decimals, or two significant digits below 0.001 (a long row's weights are small).
+ * @param {number} weight
+ */
 export function formatWeight(weight) {
-  return Number.isFinite(weight) ? weight.toFixed(3) : "NaN";
+  if (!Number.isFinite(weight)) return "NaN";
+  return weight !== 0 && Math.abs(weight) < 0.001 ? weight.toPrecision(2) : weight.toFixed(3);
 }
 
 /**

@@ -1,7 +1,9 @@
-// The lines view: each query joined to its top keys, opacity ∝ weight.
+// The lines view: each query joined to its top keys, opacity as the logged arrows picture draws it:
+// how far above uniform the weight is on the log scale (none at or below uniform).
 
 import { isolate } from "./labels.js";
-import { topKeys } from "./matrix.js";
+import { rowStats, topKeys } from "./matrix.js";
+import { UNIFORM_AT, logPlace } from "./scale.js";
 import { LABEL_MIN_CELL, MONO, fitLabel, sizeCanvas } from "./views.js";
 
 export const LINES_TOP_K = 3; // keys drawn per query
@@ -40,17 +42,17 @@ export function drawLines(canvas, matrix, header, active, theme, room) {
   const yk = (/** @type {number} */ j) => top + (j + 0.5) * rowK;
 
   if (!matrix.lines) {
-    // every query's top keys, once per matrix: hovering only redraws
+    // every query's top keys, once per matrix: hovering only redraws; the third value is the opacity
     matrix.lines = [];
+    const { totals, counts } = rowStats(matrix);
     for (let i = 0; i < q; i++) {
       for (const { key, weight } of topKeys(matrix, i, LINES_TOP_K)) {
-        if (weight > 0) matrix.lines.push([i, key, weight]);
+        const above = (logPlace(weight, totals[i], counts[i]) - UNIFORM_AT) / (1 - UNIFORM_AT);
+        if (above > 0.02) matrix.lines.push([i, key, above]);
       }
     }
   }
   const lines = matrix.lines;
-  // opacity on the heatmap's colour scale (a causal map's single 1.0 would hide the rest)
-  const strongest = matrix.vmax || 1;
   const stroke = (/** @type {number} */ i, /** @type {number} */ j) => {
     ctx.beginPath();
     ctx.moveTo(xq, yq(i));
@@ -61,14 +63,14 @@ export function drawLines(canvas, matrix, header, active, theme, room) {
   ctx.lineWidth = Math.max(0.75, Math.min(2.5, pitch / 6));
   for (const [i, j, w] of lines) {
     if (i === active) continue;
-    const alpha = Math.min(1, w / strongest) * (active === null ? 0.85 : 0.18);
+    const alpha = w * (active === null ? 0.85 : 0.18);
     ctx.strokeStyle = `rgba(${theme.line}, ${alpha.toFixed(3)})`;
     stroke(i, j);
   }
   ctx.lineWidth = Math.max(1.5, Math.min(3.5, pitch / 4));
   for (const [i, j, w] of lines) {
     if (i !== active) continue;
-    ctx.strokeStyle = `rgba(${theme.lineActive}, ${Math.max(0.3, Math.min(1, w / strongest)).toFixed(3)})`;
+    ctx.strokeStyle = `rgba(${theme.lineActive}, ${Math.max(0.3, w).toFixed(3)})`;
     stroke(i, j);
   }
 

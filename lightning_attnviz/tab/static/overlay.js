@@ -1,8 +1,14 @@
-// The image overlay of vision records: the sample's picture under one query's attention on the patches.
+// The image overlay of vision records: the sample's picture under one query's attention on the patches,
+// coloured as the logged overlay pictures (render/overlay.py): each patch's share of the row's weight on
+// the patches against an even 1/n, log scale, more opaque where higher.
 
-import { formatWeight, overlayCaption } from "./labels.js";
-import { finiteMax, meanReceived, patchRow } from "./matrix.js";
-import { paintLut, sizeCanvas } from "./views.js";
+import { overlayCaption } from "./labels.js";
+import { meanReceived, patchRow } from "./matrix.js";
+import { SCALES, logPlace, rgba } from "./scale.js";
+import { paintPixels, sizeCanvas } from "./views.js";
+
+const ALPHA_MIN = 0.15; // render/overlay.py's ALPHA_MIN and ALPHA: opacity at the bottom and top
+const ALPHA = 0.6;
 
 /**
  * @typedef {object} OverlayLayout
@@ -63,10 +69,12 @@ export function drawOverlay(canvas, record, matrix, active, width) {
   if (active !== null) values = patchRow(matrix, active, prefix, patches);
   else if (prefix > 0) values = patchRow(matrix, 0, prefix, patches);
   else values = meanReceived(matrix, prefix, patches);
-  const max = finiteMax(values);
-  const overlay = paintLut(document.createElement("canvas"), cols, rows, values, max, {
-    alpha: (t) => Math.round(255 * (0.15 + 0.6 * t)),
-  });
+  let total = 0;
+  let n = 0;
+  for (const v of values) if (Number.isFinite(v)) (total += Math.max(v, 0)), (n += 1);
+  const placed = Float32Array.from(values, (v) => (Number.isFinite(v) ? logPlace(v, total, n) : Number.NaN));
+  const alpha = (/** @type {number} */ t) => Math.round(255 * (ALPHA_MIN + (ALPHA - ALPHA_MIN) * t));
+  const overlay = paintPixels(document.createElement("canvas"), cols, rows, rgba(placed, SCALES.log.lut, alpha));
   const height = Math.round((width * info.height) / info.width);
   const ctx = sizeCanvas(canvas, width, height);
   ctx.imageSmoothingEnabled = false;
@@ -79,6 +87,6 @@ export function drawOverlay(canvas, record, matrix, active, width) {
     ctx.lineWidth = 2;
     ctx.strokeRect((c * width) / cols + 1, (r * height) / rows + 1, width / cols - 2, height / rows - 2);
   }
-  const caption = `${overlayCaption(header, active)} · colours up to ${formatWeight(max)}`;
+  const caption = `${overlayCaption(header, active)} · colour: each patch's share vs an even 1/n, log scale`;
   return { layout: { width, height, rows, cols, prefix }, caption };
 }

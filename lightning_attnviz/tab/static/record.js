@@ -1,13 +1,17 @@
-// The Attention tab's record, format attnviz/2: decoding only (lightning_attnviz/record.py encodes it).
+// The Attention tab's map record, formats attnviz/3 and attnviz/2: decoding only (tab/record.py encodes).
 //
-//   uint32 n (little-endian) · n bytes of JSON header · heads·q·k uint8 weights
-//   (w = byte / 254 · scales[h]; 255 = not finite; masked cells 0) · if header.mask: the visible cells
-//   as bits, np.packbits(bitorder="little"), for header.mask.heads (1 or heads) heads · if header.image:
-//   height·width·3 uint8 RGB.
+//   uint32 n (little-endian) · n bytes of JSON header · heads·q·k uint8 weights · if header.mask: the
+//   visible cells as bits, np.packbits(bitorder="little"), for header.mask.heads (1 or heads) heads ·
+//   if header.image: height·width·3 uint8 RGB.
+//
+// attnviz/3 bytes are log-spaced per head: byte b in 1..254 is floors[h] · (scales[h] / floors[h]) ^
+// ((b − 1) / 253), 0 is 0; attnviz/2 bytes were linear, b / 254 · scales[h]. 255 is not finite in both.
+// Each head gets a 256-entry table from byte to weight, so nothing else needs to know the format.
 //
 // Pure: no DOM, so node's test runner imports it (tests/js).
 
-export const FORMAT = "attnviz/2";
+export const FORMAT = "attnviz/3";
+export const READABLE = ["attnviz/2", FORMAT];
 export const LEVELS = 254;
 export const NOT_FINITE = 255;
 
@@ -21,12 +25,14 @@ export const NOT_FINITE = 255;
  * @typedef {object} Header
  * @property {string} format
  * @property {number} step
+ * @property {number | null} [epoch]  absent in attnviz/2
  * @property {string} layer
  * @property {number} sample
  * @property {number} heads
  * @property {number} q
  * @property {number} k
- * @property {number[]} scales  per head: the weight of byte 254
+ * @property {number[]} scales  per head: the largest weight
+ * @property {number[]} [floors]  per head: the weight of byte 1 (attnviz/3)
  * @property {string[]} q_labels
  * @property {string[]} k_labels
  * @property {string} note
@@ -35,12 +41,33 @@ export const NOT_FINITE = 255;
  *
  * @typedef {object} AttnRecord
  * @property {Header} header
- * @property {Uint8Array} cells  heads·q·k quantised weights
+ * @property {Uint8Array} cells  heads·q·k bytes
+ * @property {Float32Array[]} tables  per head, the weight of each byte (NaN for 255)
  * @property {Uint8Array | null} visible  maskHeads·q·k, 1 = visible; null: nothing masked
  * @property {number} maskHeads  0, 1 (one mask for all heads) or heads
  * @property {Uint8Array | null} image  height·width·3 RGB
  * @property {number} bytes  size of the record
  */
+
+/**
+ * Per head, the weight each byte stands for.
+ * @param {Header} header
+ * @returns {Float32Array[]}
+ */
+export function byteTables(header) {
+  return header.scales.map((scale, h) => {
+    const table = new Float32Array(256);
+    if (header.format === "attnviz/2") {
+      for (let b = 0; b < 256; b++) table[b] = (b / LEVELS) * scale;
+    } else {
+      const floor = /** @type {number[]} */ (header.floors)[h];
+      const ratio = floor > 0 ? scale / floor : 1;
+      for (let b = 1; b < 256; b++) table[b] = floor * ratio ** ((b - 1) / (LEVELS - 1));
+    }
+    table[NOT_FINITE] = Number.NaN;
+    return table;
+  });
+}
 
 /**
  * Reads one record; throws an Error that says what does not match.
@@ -53,8 +80,8 @@ export function decodeRecord(buffer) {
   if (4 + n > buffer.byteLength) throw new Error(`header of ${n} bytes in a ${buffer.byteLength}-byte record`);
   /** @type {Header} */
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, n)));
-  if (header.format !== FORMAT) {
-    throw new Error(`record format ${JSON.stringify(header.format)}, this tab reads ${FORMAT}`);
+  if (!READABLE.includes(header.format)) {
+    throw new Error(`record format ${JSON.stringify(header.format)}, this tab reads ${READABLE.join(" and ")}`);
   }
   const { heads, q, k } = header;
   const cellBytes = heads * q * k;
@@ -65,8 +92,9 @@ export function decodeRecord(buffer) {
   if (buffer.byteLength !== expected) {
     throw new Error(`record of ${buffer.byteLength} bytes, its header describes ${expected}`);
   }
-  if (header.scales.length !== heads || header.q_labels.length !== q || header.k_labels.length !== k) {
-    throw new Error("record: scale or label counts do not match heads, q and k");
+  const floorsOk = header.format === "attnviz/2" || (header.floors && header.floors.length === heads);
+  if (header.scales.length !== heads || !floorsOk || header.q_labels.length !== q || header.k_labels.length !== k) {
+    throw new Error("record: scale, floor or label counts do not match heads, q and k");
   }
   let offset = 4 + n;
   const cells = new Uint8Array(buffer, offset, cellBytes);
@@ -74,7 +102,7 @@ export function decodeRecord(buffer) {
   const visible = maskHeads ? unpackBits(new Uint8Array(buffer, offset, maskBytes), maskHeads * q * k) : null;
   offset += maskBytes;
   const image = header.image ? new Uint8Array(buffer, offset, imageBytes) : null;
-  return { header, cells, visible, maskHeads, image, bytes: buffer.byteLength };
+  return { header, cells, tables: byteTables(header), visible, maskHeads, image, bytes: buffer.byteLength };
 }
 
 /**
@@ -97,8 +125,7 @@ export function unpackBits(packed, count) {
  * @returns {number}
  */
 export function weightOf(record, head, index) {
-  const byte = record.cells[head * record.header.q * record.header.k + index];
-  return byte === NOT_FINITE ? Number.NaN : (byte / LEVELS) * record.header.scales[head];
+  return record.tables[head][record.cells[head * record.header.q * record.header.k + index]];
 }
 
 /**

@@ -1,16 +1,14 @@
-// The Attention tab's controller: what is selected, what is loaded, what the pointer is over. Its
-// controls (menus, slider, events) are wired and filled by controls.js.
+// The Attention tab's controller: the view's state (the same that lives in the page's address), what
+// is loaded for it, and what the pointer is over. Its controls are wired by controls.js and the
+// picture is composed by draw.js.
 
 import { THEMES } from "./colors.js";
-import { bindControls, syncSelectors, syncSlider } from "./controls.js";
-import { buildLayout, setOptions } from "./dom.js";
-import { formatWeight, isolate } from "./labels.js";
-import { LINES_TOP_K, drawLines } from "./lines.js";
-import { matrixOf } from "./matrix.js";
+import { bindControls, syncCompare, syncSelectors, syncSlider } from "./controls.js";
+import { buildLayout } from "./dom.js";
+import { draw, drawInteractive } from "./draw.js";
 import { RecordCache, pluginBase, request } from "./model.js";
-import { drawOverlay } from "./overlay.js";
-import { buildStrip, markStrip, showTopKeys } from "./panels.js";
-import { drawColorbar, drawHeatmap, paintLut } from "./views.js";
+import { decodeState, defaultState, encodeState, stepIndexFor } from "./state.js";
+import { TensorBoardLink } from "./tensorboard.js";
 
 export class AttentionTab {
   /** @param {HTMLElement} root */
@@ -18,29 +16,40 @@ export class AttentionTab {
     this.base = pluginBase();
     this.cache = new RecordCache(this.base);
     this.ui = buildLayout(root);
-    /** @type {Record<string, string[]> | null} */
-    this.runs = null;
-    /** @type {string | null} */ this.run = null;
-    /** @type {string | null} */ this.sample = null;
-    /** @type {string | null} */ this.layer = null;
-    /** @type {number | "mean"} */ this.head = "mean";
-    this.view = "heatmap";
+    this.state = defaultState();
+    /** @type {Record<string, string[]> | null} */ this.runs = null;
+    /** @type {Record<string, {overview: string[], markers: string[]}>} */ this.extras = {};
     /** @type {number[]} */ this.steps = [];
     this.stepIndex = -1;
+    /** @type {number[]} */ this.otherSteps = []; // the other run's steps (compare "runs")
     /** @type {import("./record.js").AttnRecord | null} */ this.record = null;
-    this.recordKey = "";
+    /** @type {import("./record.js").AttnRecord | null} */ this.other = null; // the other step or run
+    /** @type {Map<string, Promise<any[]>>} */ this.series = new Map(); // overview and markers records
+    /** @type {any[]} */ this.overviews = [];
+    /** @type {Array<{step: number, texts: string[]}>} */ this.markers = [];
     /** @type {number | null} */ this.hover = null;
     /** @type {number | null} */ this.pinned = null;
+    /** @type {any} */ this.drag = null;
     this.generation = 0; // bumped on every selection change: late answers for an old one are dropped
     /** @type {Promise<void> | null} */ this.refreshing = null;
     this.lastRefresh = 0;
     /** @type {any} */ this.layout = null;
     /** @type {any} */ this.imageLayout = null;
+    /** @type {any} */ this.overviewLayout = null;
+    /** @type {any} */ this.painted = null; // the panels as painted, until the selection changes
     /** @type {HTMLElement[] | null} */ this.tokens = null;
-    /** @type {HTMLCanvasElement | null} */ this.cells = null;
     this.theme = THEMES.light;
-    drawColorbar(this.ui.colorbar);
+    /** @type {number | null} */ this.selectedAt = performance.now(); // until the choice is drawn
+    this.link = new TensorBoardLink(() => this.refresh({ force: true }));
     bindControls(this);
+  }
+
+  /** Reads the view from the address, then loads it. */
+  async start() {
+    const params = await this.link.readAddress();
+    this.state = decodeState(params);
+    this.followLatest = this.state.step === null;
+    await this.refresh({ force: true });
   }
 
   // -- loading -----------------------------------------------------------------------------------
@@ -50,6 +59,7 @@ export class AttentionTab {
     if (this.refreshing) return this.refreshing;
     if (!force && performance.now() - this.lastRefresh < 2000) return Promise.resolve();
     this.lastRefresh = performance.now();
+    if (force) this.series.clear();
     this.refreshing = this.reloadRuns()
       .catch((error) => this.showError(error))
       .finally(() => {
@@ -59,9 +69,13 @@ export class AttentionTab {
   }
 
   async reloadRuns() {
-    const runs = await (await request(this.base, "runs")).json();
+    const [runs, extras] = await Promise.all([
+      request(this.base, "runs").then((r) => r.json()),
+      request(this.base, "extras").then((r) => r.json()),
+    ]);
     const changed = JSON.stringify(runs) !== JSON.stringify(this.runs);
     this.runs = runs;
+    this.extras = extras;
     const empty = Object.keys(runs).length === 0;
     this.ui.emptyBox.hidden = !empty;
     this.ui.main.hidden = empty;
@@ -73,63 +87,125 @@ export class AttentionTab {
   }
 
   get tag() {
-    return this.sample !== null && this.layer !== null ? `${this.sample}/${this.layer}` : null;
+    const { sample, layer } = this.state;
+    return sample !== null && layer !== null ? `${sample}/${layer}` : null;
   }
 
-  /** @param {{run?: string, sample?: string, layer?: string}} change */
+  /**
+   * A new choice of run, sample, layer, compare mode or other step / run: reload what it needs.
+   * @param {Partial<import("./state.js").ViewState>} change
+   */
   select(change) {
-    Object.assign(this, change);
+    const layerChanged = ("layer" in change && change.layer !== this.state.layer) || "sample" in change;
+    Object.assign(this.state, change);
+    this.selectedAt = performance.now();
+    if (layerChanged || "run" in change) this.state.zoom = null; // another map: its own extent
     this.generation += 1;
+    this.painted = null;
     syncSelectors(this);
     this.reloadSteps(this.generation).catch((error) => this.showError(error));
   }
 
   /** @param {number} generation */
   async reloadSteps(generation) {
-    const { run, tag } = this;
+    const { run } = this.state;
+    const tag = this.tag;
     if (!run || !tag) return;
     const steps = await (await request(this.base, "steps", { run, tag })).json();
     if (generation !== this.generation) return;
-    const previousStep = this.steps[this.stepIndex];
-    const followLatest = this.stepIndex < 0 || this.stepIndex === this.steps.length - 1;
+    const atLatest = this.stepIndex >= 0 && this.stepIndex === this.steps.length - 1;
+    const wanted = this.followLatest || atLatest ? null : this.state.step;
     this.steps = steps;
-    let index = followLatest ? steps.length - 1 : steps.indexOf(previousStep);
-    if (index < 0 && steps.length) index = Math.max(0, steps.findLastIndex((/** @type {number} */ s) => s <= previousStep));
-    this.stepIndex = index;
+    this.stepIndex = stepIndexFor(steps, wanted);
+    this.otherSteps = [];
+    const run2 = this.state.compare === "runs" ? syncCompare(this) : null;
+    if (run2) {
+      const answer = await request(this.base, "steps", { run: run2, tag }).catch(() => null);
+      if (generation !== this.generation) return;
+      this.otherSteps = answer ? await answer.json() : [];
+    }
+    syncCompare(this);
     syncSlider(this);
-    const key = RecordCache.key(run, tag, steps[index]);
-    if (index >= 0 && !(this.record && this.recordKey === key)) await this.loadRecord(generation);
+    await Promise.all([this.loadRecords(generation), this.loadSeries(generation)]);
   }
 
   /** @param {number} index */
   setStepIndex(index) {
     if (index === this.stepIndex || index < 0 || index >= this.steps.length) return;
     this.stepIndex = index;
+    this.followLatest = index === this.steps.length - 1;
+    this.painted = null;
+    syncCompare(this);
     syncSlider(this);
-    this.loadRecord(this.generation).catch((error) => this.showError(error));
+    this.loadRecords(this.generation).catch((error) => this.showError(error));
+  }
+
+  /** The other map of a comparison: its run and step, or null. */
+  otherSource() {
+    const { compare, run2, step2 } = this.state;
+    const step = this.steps[this.stepIndex];
+    if (compare === "steps" && step2 !== null) return { run: this.state.run, step: step2 };
+    if (compare === "runs" && run2 && this.otherSteps.length) {
+      return { run: run2, step: this.otherSteps[stepIndexFor(this.otherSteps, step)] };
+    }
+    return null;
   }
 
   /** @param {number} generation */
-  async loadRecord(generation) {
-    const { run, tag } = this;
+  async loadRecords(generation) {
+    const { run } = this.state;
+    const tag = this.tag;
     const step = this.steps[this.stepIndex];
     if (!run || !tag || step === undefined) return;
-    const record = await this.cache.get(run, tag, step);
+    const source = this.otherSource();
+    const [record, other] = await Promise.all([
+      this.cache.get(run, tag, step),
+      source && source.run ? this.cache.get(source.run, tag, source.step) : Promise.resolve(null),
+    ]);
     const stale = generation !== this.generation || this.steps[this.stepIndex] !== step;
-    if (stale || this.tag !== tag || this.run !== run) return; // a newer choice was made meanwhile
-    const sameTokens = this.record && this.record.header.q_labels.join("\u0000") === record.header.q_labels.join("\u0000");
+    if (stale || this.tag !== tag || this.state.run !== run) return; // a newer choice was made meanwhile
+    this.state.step = step;
     this.record = record;
-    this.recordKey = RecordCache.key(run, tag, step);
-    if (!sameTokens) this.tokens = buildStrip(this.ui.strip, record.header.q_labels);
+    this.other = other;
+    this.painted = null;
     if (this.hover !== null && this.hover >= record.header.q) this.hover = null;
     if (this.pinned !== null && this.pinned >= record.header.q) this.pinned = null;
-    const heads = record.header.heads;
-    const options = [{ value: "mean", text: heads > 1 ? `mean of ${heads}` : "mean" }];
-    for (let h = 0; h < heads; h++) options.push({ value: String(h), text: `head ${h}` });
-    const head = setOptions(this.ui.headSelect, options, String(this.head));
-    this.head = head === "mean" ? "mean" : Number(head);
     this.hideError();
-    this.draw();
+    draw(this);
+  }
+
+  /**
+   * The run's overview and markers records (all kept steps of each), fetched once per run and reload.
+   * @param {number} generation
+   */
+  async loadSeries(generation) {
+    const run = this.state.run;
+    if (!run) return;
+    const prefix = (this.tag || "").split("sample_")[0]; // a named monitor's tags start "<name>/"
+    const extras = this.extras[run] || { overview: [], markers: [] };
+    const fetchAll = (/** @type {string | undefined} */ tag) => {
+      if (!tag) return Promise.resolve([]);
+      const key = `${run}\u0000${tag}`;
+      if (!this.series.has(key)) {
+        this.series.set(key, request(this.base, "records", { run, tag }).then((r) => r.json()));
+      }
+      return /** @type {Promise<any[]>} */ (this.series.get(key));
+    };
+    const pick = (/** @type {string[]} */ tags, /** @type {string} */ name) => tags.find((t) => t === `${prefix}${name}`);
+    const [overviews, markers] = await Promise.all([
+      fetchAll(pick(extras.overview, "overview")),
+      fetchAll(pick(extras.markers, "markers")),
+    ]);
+    if (generation !== this.generation || this.state.run !== run) return;
+    this.overviews = overviews;
+    this.markers = markers;
+    syncSlider(this);
+    draw(this);
+  }
+
+  /** Puts the view's state in the page's address (TensorBoard's URL), so a link reproduces it. */
+  writeAddress() {
+    this.link.writeAddress(encodeState(this.state));
   }
 
   // -- pointer -----------------------------------------------------------------------------------
@@ -142,131 +218,13 @@ export class AttentionTab {
   setHover(index) {
     if (index === this.hover) return;
     this.hover = index;
-    this.drawInteractive();
+    drawInteractive(this);
   }
 
   /** @param {number} index */
   togglePin(index) {
     this.pinned = this.pinned === index ? null : index;
-    this.drawInteractive();
-  }
-
-  /** @param {MouseEvent} event */
-  hitCanvas(event) {
-    const layout = this.layout;
-    if (!layout || !this.record) return null;
-    const rect = this.ui.canvas.getBoundingClientRect();
-    const x = event.clientX - rect.left;
-    const y = event.clientY - rect.top;
-    if (layout.kind === "heatmap") {
-      const col = Math.floor((x - layout.left) / layout.cell);
-      const row = Math.floor((y - layout.top) / layout.cell);
-      return row < 0 || row >= layout.q || col < 0 || col >= layout.k ? null : { row, col };
-    }
-    const row = Math.round((y - layout.top) / layout.rowQ - 0.5); // lines: the nearest query dot
-    return row < 0 || row >= layout.q || x > layout.width * 0.5 ? null : { row, col: null };
-  }
-
-  /** @param {MouseEvent} event */
-  onCanvasMove(event) {
-    const hit = this.hitCanvas(event);
-    if (!hit || !this.record) {
-      this.showCellHint();
-      this.setHover(null);
-      return;
-    }
-    if (hit.col !== null) {
-      const { header } = this.record;
-      const matrix = matrixOf(this.record, this.head);
-      const index = hit.row * matrix.k + hit.col;
-      const weight = matrix.hidden[index] ? "masked" : formatWeight(matrix.values[index]);
-      this.ui.cellInfo.textContent =
-        `query ${hit.row} ${isolate(header.q_labels[hit.row])} → key ${hit.col} ${isolate(header.k_labels[hit.col])}: ${weight}`;
-    }
-    this.setHover(hit.row);
-  }
-
-  /** @param {MouseEvent} event */
-  onImageMove(event) {
-    const layout = this.imageLayout;
-    if (!layout || !this.record) return;
-    const rect = this.ui.imageCanvas.getBoundingClientRect();
-    const c = Math.floor(((event.clientX - rect.left) / layout.width) * layout.cols);
-    const r = Math.floor(((event.clientY - rect.top) / layout.height) * layout.rows);
-    const inside = r >= 0 && r < layout.rows && c >= 0 && c < layout.cols;
-    const token = layout.prefix + r * layout.cols + c;
-    this.setHover(inside && token < this.record.header.q ? token : null);
-  }
-
-  // -- drawing -----------------------------------------------------------------------------------
-
-  showCellHint() {
-    this.ui.cellInfo.textContent =
-      this.view === "heatmap"
-        ? "rows: queries · columns: keys · gray: masked · hover a row, click to pin it"
-        : `left: queries · right: their top ${LINES_TOP_K} keys, opacity ∝ weight · hover a query, click to pin it`;
-  }
-
-  /** @param {string} view */
-  setView(view) {
-    this.view = view;
-    this.ui.heatmapButton.setAttribute("aria-pressed", String(view === "heatmap"));
-    this.ui.linesButton.setAttribute("aria-pressed", String(view === "lines"));
-    this.draw();
-  }
-
-  /** Everything that depends on the record, the head or the size. */
-  draw() {
-    if (!this.record || this.ui.main.hidden) return;
-    const matrix = matrixOf(this.record, this.head);
-    this.cells = paintLut(this.cells || document.createElement("canvas"), matrix.k, matrix.q, matrix.values, matrix.vmax, {
-      hidden: matrix.hidden,
-    });
-    const clipped = matrix.vmax < matrix.max;
-    const { header } = this.record;
-    this.ui.colorMax.textContent = `${formatWeight(matrix.vmax)}${clipped ? "+" : ""}`;
-    const headText = this.head === "mean" ? "mean over heads" : `head ${this.head}`;
-    const saturates = ` · colours saturate above ${formatWeight(matrix.vmax)} (99.5th percentile; max ${formatWeight(matrix.max)})`;
-    this.ui.info.textContent = `${header.q} queries × ${header.k} keys · ${header.heads} heads · ${headText}${clipped ? saturates : ""}`;
-    this.ui.note.textContent = header.note || "";
-    this.ui.note.hidden = !header.note;
-    this.showCellHint();
-    this.drawInteractive();
-  }
-
-  /** The plot's room: the window minus the strip and side columns, and what is above. */
-  room() {
-    const vision = Boolean(this.record && this.record.header.image);
-    const width = Math.max(240, Math.min(this.ui.body.clientWidth - 150 - 270 - 2 * 16 - 32, 660));
-    const top = this.ui.canvas.getBoundingClientRect().top + window.scrollY;
-    const height = vision ? 320 : Math.max(240, Math.min(window.innerHeight - top - 54, 660));
-    return { width: Math.min(width, vision ? 420 : width), height };
-  }
-
-  /** Everything that also depends on the hovered or pinned query. */
-  drawInteractive() {
-    if (!this.record || this.ui.main.hidden) return;
-    const { ui, record } = this;
-    const matrix = matrixOf(record, this.head);
-    const vision = Boolean(record.header.image);
-    ui.imagePanel.hidden = !vision;
-    ui.mapTitle.hidden = !vision;
-    this.imageLayout = null;
-    if (vision) {
-      const width = Math.max(240, Math.min(ui.body.clientWidth - 150 - 270 - 64, 480));
-      const { layout, caption } = drawOverlay(ui.imageCanvas, record, matrix, this.active, width);
-      ui.imageCanvas.hidden = !layout;
-      ui.imageCaption.textContent = caption;
-      this.imageLayout = layout;
-    }
-    const room = this.room();
-    this.layout =
-      this.view === "heatmap"
-        ? drawHeatmap(ui.canvas, this.cells, record.header, this.active, this.theme, room)
-        : drawLines(ui.canvas, matrix, record.header, this.active, this.theme, room);
-    showTopKeys(ui, record.header, matrix, this.active, this.active !== null && this.active === this.pinned);
-    if (this.tokens) markStrip(ui.strip, this.tokens, this.active, this.pinned);
-    ui.strip.style.maxHeight = `${Math.max(200, ui.plot.clientHeight)}px`;
+    drawInteractive(this);
   }
 
   // -- messages ----------------------------------------------------------------------------------

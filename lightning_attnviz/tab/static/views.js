@@ -1,24 +1,16 @@
-// Canvas drawing: the one LUT → pixels routine, the heatmap and the colour bar.
+// Canvas drawing: cells → pixels, and the panels of the heatmap view (one map, or side by side).
 //
-// A map is painted one pixel per (query, key) cell on an offscreen canvas, then scaled up without
-// smoothing, so maps of 512+ tokens stay fast.
+// A map is painted one pixel per displayed cell on an offscreen canvas, then scaled up without
+// smoothing: large maps stay fast, and cells stay sharp squares.
 
-import { LUT, MASKED_RGB, colorIndex } from "./colors.js";
 import { isolate } from "./labels.js";
 
 export const MONO = '11px "Roboto Mono", Menlo, Consolas, monospace';
+const TITLE_FONT = '500 12px Roboto, Arial, sans-serif';
 const MAX_CELL = 40; // CSS px: tiny maps don't become giant blocks
 export const LABEL_MIN_CELL = 11; // CSS px: below this, labels would overlap and ticks are drawn instead
-
-/**
- * @typedef {object} HeatmapLayout
- * @property {"heatmap"} kind
- * @property {number} left  CSS px from the canvas' left edge to the first column
- * @property {number} top
- * @property {number} cell  CSS px per cell
- * @property {number} q
- * @property {number} k
- */
+const GAP = 16; // CSS px between panels
+const TITLE_H = 18; // CSS px of a panel's title
 
 /**
  * A canvas sized in CSS pixels, backed at the device pixel ratio; returns its cleared 2D context.
@@ -44,43 +36,21 @@ export function sizeCanvas(canvas, width, height) {
 }
 
 /**
- * The one LUT → pixels routine: `values` (row-major, width·height) coloured on a scale from 0 to `vmax`
- * into `canvas`, one pixel per value. Hidden and non-finite cells are gray.
+ * `pixels` (RGBA, width·height) onto `canvas`, one pixel each.
  * @param {HTMLCanvasElement} canvas
  * @param {number} width
  * @param {number} height
- * @param {ArrayLike<number>} values
- * @param {number} vmax
- * @param {{hidden?: Uint8Array | null, alpha?: ((t: number) => number) | null}} [options]
- *   alpha: opacity 0–255 from the value's place t in [0, 1] on the scale (default opaque)
+ * @param {Uint8ClampedArray} pixels
  * @returns {HTMLCanvasElement}
  */
-export function paintLut(canvas, width, height, values, vmax, { hidden = null, alpha = null } = {}) {
+export function paintPixels(canvas, width, height, pixels) {
   canvas.width = width;
   canvas.height = height;
   const ctx = /** @type {CanvasRenderingContext2D} */ (canvas.getContext("2d"));
   const image = ctx.createImageData(width, height);
-  const data = image.data;
-  for (let i = 0; i < width * height; i++) {
-    const value = values[i];
-    const gray = (hidden && hidden[i]) || !Number.isFinite(value);
-    const c = colorIndex(value, vmax) * 3;
-    data[i * 4] = gray ? MASKED_RGB[0] : LUT[c];
-    data[i * 4 + 1] = gray ? MASKED_RGB[1] : LUT[c + 1];
-    data[i * 4 + 2] = gray ? MASKED_RGB[2] : LUT[c + 2];
-    data[i * 4 + 3] = alpha ? alpha(gray ? 0 : Math.min(1, Math.max(0, value / vmax || 0))) : 255;
-  }
+  image.data.set(pixels);
   ctx.putImageData(image, 0, 0);
   return canvas;
-}
-
-/**
- * The colour bar: the LUT itself, 256 px wide.
- * @param {HTMLCanvasElement} canvas
- */
-export function drawColorbar(canvas) {
-  const ramp = Float64Array.from({ length: 256 }, (_, i) => i / 255);
-  paintLut(canvas, 256, 1, ramp, 1);
 }
 
 /**
@@ -109,86 +79,193 @@ export function fitLabel(ctx, text, maxWidth) {
 }
 
 /**
- * The heatmap: queries down, keys across, labelled when cells are large enough, the active row framed.
- * @param {HTMLCanvasElement} canvas
- * @param {HTMLCanvasElement} cells  one pixel per cell (paintLut)
- * @param {import("./record.js").Header} header
- * @param {number | null} active  the hovered or pinned query
- * @param {import("./colors.js").Theme} theme
- * @param {{width: number, height: number}} room  CSS px available
- * @returns {HeatmapLayout}
+ * @typedef {object} Panel
+ * @property {HTMLCanvasElement} cells  one pixel per displayed cell
+ * @property {string} title  "" for none
+ * @property {boolean} [selected]  outlined (the head a small multiple stands for)
+ *
+ * @typedef {object} Grid  what is displayed: `rows` × `cols` cells of `block` × `block` map cells each,
+ *   from map row `q0` and key `k0`
+ * @property {number} q0
+ * @property {number} k0
+ * @property {number} rows
+ * @property {number} cols
+ * @property {number} block
+ *
+ * @typedef {object} PanelsLayout
+ * @property {"heatmap"} kind
+ * @property {number} left  CSS px from the canvas' left edge to the first panel's first column
+ * @property {number} top  to the first panel's first row
+ * @property {number} cell  CSS px per displayed cell
+ * @property {number} perRow  panels per row
+ * @property {number} stepX  CSS px from one panel's origin to the next one's
+ * @property {number} stepY
+ * @property {number} count
+ * @property {Grid} grid
  */
-export function drawHeatmap(canvas, cells, header, active, theme, room) {
-  const { q, k } = header;
+
+/**
+ * The heatmap view: one panel (a map) or several side by side (steps, runs, heads), queries down and
+ * keys across, labelled with the tokens when cells are large enough, the active row framed.
+ * @param {HTMLCanvasElement} canvas
+ * @param {Panel[]} panels
+ * @param {{grid: Grid, perRow: number, header: import("./record.js").Header, active: number | null,
+ *   theme: import("./colors.js").Theme, room: {width: number, height: number}}} options
+ * @returns {PanelsLayout}
+ */
+export function drawPanels(canvas, panels, { grid, perRow, header, active, theme, room }) {
   const measure = /** @type {CanvasRenderingContext2D} */ (canvas.getContext("2d"));
   measure.font = MONO;
-  const guess = Math.min(MAX_CELL, room.width / k, room.height / q); // before label margins
-  const labelled = guess >= LABEL_MIN_CELL;
-  const widest = (/** @type {string[]} */ labels) =>
-    Math.max(0, ...labels.map((s) => measure.measureText(s).width));
-  const left = labelled ? Math.min(110, widest(header.q_labels) + 12) : 34;
-  const upright = widest(header.k_labels) <= guess - 2; // else turned to read upwards
-  const top = labelled ? (upright ? 20 : Math.min(90, widest(header.k_labels) + 12)) : 22;
-  const cell = Math.max(0.25, Math.min(MAX_CELL, (room.width - left) / k, (room.height - top) / q));
-  const width = Math.round(left + cell * k + 10);
-  const height = Math.round(top + cell * q + 8);
+  const rowsOfPanels = Math.ceil(panels.length / perRow);
+  const titled = panels.some((p) => p.title);
+  const titleH = titled ? TITLE_H : 0;
+  const across = perRow * grid.cols + (perRow - 1) * (GAP / LABEL_MIN_CELL);
+  const guess = Math.min(MAX_CELL, room.width / across, room.height / (rowsOfPanels * grid.rows));
+  const labelled = grid.block === 1 && guess >= LABEL_MIN_CELL;
+  const qLabels = header.q_labels.slice(grid.q0, grid.q0 + grid.rows);
+  const kLabels = header.k_labels.slice(grid.k0, grid.k0 + grid.cols);
+  const widest = (/** @type {string[]} */ labels) => Math.max(0, ...labels.map((s) => measure.measureText(s).width));
+  const left = labelled ? Math.min(110, widest(qLabels) + 12) : 40;
+  const upright = widest(kLabels) <= guess - 2; // else turned to read upwards
+  const keyH = labelled ? (upright ? 20 : Math.min(90, widest(kLabels) + 12)) : 22;
+  const top = titleH + keyH;
+  const cellW = (room.width - left - (perRow - 1) * GAP - 12) / (perRow * grid.cols);
+  const cellH = (room.height - rowsOfPanels * top - (rowsOfPanels - 1) * GAP) / (rowsOfPanels * grid.rows);
+  const cell = Math.max(0.25, Math.min(MAX_CELL, cellW, cellH));
+  const stepX = cell * grid.cols + GAP;
+  const stepY = top + cell * grid.rows + GAP;
+  const width = Math.round(left + perRow * stepX - GAP + 12);
+  const height = Math.round(rowsOfPanels * stepY - GAP + 8);
   const ctx = sizeCanvas(canvas, width, height);
   ctx.imageSmoothingEnabled = false;
-  ctx.drawImage(cells, left, top, cell * k, cell * q);
-  ctx.strokeStyle = theme.frame;
-  ctx.lineWidth = 1;
-  ctx.strokeRect(left - 0.5, top - 0.5, cell * k + 1, cell * q + 1);
+  panels.forEach((panel, n) => {
+    const x = left + (n % perRow) * stepX;
+    const y = top + Math.floor(n / perRow) * stepY;
+    ctx.drawImage(panel.cells, x, y, cell * grid.cols, cell * grid.rows);
+    ctx.strokeStyle = panel.selected ? theme.accent : theme.frame;
+    ctx.lineWidth = panel.selected ? 2 : 1;
+    ctx.strokeRect(x - 0.5, y - 0.5, cell * grid.cols + 1, cell * grid.rows + 1);
+    if (panel.title) {
+      ctx.font = TITLE_FONT;
+      ctx.fillStyle = theme.text;
+      ctx.textAlign = "left";
+      ctx.textBaseline = "top";
+      ctx.fillText(fitLabel(ctx, panel.title, stepX - GAP), x, y - top + 1);
+    }
+    const labels = { labelled, upright, qLabels, kLabels, rowLabels: n % perRow === 0 };
+    drawAxes(ctx, x, y, cell, grid, labels, theme);
+    drawActive(ctx, x, y, cell, grid, active, theme);
+  });
+  // the geometry, also for whoever inspects the page (the browser test probes cells with it)
+  Object.assign(canvas.dataset, {
+    left: String(left), top: String(top), cell: String(cell), stepX: String(stepX), stepY: String(stepY),
+    perRow: String(perRow), q0: String(grid.q0), k0: String(grid.k0), block: String(grid.block),
+    titles: JSON.stringify(panels.map((p) => p.title)),
+  });
+  return { kind: "heatmap", left, top, cell, perRow, stepX, stepY, count: panels.length, grid };
+}
 
-  ctx.font = MONO;
+/**
+ * Token labels (or position ticks) along a panel's rows and columns.
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {number} x
+ * @param {number} y
+ * @param {number} cell
+ * @param {Grid} grid
+ * @param {{labelled: boolean, upright: boolean, qLabels: string[], kLabels: string[], rowLabels: boolean}} labels
+ * @param {import("./colors.js").Theme} theme
+ */
+function drawAxes(ctx, x, y, cell, grid, { labelled, upright, qLabels, kLabels, rowLabels }, theme) {
+  ctx.font = labelled ? MONO : "10px Roboto, Arial, sans-serif";
+  ctx.fillStyle = labelled ? theme.text : theme.muted;
   if (labelled) {
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    header.q_labels.forEach((label, i) => {
-      ctx.fillStyle = i === active ? theme.accent : theme.text;
-      ctx.fillText(fitLabel(ctx, label, left - 10), left - 6, top + (i + 0.5) * cell);
-    });
-    ctx.fillStyle = theme.text;
+    if (rowLabels) qLabels.forEach((label, i) => ctx.fillText(fitLabel(ctx, label, x - 10), x - 6, y + (i + 0.5) * cell));
     if (upright) {
       ctx.textAlign = "center";
       ctx.textBaseline = "bottom";
-      header.k_labels.forEach((label, j) => ctx.fillText(isolate(label), left + (j + 0.5) * cell, top - 5));
+      kLabels.forEach((label, j) => ctx.fillText(isolate(label), x + (j + 0.5) * cell, y - 5));
     } else {
       ctx.save();
       ctx.rotate(-Math.PI / 2);
       ctx.textAlign = "left";
-      header.k_labels.forEach((label, j) => {
-        ctx.fillText(fitLabel(ctx, label, top - 10), -(top - 6), left + (j + 0.5) * cell);
-      });
+      ctx.textBaseline = "middle";
+      kLabels.forEach((label, j) => ctx.fillText(fitLabel(ctx, label, 80), -(y - 6), x + (j + 0.5) * cell));
       ctx.restore();
     }
-  } else {
-    ctx.font = "10px Roboto, Arial, sans-serif";
-    ctx.fillStyle = theme.muted;
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    const every = tickStep(q, cell * q);
-    for (let i = 0; i < q; i += every) ctx.fillText(String(i), left - 4, top + (i + 0.5) * cell);
-    ctx.textAlign = "center";
-    ctx.textBaseline = "bottom";
-    const everyK = tickStep(k, cell * k);
-    for (let j = 0; j < k; j += everyK) ctx.fillText(String(j), left + (j + 0.5) * cell, top - 4);
+    return;
   }
+  // positions of the map (not of the displayed cells): a zoomed or pooled map says where it is
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  if (rowLabels) {
+    const every = tickStep(grid.rows, cell * grid.rows);
+    for (let i = 0; i < grid.rows; i += every) ctx.fillText(String(grid.q0 + i * grid.block), x - 4, y + (i + 0.5) * cell);
+  }
+  ctx.textAlign = "center";
+  ctx.textBaseline = "bottom";
+  const everyK = tickStep(grid.cols, cell * grid.cols);
+  for (let j = 0; j < grid.cols; j += everyK) ctx.fillText(String(grid.k0 + j * grid.block), x + (j + 0.5) * cell, y - 4);
+}
 
-  if (active !== null && active < q) {
-    const y = top + active * cell;
-    const h = Math.max(cell, 2);
-    ctx.strokeStyle = theme.accent;
-    ctx.lineWidth = 2;
-    ctx.strokeRect(left - 1, y - 1, cell * k + 2, h + 2);
-    const right = left + cell * k;
-    ctx.fillStyle = theme.accent;
-    ctx.beginPath(); // a marker right of the row: findable when rows are a pixel high
-    ctx.moveTo(right + 2, y + h / 2);
-    ctx.lineTo(right + 7, y + h / 2 - 4);
-    ctx.lineTo(right + 7, y + h / 2 + 4);
-    ctx.fill();
+/**
+ * Frames the active query's row (a map row: a pooled view frames the block holding it).
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {number} x
+ * @param {number} y
+ * @param {number} cell
+ * @param {Grid} grid
+ * @param {number | null} active
+ * @param {import("./colors.js").Theme} theme
+ */
+function drawActive(ctx, x, y, cell, grid, active, theme) {
+  if (active === null) return;
+  const row = Math.floor((active - grid.q0) / grid.block);
+  if (row < 0 || row >= grid.rows) return;
+  const top = y + row * cell;
+  const h = Math.max(cell, 2);
+  ctx.strokeStyle = theme.accent;
+  ctx.lineWidth = 2;
+  ctx.strokeRect(x - 1, top - 1, cell * grid.cols + 2, h + 2);
+  const right = x + cell * grid.cols;
+  ctx.fillStyle = theme.accent;
+  ctx.beginPath(); // a marker right of the row: findable when rows are a pixel high
+  ctx.moveTo(right + 2, top + h / 2);
+  ctx.lineTo(right + 7, top + h / 2 - 4);
+  ctx.lineTo(right + 7, top + h / 2 + 4);
+  ctx.fill();
+}
+
+/**
+ * Which panel and map cell a point (CSS px from the canvas' corner) falls on, or null.
+ * @param {PanelsLayout} layout
+ * @param {number} x
+ * @param {number} y
+ * @returns {{panel: number, row: number, col: number} | null}  row and col: map positions
+ */
+export function hitPanels(layout, x, y) {
+  const { left, top, cell, perRow, stepX, stepY, count, grid } = layout;
+  const px = Math.floor((x - left + (stepX - cell * grid.cols) / 2) / stepX);
+  const py = Math.floor((y - top + (stepY - cell * grid.rows) / 2) / stepY);
+  const panel = py * perRow + px;
+  if (px < 0 || px >= perRow || py < 0 || panel >= count) return null;
+  const col = Math.floor((x - left - px * stepX) / cell);
+  const row = Math.floor((y - top - py * stepY) / cell);
+  if (row < 0 || row >= grid.rows || col < 0 || col >= grid.cols) return null;
+  return { panel, row: grid.q0 + row * grid.block, col: grid.k0 + col * grid.block };
+}
+
+/**
+ * A colour bar: the table as a ramp, one pixel per entry.
+ * @param {HTMLCanvasElement} canvas
+ * @param {Uint8ClampedArray} lut
+ */
+export function drawBar(canvas, lut) {
+  const pixels = new Uint8ClampedArray(256 * 4);
+  for (let i = 0; i < 256; i++) {
+    pixels.set(lut.subarray(i * 3, i * 3 + 3), i * 4);
+    pixels[i * 4 + 3] = 255;
   }
-  // the geometry, also for whoever inspects the page (the browser test probes cells with it)
-  Object.assign(canvas.dataset, { left: String(left), top: String(top), cell: String(cell) });
-  return { kind: "heatmap", left, top, cell, q, k };
+  paintPixels(canvas, 256, 1, pixels);
 }
