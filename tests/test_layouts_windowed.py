@@ -8,6 +8,7 @@ shifted blocks in both.
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from torch import nn
 
 from lightning_attnviz import capture_attention, find_attention
 from lightning_attnviz.capture.inputs import compute
+from lightning_attnviz.capture.pooling import RowStats
 from lightning_attnviz.capture.windows import WindowGeometry
 from lightning_attnviz.pipeline.messages import Job, job_from_state, job_state
 
@@ -154,6 +156,15 @@ def test_deferred_pooled_and_checkpointed_windows_are_the_same_map():
     assert first.block == (4, 4) and first.weights.shape == (2, 2, 64, 64)
     ref = exact["layers.0.blocks.1.attn"].weights.view(2, 2, 64, 4, 64, 4)
     assert_close(first.weights, ref.sum(-1).mean(-2))
+    seen = exact["layers.0.blocks.1.attn"].visible.view(1, 1, 64, 4, 64, 4).any(-1).any(-2)
+    assert torch.equal(first.visible, seen.expand_as(first.visible))
+    # the row statistics, read from the windows' compact rows, are those of the whole map
+    pending = next(p for p in cap.pending if p.key == "layers.0.blocks.1.attn")
+    windowed = compute(pending, max_tokens=64, stats=True, sink_keys=3).stats.per_head()
+    whole = RowStats.empty(2, 2, True, sink_keys=3)
+    whole.update(0, exact["layers.0.blocks.1.attn"].weights, exact["layers.0.blocks.1.attn"].visible)
+    for metric, values in whole.per_head().items():
+        assert np.allclose(windowed[metric], values, rtol=1e-5, atol=1e-6), metric
 
 
 def test_window_geometry_undoes_the_roll_in_either_order():

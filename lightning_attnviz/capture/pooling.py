@@ -43,8 +43,12 @@ class RowStats:
             sink_keys,
         )
 
-    def update(self, start: int, weights: Tensor, visible: Tensor | None) -> None:
-        """Add rows ``start : start + rows`` of ``weights`` ``(s, H, rows, S)``; ``visible`` broadcastable."""
+    def update(self, start: int, weights: Tensor, visible: Tensor | None, keys: Tensor | None = None) -> None:
+        """Add rows ``start : start + rows`` of ``weights`` ``(s, H, rows, S)``; ``visible`` broadcastable.
+
+        ``keys``: ``(rows, S)``, the position of each column when the rows are compact (a windowed map:
+        only the keys of each query's window, every other key weighing 0); ``None``: column ``j`` is key
+        ``j``."""
         w = weights.float()  # float32 per row, float64 sums across rows
         finite = torch.isfinite(w).all(-1, keepdim=True)
         if not bool(finite.all()):  # rows with NaN/inf (non-finite inputs) are left out
@@ -62,12 +66,13 @@ class RowStats:
         self.entropy_norm += torch.where(choice, entropy / n_visible.clamp_min(2).log(), 0.0).sum(
             -1, dtype=f64
         )
+        cols = torch.arange(w.shape[-1], device=w.device)[None, :] if keys is None else keys.to(w.device)
         if self.distance is not None:
-            rows = torch.arange(start, start + w.shape[-2], device=w.device, dtype=w.dtype)
-            cols = torch.arange(w.shape[-1], device=w.device, dtype=w.dtype)
-            gap = (rows[:, None] - cols[None, :]).abs()  # (rows, S)
-            self.distance += torch.einsum("shrk,rk->sh", w, gap).double()
-        self.sink += w[..., : self.sink_keys].sum(dim=(-2, -1), dtype=f64)
+            rows = torch.arange(start, start + w.shape[-2], device=w.device)
+            gap = (rows[:, None] - cols).abs().to(w.dtype)  # (rows, S)
+            self.distance += torch.einsum("shrk,rk->sh", w, gap.expand(w.shape[-2], -1)).double()
+        sink = w[..., : self.sink_keys] if keys is None else w * (keys < self.sink_keys).to(w.device)
+        self.sink += sink.sum(dim=(-2, -1), dtype=f64)
         self.max_weight = torch.maximum(self.max_weight, w.amax(dim=(-2, -1)).double())
 
     def to(self, device: str) -> RowStats:
@@ -162,6 +167,23 @@ class _Collector:
             seen = self._key_blocks(visible.int()).int().cpu()  # as small as the mask broadcasts
             seen = seen.reshape((1,) * (4 - seen.dim()) + tuple(seen.shape)).expand(pooled.shape)
         self.seen.index_add_(2, index, seen.contiguous())
+
+    def scatter(self, rows: Tensor, cols: Tensor, values: Tensor) -> None:
+        """The whole map given entry by entry (a windowed map): ``values`` ``(s, H, V)`` at ``(rows[v],
+        cols[v])``, every other entry zero and hidden. Pooled, each entry lands in its block directly, so
+        the cost is O(V), not O(L²). Row statistics are the caller's (:meth:`RowStats.update` with
+        ``keys``)."""
+        self.masked = True
+        width = self.out.shape[-1]
+        flat = (rows // self.qb) * width + cols // self.kb
+        out = self.out.view(*self.out.shape[:2], -1)
+        if not self.pooled:
+            out.zero_()
+            out[..., flat] = values.to(out.dtype)
+            return
+        out.index_add_(2, flat, values.to(out.dtype))
+        seen = self.seen.view(*self.seen.shape[:2], -1)
+        seen[..., flat] = 1  # as any() of the block's visibility: the block has a visible entry
 
     def _key_blocks(self, t: Tensor) -> Tensor:
         """Sum ``(..., keys)`` over key blocks, padded with zeros to the pooled width."""

@@ -138,11 +138,12 @@ def images(fixed: Any, mean: Sequence[float] | None, std: Sequence[float] | None
 
 
 def target_ids(inputs: Any) -> tuple[Tensor | None, bool]:
-    """The decoder's token ids: ``decoder_input_ids``, else ``labels`` (``True``: to be shifted right
-    as the model does, the decoder start token first); ``(None, False)`` when neither is given."""
+    """The decoder's token ids: ``decoder_input_ids`` (or ``tgt``, ``nn.Transformer``'s name for it),
+    else ``labels`` (``True``: to be shifted right as the model does, the decoder start token first);
+    ``(None, False)`` when none is given."""
     if not isinstance(inputs, Mapping):
         return None, False
-    for name, shifted in (("decoder_input_ids", False), ("labels", True)):
+    for name, shifted in (("decoder_input_ids", False), ("tgt", False), ("labels", True)):
         ids = inputs.get(name)
         if isinstance(ids, Tensor) and ids.dim() == 2 and not ids.is_floating_point():
             return ids, shifted

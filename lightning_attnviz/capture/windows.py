@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from lightning_attnviz.capture.pooling import Computed, _Collector
 from lightning_attnviz.capture.probe import Health, Probe, logit_max, sdpa_probe
-from lightning_attnviz.capture.weights import _CHUNK_ELEMENTS, sdpa_weights
+from lightning_attnviz.capture.weights import sdpa_weights
 
 # A shift-mask entry at or below this hides the key: Swin's region mask is 0 or -100 (Hugging Face's
 # Swin-v2 adds it twice, -200), so the weight there is exp(-100)-small: not attention within the window.
@@ -271,9 +271,10 @@ def place(
     stats: bool = False,
     sink_keys: int = 1,
 ) -> Computed:
-    """Window weights placed on the stage's tokens, a block of query tokens at a time (so a pooled map
-    of a large stage never exists whole): keys outside a query's window, and keys the shift mask hides,
-    weigh 0 and are hidden; padding slots are dropped.
+    """Window weights placed on the stage's tokens: keys outside a query's window, and keys the shift
+    mask hides, weigh 0 and are hidden; padding slots are dropped. Each window entry is scattered to
+    its place (pooled, straight into its block), and the row statistics read the compact rows, so the
+    cost is O(L·N) however large the stage; only an exact map costs its O(L²) zeros.
 
     Shape:
         win: ``(s, windows, H, N, N)``; tokens: ``(windows, N)``; visible: ``(windows, N, N)``;
@@ -288,20 +289,18 @@ def place(
     slot[tokens[real]] = torch.arange(count * size).view(count, size)[real]
     if bool((slot < 0).any()):
         raise ValueError(f"{int((slot < 0).sum())} of {length} tokens lie in no window")
-    window_of, row_of = slot // size, slot % size
-    cols = torch.where(real, tokens, length)  # padding goes to a column that is dropped
-    by_query = win.masked_fill(~keys_ok[None, :, None], 0.0).permute(1, 3, 0, 2, 4)  # (windows, N, s, H, N)
+    window_of, row_of = slot // size, slot % size  # each query token's window and slot
+    ok, keys = keys_ok[window_of, row_of], tokens[window_of]  # (L, N): its window's keys
+    rows = win[:, window_of, :, row_of, :].permute(1, 2, 0, 3)  # (s, H, L, N), query tokens in order
+    rows = rows.float().masked_fill(~ok, 0.0)
     collector = _Collector(samples, heads, length, length, max_tokens, stats, torch.device("cpu"), sink_keys)
-    full = None if collector.pooled else torch.zeros(1, 1, length, length, dtype=torch.bool)
-    step = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * length))
-    for start in range(0, length, step):
-        w, i = window_of[start : start + step], row_of[start : start + step]
-        rows, index = len(w), cols[w]  # (rows, N)
-        dense = torch.zeros(rows, samples, heads, length + 1)
-        dense.scatter_(-1, index[:, None, None, :].expand(rows, samples, heads, size), by_query[w, i])
-        seen = torch.zeros(rows, length + 1, dtype=torch.bool).scatter_(-1, index, keys_ok[w, i])
-        allowed = seen[None, None, :, :length]  # (1, 1, rows, L)
-        collector.add(start, dense[..., :length].permute(1, 2, 0, 3), allowed)
-        if full is not None:
-            full[..., start : start + rows, :] = allowed
-    return collector.result(None if full is None or bool(full.all()) else full)
+    if collector.stats is not None:
+        collector.stats.update(0, rows, ok[None, None], keys=torch.where(ok, keys, length))
+    queries = torch.arange(length)[:, None].expand(length, size)
+    collector.scatter(queries[ok], keys[ok], rows[..., ok])
+    full = None
+    if not collector.pooled and not bool(ok.all()):
+        full = torch.zeros(length * length, dtype=torch.bool)
+        full[queries[ok] * length + keys[ok]] = True
+        full = full.view(1, 1, length, length)
+    return collector.result(full)
