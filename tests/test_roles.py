@@ -30,6 +30,8 @@ from lightning_attnviz.analysis.roles import (
 )
 from lightning_attnviz.capture.inputs import compute
 from lightning_attnviz.capture.samples import sample_token_ids
+from lightning_attnviz.sinks.tags import Tags
+from lightning_attnviz.tab.record import decode_markers
 
 try:  # TransformerLens's own functions, when installed; the published definitions below always run
     from transformer_lens import head_detector as TL
@@ -361,7 +363,7 @@ def test_fit_logs_every_heads_scores_max_sink_rate_and_pictures(tmp_path):
     assert rate[-1] >= 0.25  # head 2 sees only the first token
     for role in ROLES:
         images = events.Images(f"attention/stats/{role}")
-        assert [e.step for e in images] == [2, 4]
+        assert [e.step for e in images] == [1, 3]
         assert imread(io.BytesIO(images[-1].encoded_image_string), format="png")[..., :3].std() > 0.05
     from tensorboard.plugins.custom_scalar import layout_pb2
 
@@ -418,6 +420,9 @@ def test_a_phase_change_is_warned_once_in_text_and_survives_a_resume(tmp_path):
     assert text.step == 5
     table = text.tensor_proto.string_val[0].decode()
     assert re.search(r"\| attn \| 0 \| previous_token \| 1 → 5 \| 0\.\d\d → 0\.92 \|", table), table
+    (marker,) = events.Tensors(Tags().tab_markers)  # on the Attention tab's step slider
+    (said,) = decode_markers(marker.tensor_proto.string_val[0])
+    assert marker.step == said.step == 5 and said.text.startswith("phase change: head 0 of 'attn'")
 
 
 def test_embeddings_given_directly_skip_the_token_roles_and_say_so_once(tmp_path):
@@ -479,11 +484,10 @@ def test_the_pipeline_hands_phase_changes_on_as_typed_events(tmp_path):
     from lightning_attnviz.analysis.roles import PhaseChange
     from lightning_attnviz.pipeline.messages import Job, Setup
     from lightning_attnviz.pipeline.run import Pipeline
-    from lightning_attnviz.pipeline.settings import MonitorConfig
     from lightning_attnviz.sinks.tags import Tags
 
     model, ids = LitRoles().eval(), repeated_ids(2, 12, 32, seed=4)
-    pipeline = Pipeline(Setup(MonitorConfig(), ("stats",), None, Tags(), None))
+    pipeline = Pipeline(Setup(AttentionMonitor().config, ("stats",), None, Tags(), None))  # the defaults
     outputs = []
     for step, causal in ((10, True), (20, True), (30, False), (40, False)):
         model.attn.causal_head0 = causal

@@ -13,6 +13,7 @@ from lightning_attnviz.analysis.roles import ROLES, PhaseChange, RoleHistory, ro
 from lightning_attnviz.analysis.views import LayerStats
 from lightning_attnviz.capture.inputs import AttentionMap
 from lightning_attnviz.pipeline.messages import Job
+from lightning_attnviz.pipeline.tab_extras import add_markers
 from lightning_attnviz.sinks.base import Outputs
 from lightning_attnviz.sinks.tags import Tags
 
@@ -65,11 +66,12 @@ def role_scalars(
 
 
 def mark_phase_changes(out: Outputs, tags: Tags, events: Sequence[PhaseChange]) -> None:
-    """The hook where phase changes leave a capture: the ``attention/phase_changes`` text, and the typed
-    events in ``out.phase_changes``, from which the Attention tab's step-slider markers are made."""
+    """Where phase changes leave a capture: the ``attention/phase_changes`` text, the typed events in
+    ``out.phase_changes``, and one marker each on the Attention tab's step slider."""
     if not events:
         return
     out.phase_changes.extend(events)
+    add_markers(out, tags, [f"phase change: {e.text}" for e in events])
     rows = "".join(
         f"| {e.layer} | {e.head} | {e.role} | {e.step_from} → {e.step_to} | "
         f"{e.score_from:.2f} → {e.score_to:.2f} |\n"
