@@ -127,6 +127,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._restored: dict[str, Any] = {}
         self._seconds_per_capture: list[float] = []  # the drawing process's CPU time (benchmarks)
         self._drawing: Drawing | None = None
+        self._sinks: LoggerSinks | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -159,7 +160,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
             self._sites, problem = find_sites(pl_module, self.config.modules)
         if problem is not None:
             return warn(problem)
-        grid = find_grid(pl_module) if self.config.image_grid == "auto" else self.config.image_grid
+        grid = find_grid(pl_module) if isinstance(self.config.image_grid, str) else self.config.image_grid
         self._everywhere = lit.capture_on_every_rank(trainer.strategy, trainer.world_size)
         self._enabled = True
         if trainer.is_global_zero:
@@ -248,7 +249,8 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         modules = module_rows(self._sites, cap) if self._modules_due else ()
         self._modules_due = False
         epoch, diagnose, pending = trainer.current_epoch, not trainer.sanity_checking, tuple(cap.pending)
-        job = Job(step, epoch, pending, samples.labels, samples.images, diagnose, modules, samples.targets)
+        labels = samples.labels or ()  # set by describe()
+        job = Job(step, epoch, pending, labels, samples.images, diagnose, modules, samples.targets)
         if self.config.relevance:  # a separate forward + backward; the training state is left as it was
             forward, sites = self._forward, self._sites
             rel = relevance_job(trainer, pl_module, fixed, forward, self.config, sites, self._warn_once)
@@ -293,6 +295,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
             self._drawing.close(wait, seconds)
             self._restored, self._seconds_per_capture = self._drawing.restored, self._drawing.seconds
             self._drawing = None
-        if getattr(self, "_sinks", None) is not None:
-            self._sinks.close()  # the loggers as they were before this fit
+        sinks = getattr(self, "_sinks", None)
+        if sinks is not None:
+            sinks.close()  # the loggers as they were before this fit
             self._sinks = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -94,6 +94,10 @@ class AttentionCapture:
         self._calls.clear()
         self.entered.clear()
 
+    @overload
+    def keep(self, t: Tensor) -> Tensor: ...
+    @overload
+    def keep(self, t: None) -> None: ...
     def keep(self, t: Tensor | None) -> Tensor | None:
         """``t`` itself, or with ``defer`` a detached CPU copy that later training cannot change."""
         if t is None or not self.defer:
@@ -149,10 +153,10 @@ class AttentionCapture:
     def _install(self, site: AttentionSite, named: dict[str, nn.Module]) -> None:
         module = named[site.name]
         if site.tap == "mha":
-            self._wrap(module, mha_tap(self, site, module))
+            self._wrap(module, mha_tap(self, site, cast(nn.MultiheadAttention, module)))
         elif site.tap == "encoder_layer":
             layer = named[site.name.rpartition(".")[0]]
-            self._wrap(layer, encoder_layer_tap(self, site, layer))
+            self._wrap(layer, encoder_layer_tap(self, site, cast(nn.TransformerEncoderLayer, layer)))
             for encoder in self.model.modules():
                 if isinstance(encoder, nn.TransformerEncoder) and any(m is layer for m in encoder.layers):
                     self._wrap(encoder, encoder_tap(self, encoder))
@@ -215,11 +219,11 @@ class AttentionCapture:
         had_own = "forward" in module.__dict__
         previous = module.__dict__.get("forward")
         forward._attnviz_tap = tap  # type: ignore[attr-defined]
-        module.forward = forward  # type: ignore[method-assign]
+        module.forward = forward
 
         def restore() -> None:
-            if had_own:
-                module.forward = previous  # type: ignore[method-assign]
+            if had_own and previous is not None:
+                module.forward = previous
             else:
                 module.__dict__.pop("forward", None)
 

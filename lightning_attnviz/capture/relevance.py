@@ -85,7 +85,9 @@ class _Mode(TorchFunctionMode):
         self.scope: list[AttentionSite] = []
         self.maps: list[tuple[str, Tensor, int]] = []  # (site, A as produced, heads to view it with)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if not self.scope:
             return func(*args, **kwargs)
@@ -155,13 +157,13 @@ def _taps(model: nn.Module, sites: list[AttentionSite]) -> Iterator[tuple[_Mode,
                 finally:
                     mode.scope.pop()
 
-            module.forward = forward  # type: ignore[method-assign]
+            module.forward = forward
             restore.append((module, had, previous))
         yield mode, skipped
     finally:
         for module, had, previous in reversed(restore):
             if had:
-                module.forward = previous  # type: ignore[method-assign]
+                module.forward = previous
             else:
                 module.__dict__.pop("forward", None)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from lightning_attnviz.capture.discover import AttentionSite
 from lightning_attnviz.capture.flex import FLEX_HOP
 from lightning_attnviz.capture.inputs import Inputs, MHAInputs, Path, SDPAInputs, SoftmaxOutput
-from lightning_attnviz.capture.kinds import folded_batch, folded_warning
+from lightning_attnviz.capture.kinds import CallInputs, folded_batch, folded_warning
 from lightning_attnviz.capture.probe import logit_max
 
 
@@ -40,6 +40,12 @@ class Recorder(Protocol):
     entered: set[str]  # sites whose forward ran in this capture
     flex_calls: list[tuple[str, tuple, dict]]  # FlexAttention calls not yet recorded
     padded_width: int | None  # set by nn.TransformerEncoder for nested inputs
+    call: CallInputs  # what the model's own forward was given (batch, padding, decoder)
+
+    @overload
+    def keep(self, t: Tensor) -> Tensor: ...
+    @overload
+    def keep(self, t: None) -> None: ...
 
     def add(self, name: str, inputs: Inputs, path: Path, **meta: Any) -> None: ...
 
@@ -62,7 +68,9 @@ class _Interceptor(TorchFunctionMode):
         # A weak reference: a cycle would keep the captured maps alive until the next GC pass.
         self._capture = weakref.ref(capture)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         cap = self._capture()
@@ -330,6 +338,8 @@ def record_mha(
             attn_mask = attn_mask[: s * num_heads]
     embed = query.shape[-1] if in_proj_weight is None else in_proj_weight.shape[0] // 3
     if in_proj_weight is None:
+        if q_proj_weight is None or k_proj_weight is None:  # torch passes one or the other
+            raise ValueError("multi-head attention without `in_proj_weight` needs q and k projections")
         q_weight, k_weight, v_weight = q_proj_weight, k_proj_weight, v_proj_weight
     else:
         q_weight, k_weight = in_proj_weight[:embed], in_proj_weight[embed : 2 * embed]

@@ -70,8 +70,8 @@ class Serve:
         elif kind == "replay":
             self.pipelines[channel].replay(message[3])
         elif kind == "state":
-            pipeline = self.pipelines.get(channel)
-            self.reply(("state", channel, message[2], None if pipeline is None else pipeline.state_dict()))
+            found = self.pipelines.get(channel)
+            self.reply(("state", channel, message[2], None if found is None else found.state_dict()))
         elif kind == "close":
             self._close(channel)
             self.reply(("closed", channel, message[2]))

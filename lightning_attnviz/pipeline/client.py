@@ -57,7 +57,9 @@ class Drawing:
             if old is not None:  # what the dead worker had to say is still said
                 ch.messages.extend(old.messages)
             self._channel = ch
-        self._worker, ch = worker, self._channel
+        else:
+            ch = old
+        self._worker = worker
         worker.post(ch, ("open", ch.id, self.setup, self.restored.get("pipeline"), self.tensorboard_dir))
         for job in self.restored.get("replay", ()):
             worker.post(ch, ("replay", ch.id, 0, job if isinstance(job, Job) else job_from_state(job)))

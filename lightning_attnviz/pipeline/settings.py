@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_attnviz.analysis.vision import HeadFusion
 from lightning_attnviz.capture.discover import ModuleSelector
 from lightning_attnviz.capture.grid import PatchGrid
 
@@ -41,7 +42,7 @@ class MonitorConfig:
     image_grid: PatchGrid | str | None = "auto"
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
-    rollout_fusion: str = "mean"
+    rollout_fusion: HeadFusion = "mean"
     rollout_discard: float = 0.0
     dashboard: bool = True
     dashboard_tokens: int = 128

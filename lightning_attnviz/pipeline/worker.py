@@ -173,7 +173,7 @@ class Worker:
     # -- threads --------------------------------------------------------------------------------------
 
     def _send_loop(self) -> None:
-        stdin = self._process.stdin  # type: ignore[union-attr]
+        stdin: Any = self._process.stdin  # type: ignore[union-attr]  # a pipe, or _Forked's file
         while True:
             message = self._outbox.get()
             try:
@@ -280,7 +280,8 @@ class _Forked:
     """The forked child seen through the parts of ``subprocess.Popen`` the worker uses."""
 
     def __init__(self, pid: int, stdin: Any) -> None:
-        self.pid, self.stdin, self._code = pid, stdin, None
+        self.pid, self.stdin = pid, stdin
+        self._code: int | None = None
 
     def poll(self) -> int | None:
         if self._code is None:

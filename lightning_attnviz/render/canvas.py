@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ class Canvas:
         self.texts.append(Placed(text, box))
         return box
 
-    def lines(self, lines: Sequence[str], x: float, y: float, size: int = 11, **kwargs) -> Box:
+    def lines(self, lines: Sequence[str], x: float, y: float, size: int = 11, **kwargs: Any) -> Box:
         """Several lines, the first one's top at ``y``; returns the box around all of them."""
         step = line_height(size)
         boxes = [self.text(line, x, y + i * step, size, **kwargs) for i, line in enumerate(lines)]

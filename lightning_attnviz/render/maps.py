@@ -110,7 +110,7 @@ def draw_head_grid(view: AttentionView, title: layout.Title) -> Canvas:
     mean, mean_visible = view.head_mean()
     weights, visible, q_labels, k_labels = _bounded(
         np.concatenate([view.weights, mean[None]]),
-        None if view.visible is None else np.concatenate(
+        None if view.visible is None or mean_visible is None else np.concatenate(
             [np.broadcast_to(view.visible, view.weights.shape), mean_visible[None]]),
         view.q_labels, view.k_labels,
     )  # fmt: skip
@@ -165,7 +165,8 @@ MAX_STRIP = 12  # panels drawn at most (the newest)
 
 def draw_evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title, note: str = "") -> Canvas:
     """:func:`evolution` with its layout; panel ``i`` at ``boxes[f"tile {i}"]``, the Δ last."""
-    maps, steps, epochs = (list(x)[-MAX_STRIP:] for x in (strip.maps, strip.steps, strip.epochs))
+    maps: list[np.ndarray] = list(strip.maps)[-MAX_STRIP:]
+    steps, epochs = (list(x)[-MAX_STRIP:] for x in (strip.steps, strip.epochs))
     tiles, names = [], []
     for m, step, epoch in zip(maps, steps, epochs, strict=True):
         weights, shown, _, _ = _bounded(m, visible, [], [])

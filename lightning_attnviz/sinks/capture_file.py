@@ -18,7 +18,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -85,7 +85,7 @@ def save_capture(
     for s, image in enumerate(images):
         arrays[f"img{s}"] = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]  # numpy types allow_pickle= among them
     tmp.replace(path)  # readers never see a half-written file
     return path
 
@@ -109,7 +109,7 @@ def load_capture(path: str | Path) -> SavedCapture:
         with np.load(path, allow_pickle=False) as archive:
             meta = _meta(path, archive)
             views = [_view(path, archive, n, v) for n, v in enumerate(meta["views"])]
-            images = []
+            images: list[np.ndarray] = []
             while f"img{len(images)}" in archive.files:
                 image = archive[f"img{len(images)}"]
                 if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
@@ -165,7 +165,8 @@ def _view(path: Path, archive: Any, n: int, v: Any) -> AttentionView:
         raise CaptureFileError(
             f"{path}: view {n} needs a string `layer`, an int `sample` >= 0 and a string `note`"
         )
-    return AttentionView(layer, sample, weights.astype(np.float32), visible, q_labels, k_labels, note)
+    labels = cast(list[str], q_labels), cast(list[str], k_labels)  # checked above
+    return AttentionView(layer, sample, weights.astype(np.float32), visible, *labels, note)
 
 
 def _grid(path: Path, grid: Any) -> PatchGrid | None:

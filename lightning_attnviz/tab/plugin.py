@@ -67,19 +67,19 @@ class AttentionPlugin(base_plugin.TBPlugin):
 
     # -- routes -----------------------------------------------------------------------------------
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug's types omit methods
     def _serve_runs(self, request: wrappers.Request) -> wrappers.Response:
         listing = self._list(request)
         body = {run: sorted(tags) for run, tags in sorted(listing.items())}
         return http_util.Respond(request, body, "application/json")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug's types omit methods
     def _serve_steps(self, request: wrappers.Request) -> wrappers.Response:
         run, tag = _run_and_tag(request)
         steps = sorted(datum.step for datum in self._read(request, run, tag))
         return http_util.Respond(request, steps, "application/json")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug's types omit methods
     def _serve_map(self, request: wrappers.Request) -> wrappers.Response:
         run, tag = _run_and_tag(request)
         raw = request.args.get("step")
@@ -94,7 +94,7 @@ class AttentionPlugin(base_plugin.TBPlugin):
                 return http_util.Respond(request, blob, "application/octet-stream")
         raise errors.NotFoundError(f"no step {step} for run {run!r}, tag {tag!r}")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug's types omit methods
     def _serve_static(self, request: wrappers.Request) -> wrappers.Response:
         """A frontend file; anything outside ``static/`` (``..``, absolute paths) is not found."""
         wanted = request.path.split(f"/{_STATIC}/", 1)[-1]
@@ -102,7 +102,7 @@ class AttentionPlugin(base_plugin.TBPlugin):
         if wanted.startswith("/") or "\\" in wanted or name.startswith((".", "/")) or "/" in name:
             raise errors.NotFoundError(f"no static file {wanted!r}")
         content_type = _TYPES.get(posixpath.splitext(name)[1])
-        source = resources.files("lightning_attnviz.tab").joinpath(_STATIC, name)
+        source = resources.files("lightning_attnviz.tab").joinpath(_STATIC).joinpath(name)  # 3.10: one part
         if content_type is None or not source.is_file():
             raise errors.NotFoundError(f"no static file {wanted!r}")
         return http_util.Respond(request, source.read_bytes(), content_type)
