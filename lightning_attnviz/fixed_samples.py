@@ -120,8 +120,9 @@ def module_rows(sites: list[AttentionSite], cap: AttentionCapture) -> tuple[tupl
     notes: dict[str, set[str]] = {}
     for p in cap.pending:
         paths.setdefault(p.module, set()).add(p.path)
-        if getattr(p, "note", None):
-            notes.setdefault(p.module, set()).add(p.note)
+        note = getattr(p, "note", None)
+        if note:
+            notes.setdefault(p.module, set()).add(note)
     skipped = getattr(cap, "skipped", {})
 
     def how(name: str) -> str:

@@ -187,7 +187,7 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
         exact, pair = False, ()
     if len(pair) != 2 or not exact or min(pair) < 1 or any(isinstance(v, bool) for v in items):
         raise ValueError(f"`{name}` must be a positive int or a pair of positive ints, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def find_grid(model: torch.nn.Module) -> PatchGrid | None:

@@ -190,7 +190,7 @@ def sdpa_probe(q: Tensor, v: Tensor | None, out: Tensor | None, dropout_p: float
     if values.shape[1] != q_heads:
         values = values.repeat_interleave(q_heads // values.shape[1], dim=1)
     expected = None if out is None or dropout_p > 0 else batch_dims_to_heads(out.detach())
-    tolerance = None if expected is None else fidelity_tolerance(out.dtype)
+    tolerance = None if expected is None else fidelity_tolerance(expected.dtype)
     return Probe(values, expected, None, head_norms(values), sink_keys, tolerance)
 
 
@@ -242,5 +242,5 @@ def mha_probe(
 
     nested = output is not None and output.is_nested
     expected = None if output is None or nested or dropout_p > 0 else batch_major(output)
-    tolerance = None if expected is None else fidelity_tolerance(output.dtype)
+    tolerance = None if expected is None else fidelity_tolerance(expected.dtype)
     return Probe(values, expected, project, head_norms(values, w_out), sink_keys, tolerance, projected=True)

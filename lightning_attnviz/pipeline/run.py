@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +287,7 @@ class Pipeline:
             pictures = self._step(f"drawing the {kind} pictures", draw) or []
             drawn += pictures
             for p in pictures:
-                png = self._step(f"encoding the {kind} pictures", lambda p=p: encode_png(p.image))
+                png = self._step(f"encoding the {kind} pictures", partial(encode_png, p.image))
                 if png is not None:
                     tag = picture_tag(tags, p)
                     out.pictures.append(
