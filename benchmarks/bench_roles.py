@@ -23,13 +23,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from models import GPT, GPTConfig
 
-from lightning_attnviz import capture_attention
+from lightning_attnviz import AttentionMonitor, capture_attention
 from lightning_attnviz.analysis.views import LayerStats, layer_stats
 from lightning_attnviz.capture.inputs import compute
 from lightning_attnviz.pipeline.messages import Job, Setup
 from lightning_attnviz.pipeline.roles import role_scalars, score_roles
 from lightning_attnviz.pipeline.run import Pipeline
-from lightning_attnviz.pipeline.settings import MonitorConfig
 from lightning_attnviz.render.maps import encode_png
 from lightning_attnviz.render.plots import default_plots
 from lightning_attnviz.render.stats import render_stats
@@ -58,7 +57,7 @@ def capture(model: GPT, length: int, step: int) -> Job:
 
 def costs(model: GPT, length: int, log_dir: str) -> tuple[float, float, float]:
     """(whole capture, role scores + scalars, role pictures) CPU seconds."""
-    config = MonitorConfig()
+    config = AttentionMonitor().config
     setup = Setup(config, default_plots(None, False), None, Tags(), log_dir)
     first, job = capture(model, length, 1), capture(model, length, 2)
     pipeline = Pipeline(setup)
