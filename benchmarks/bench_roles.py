@@ -57,7 +57,7 @@ def capture(model: GPT, length: int, step: int) -> Job:
 
 def costs(model: GPT, length: int, log_dir: str) -> tuple[float, float, float]:
     """(whole capture, role scores + scalars, role pictures) CPU seconds."""
-    config = AttentionMonitor().config  # the defaults
+    config = AttentionMonitor().config
     setup = Setup(config, default_plots(None, False), None, Tags(), log_dir)
     first, job = capture(model, length, 1), capture(model, length, 2)
     pipeline = Pipeline(setup)

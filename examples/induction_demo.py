@@ -144,8 +144,7 @@ def read(log_dir: Path) -> dict:
 
 
 def last_before(curve: list[tuple[int, float]], step: int) -> float:
-    """The value logged last at or before ``step`` (Lightning logs a validation run's metrics at the
-    step before the capture that follows it)."""
+    """The value logged last at or before ``step``."""
     return max(((s, v) for s, v in curve if s <= step), default=(0, float("nan")))[1]
 
 

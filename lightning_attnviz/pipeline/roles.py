@@ -13,7 +13,6 @@ from lightning_attnviz.analysis.roles import ROLES, PhaseChange, RoleHistory, ro
 from lightning_attnviz.analysis.views import LayerStats
 from lightning_attnviz.capture.inputs import AttentionMap
 from lightning_attnviz.pipeline.messages import Job
-from lightning_attnviz.pipeline.tab_extras import add_markers
 from lightning_attnviz.sinks.base import Outputs
 from lightning_attnviz.sinks.tags import Tags
 
@@ -66,18 +65,38 @@ def role_scalars(
 
 
 def mark_phase_changes(out: Outputs, tags: Tags, events: Sequence[PhaseChange]) -> None:
-    """Where phase changes leave a capture: the ``attention/phase_changes`` text, the typed events in
-    ``out.phase_changes``, and one marker each on the Attention tab's step slider."""
+    """The hook where phase changes leave a capture: the ``attention/phase_changes`` text, and the typed
+    events in ``out.phase_changes``, from which the Attention tab's step-slider markers are made
+    (:func:`marker_texts`, written with the tab's records)."""
     if not events:
         return
     out.phase_changes.extend(events)
-    add_markers(out, tags, [f"phase change: {e.text}" for e in events])
     rows = "".join(
         f"| {e.layer} | {e.head} | {e.role} | {e.step_from} → {e.step_to} | "
         f"{e.score_from:.2f} → {e.score_to:.2f} |\n"
         for e in events
     )
     out.text[tags.phase_changes] = "| layer | head | role | steps | score |\n|---|---|---|---|---|\n" + rows
+
+
+def marker_texts(events: Sequence[PhaseChange]) -> list[str]:
+    """The Attention tab's markers for a capture's phase changes: one per layer and role, naming the heads."""
+    groups: dict[tuple[str, str], list[PhaseChange]] = {}
+    for e in events:
+        groups.setdefault((e.layer, e.role), []).append(e)
+    texts = []
+    for (layer, role), same in groups.items():
+        if len(same) == 1:
+            texts.append(f"phase change: {same[0].text}")
+            continue
+        heads = ", ".join(str(e.head) for e in same)
+        low, high = ([getattr(e, f) for e in same] for f in ("score_from", "score_to"))
+        texts.append(
+            f"phase change: heads {heads} of {layer!r} became {role.replace('_', '-')} heads between step "
+            f"{min(e.step_from for e in same)} and step {same[0].step_to}: {role} scores "
+            f"{min(low):.2f}–{max(low):.2f} → {min(high):.2f}–{max(high):.2f}"
+        )
+    return texts
 
 
 def phase_change_messages(events: Sequence[PhaseChange], step: int, tags: Tags) -> list[str]:
