@@ -130,8 +130,8 @@ def _sample_scores(
     total = rows.sum(-1, dtype=torch.float64)  # (H,)
     scores = {"first_token": w[..., 0].sum(-1, dtype=torch.float64) / total}
     if tokens and ids is not None:
-        for role, (rows, cols) in token_patterns(np.asarray(ids)).items():
-            r, c = torch.from_numpy(rows), torch.from_numpy(cols)
+        for role, (row_ids, col_ids) in token_patterns(np.asarray(ids)).items():
+            r, c = torch.from_numpy(row_ids), torch.from_numpy(col_ids)
             scores[role] = w[:, r, c].sum(-1, dtype=torch.float64) / total
     return {role: v.numpy() for role, v in scores.items()}
 
@@ -193,7 +193,9 @@ class PhaseChange:
     text: str = ""
 
     @classmethod
-    def of(cls, step_from: int, step_to: int, layer: str, head: int, role: str, low: float, now: float):
+    def of(
+        cls, step_from: int, step_to: int, layer: str, head: int, role: str, low: float, now: float
+    ) -> PhaseChange:
         text = (
             f"head {head} of {layer!r} became {_NOUN.get(role, role)} between step {step_from} and step "
             f"{step_to}: its {role} score rose from {low:.2f} to {now:.2f}"

@@ -213,7 +213,7 @@ class LayerStats:
     ROLES = ROLES
 
 
-_NONE = np.zeros(0, dtype=np.float32)  # a role not scored: no value for any head
+_NONE: np.ndarray = np.zeros(0, dtype=np.float32)  # a role not scored: no value for any head
 
 
 def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | None = None) -> LayerStats:
@@ -237,8 +237,9 @@ def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | No
         stats.update(0, record.weights, record.visible)
     values = stats.per_head()
     q_len, k_len = record.weights.shape[-2:]
-    if grid is not None and getattr(record, "grid", None) is not None:
-        grid = grid.stage(record.grid)
+    stage = getattr(record, "grid", None)
+    if grid is not None and stage is not None:
+        grid = grid.stage(stage)
     if grid is not None and exact and q_len == k_len == grid.length:
         per_sample = np.stack([mean_attention_distance(w, grid) for w in record.weights])
         finite = np.isfinite(per_sample)

@@ -185,8 +185,9 @@ class _Collector:
             out[..., flat] = values.to(out.dtype)
             return
         out.index_add_(2, flat, values.to(out.dtype))
-        seen = self.seen.view(*self.seen.shape[:2], -1)
-        seen[..., flat] = 1  # as any() of the block's visibility: the block has a visible entry
+        if self.seen is not None:  # always, when pooled
+            seen = self.seen.view(*self.seen.shape[:2], -1)
+            seen[..., flat] = 1  # as any() of the block's visibility: the block has a visible entry
 
     def _key_blocks(self, t: Tensor) -> Tensor:
         """Sum ``(..., keys)`` over key blocks, padded with zeros to the pooled width."""

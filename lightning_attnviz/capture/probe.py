@@ -109,8 +109,10 @@ class Probe:
         self.max_logit = top if self.max_logit is None else torch.maximum(self.max_logit, top)
         keys, stop = weights.shape[-1], start + weights.shape[-2]
         live = weights.sum(-1) > 0  # (s, H, rows): rows that attend to anything
-        if self.expected is not None and (self.values is not None or product is not None):
-            out = weights @ self.values[..., :keys, :] if product is None else product  # (s, H, rows, Ev)
+        if self.expected is not None and product is None and self.values is not None:
+            product = weights @ self.values[..., :keys, :]  # (s, H, rows, Ev)
+        if self.expected is not None and product is not None:
+            out = product  # (s, H, rows, Ev)
             rows = self.expected[..., start:stop, :].float()
             if self.project is not None:
                 out, live_rows = self.project(out), live.all(1)[..., None]  # (s, rows, E), (s, rows, 1)

@@ -174,7 +174,8 @@ class _Forked:
     """The forked child seen through the parts of ``subprocess.Popen`` a link uses."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self._code = pid, None
+        self.pid = pid
+        self._code: int | None = None
         self._lock = threading.Lock()  # two threads poll: the one that reaps it keeps the code
 
     def poll(self) -> int | None:

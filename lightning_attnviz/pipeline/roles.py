@@ -40,7 +40,11 @@ def roles_step(
     role_scalars(out.scalars, tags, scores, head_stats)
     events = history.update(job.step, scores, report=job.diagnose)
     mark_phase_changes(out, tags, events)
-    scored = [replace(st, **scores[st.layer]) if st.layer in scores else st for st in stats]
+    # mypy's dataclass plugin: a **dict could name `layer` (a str); the keys are role names (ROLES), arrays
+    scored = [
+        replace(st, **scores[st.layer]) if st.layer in scores else st  # type: ignore[arg-type]
+        for st in stats
+    ]
     return scored, phase_change_messages(events, job.step, tags)
 
 

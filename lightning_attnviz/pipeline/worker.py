@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from lightning_attnviz.pipeline import spool
 from lightning_attnviz.pipeline.link import How, Link, default_how
@@ -199,7 +199,8 @@ class Worker:
         cause = f"it {ended_by_us[0]}" if ended_by_us else f"exit code {old.exit_code}"
         for ch in channels:
             with ch.done:
-                self.link.send(replace(ch.opened, state=ch.state))  # type: ignore[arg-type]
+                # only opened channels were kept above, and `opened` is set once, never cleared
+                self.link.send(replace(cast(Open, ch.opened), state=ch.state))
                 for job_id, draw in ch.jobs.items():
                     self.link.send(replace(draw, spool=ch.spools.get(job_id)))
                 if said:
