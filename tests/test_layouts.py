@@ -116,9 +116,13 @@ def _compiled_flex_error(model: FlexSelfAttention, x: torch.Tensor) -> float:
 )
 @pytest.mark.parametrize("defer", [False, True], ids=["immediate", "deferred"])
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
-def test_flex_attention_weights_follow_score_mod_and_block_mask(compiled, dim, defer, kv_heads):
+def test_flex_attention_weights_follow_score_mod_and_block_mask(compiled, dim, defer, kv_heads, request):
     if compiled:  # each case compiles afresh: together they would pass Dynamo's recompile limit
         torch._dynamo.reset()
+    if compiled and dim < 24 and torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+        # inductor's CPU FlexAttention kernel differs from run to run at these head dims (CONTRIBUTING.md):
+        # measuring it once below does not promise the next run; compiled-d32 runs the same checks
+        request.applymarker(pytest.mark.xfail(reason="nondeterministic compiled kernel", strict=False))
     model = FlexSelfAttention(compiled, kv_heads=kv_heads, dim=dim).eval()
     x = torch.randn(3, 24, 32)
     error = _compiled_flex_error(model, x) if compiled else 0.0
