@@ -34,7 +34,7 @@ def test_nan_inputs_warn_and_still_log(tmp_path):
     val = DataLoader(TensorDataset(x, x), batch_size=4)
     trainer = make_trainer(tmp_path, [AttentionMonitor()], max_epochs=1, limit_train_batches=1)
     with pytest.warns(
-        RuntimeWarning, match=r"attention weights of 'model.h.0.attn' are NaN or infinite at step 1"
+        RuntimeWarning, match=r"attention weights of 'model.h.0.attn' are NaN or infinite at step 0"
     ):
         trainer.fit(NaNInputs(), token_loader(), val)
     events = read_events(trainer.logger.log_dir)
