@@ -10,6 +10,7 @@ drawing process's CPU seconds per capture.
     python benchmarks/bench_fit.py --quick    # smaller, for a quick look
     python benchmarks/bench_fit.py --busy 2   # on a busy machine: 2 other processes spinning throughout
     python benchmarks/bench_fit.py --every-n-steps 5   # step captures too (skipped under back-pressure)
+    python benchmarks/bench_fit.py --nice 19  # the drawing's priority (ATTNVIZ_NICE; default 5)
 
 "captures" counts the saved captures of the last monitored fit: every validation capture, and the
 step captures that were not skipped.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -207,6 +210,7 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["gpt", "vit", "deep"])
     parser.add_argument("--busy", type=int, default=0, help="other processes spinning throughout")
     parser.add_argument("--every-n-steps", type=int, default=None, help="the monitor's every_n_steps")
+    parser.add_argument("--nice", type=int, default=None, help="the drawing's nice offset (ATTNVIZ_NICE)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--monitored", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
@@ -216,6 +220,9 @@ def main() -> None:
     if args.one:
         print(json.dumps(fit_seconds(args.one, args.monitored, args.quick, epochs, args.every_n_steps)))
         return
+    if args.nice is not None:
+        os.environ["ATTNVIZ_NICE"] = str(args.nice)  # the fits run in processes of their own
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the spinners end with us
     spinners = spin(args.busy)
     try:
         table(args, epochs)

@@ -11,3 +11,5 @@ echo
 "$py" benchmarks/bench_callback.py
 echo
 "$py" benchmarks/bench_fit.py
+echo
+"$py" benchmarks/bench_roles.py

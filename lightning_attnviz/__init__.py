@@ -33,7 +33,7 @@ __all__ = [
     "capture_attention",
     "find_attention",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -34,6 +35,7 @@ from lightning_attnviz.sinks.capture_file import CaptureFileError, SavedCapture,
 from lightning_attnviz.sinks.tags import Tags
 
 _VISION = ("overlay", "rollout")
+PictureFormat = Literal["png"] | vector.VectorFormat  # the choices of `render --format`
 MIN_FPS, MAX_FPS = 0.01, 100.0  # a GIF frame lasts a whole number of hundredths of a second, at most 655 s
 
 
@@ -84,7 +86,7 @@ def _vision_pictures(saved: SavedCapture, plots: Sequence[str]) -> list[Picture]
     return pictures
 
 
-def render_file(path: Path, out: Path, plots: Sequence[str], fmt: str = "png") -> list[Path]:
+def render_file(path: Path, out: Path, plots: Sequence[str], fmt: PictureFormat = "png") -> list[Path]:
     """Write the pictures of one saved capture; returns their paths."""
     saved = _load(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,7 @@ def render_file(path: Path, out: Path, plots: Sequence[str], fmt: str = "png") -
     return written
 
 
-def _save(image: np.ndarray, canvas: Canvas | None, target: Path, fmt: str) -> None:
+def _save(image: np.ndarray, canvas: Canvas | None, target: Path, fmt: PictureFormat) -> None:
     """PNG as drawn; SVG and PDF as vector figures of the picture's layout (text as text)."""
     if fmt == "png":
         Image.fromarray(image).save(target)
@@ -133,7 +135,9 @@ def animate(directory: Path, layer: str, sample: int, out: Path, fps: float) -> 
             layers.add(view.layer)
             if view.layer == layer and view.sample == sample:
                 mean, visible = view.head_mean()
-                title = (layer, f"sample {sample} · step {saved.step} · epoch {saved.epoch} · head mean")
+                # the step first: a narrow picture shortens its subtitle in the middle, and frames whose
+                # titles lost the step would be identical (and merged into one by the GIF writer)
+                title = (layer, f"step {saved.step} · epoch {saved.epoch} · sample {sample} · head mean")
                 frames.append(heatmap(mean, visible, view.q_labels, view.k_labels, title, view.note))
     if not frames:
         known = ", ".join(sorted(layers)) or "none (no readable step_*.npz files)"

@@ -137,6 +137,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._restored: dict[str, Any] = {}
         self._seconds_per_capture: list[float] = []  # the drawing process's CPU time (benchmarks)
         self._drawing: Drawing | None = None
+        self._sinks: LoggerSinks | None = None
         self._said_stages = False
         self._reset()
 
@@ -272,11 +273,11 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         if drawing is None or self._setup is None:
             return  # a rank that only takes part in a sharded forward: rank 0 draws
         samples = self._samples
-        samples.describe(self._label, self._setup.grid, warn, has_cross_attention(self._sites))
+        labels = samples.describe(self._label, self._setup.grid, warn, has_cross_attention(self._sites))
         modules = module_rows(self._sites, cap) if self._modules_due else ()
         self._modules_due = False
         epoch, diagnose, pending = trainer.current_epoch, not trainer.sanity_checking, tuple(cap.pending)
-        job = Job(step, epoch, pending, samples.labels, samples.images, diagnose, modules, samples.targets)
+        job = Job(step, epoch, pending, labels, samples.images, diagnose, modules, samples.targets)
         job = replace(job, token_ids=samples.ids)
         if self.config.relevance:  # a separate forward + backward; the training state is left as it was
             forward, sites = self._forward, self._sites
@@ -327,6 +328,6 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
             self._drawing.close(seconds)
             self._restored, self._seconds_per_capture = self._drawing.restored, self._drawing.seconds
             self._drawing = None
-        if getattr(self, "_sinks", None) is not None:
+        if self._sinks is not None:
             self._sinks.close()  # the loggers as they were before this fit
             self._sinks = None

@@ -120,8 +120,9 @@ def module_rows(sites: list[AttentionSite], cap: AttentionCapture) -> tuple[tupl
     notes: dict[str, set[str]] = {}
     for p in cap.pending:
         paths.setdefault(p.module, set()).add(p.path)
-        if getattr(p, "note", None):
-            notes.setdefault(p.module, set()).add(p.note)
+        note = getattr(p, "note", None)
+        if note:
+            notes.setdefault(p.module, set()).add(note)
     skipped = getattr(cap, "skipped", {})
 
     def how(name: str) -> str:
@@ -180,13 +181,14 @@ class FixedSamples:
 
     def describe(
         self, labeller: Callable | None, grid: PatchGrid | None, warn: Warn, encoder_decoder: bool = False
-    ) -> None:
-        """Labels and images, made once per set of samples."""
+    ) -> tuple:
+        """Labels and images, made once per set of samples; returns the source labels."""
         if self.labels is None:
             self.labels, self.targets, self.images = describe(
                 self.current(), labeller, grid, self.config, warn, encoder_decoder
             )
             self.ids = () if grid is not None else sample_token_ids(self.current(), self.config.samples)
+        return self.labels
 
     def state_dict(self) -> dict[str, Any]:
         return {"samples": self.config.samples, "fixed": self.rows, "train_fixed": self.train_rows}

@@ -7,4 +7,5 @@ python=${PYTHON:-.venv/bin/python}
 fixtures=$(mktemp -d)
 trap 'rm -rf "$fixtures"' EXIT
 "$python" tests/js/make_fixtures.py "$fixtures"
+# Named files, not the folder: node 21 and later read a folder argument as a module path.
 ATTNVIZ_JS_FIXTURES="$fixtures" node --test tests/js/*.test.mjs

@@ -113,11 +113,13 @@ def test_strips_grow_and_drift_is_logged_after_the_first_capture(tmp_path):
     strips = events.Images("attention/sample_0/model.h.0.attn/evolution")
     steps = [2, 5, 8, 11, 14, 17, 20]
     assert [e.step for e in strips] == steps
-    widths = [e.width for e in strips]
-    # one fixed-width column per capture (+ Δ) over a minimum width, capped at strip_length=5 columns
+    widths, heights = [e.width for e in strips], [e.height for e in strips]
+    # one fixed-width column per capture (+ Δ) over a minimum width, up to 5 a row (a card's width);
+    # the sixth panel (5 captures, strip_length=5, and the Δ) wraps into a second row
     assert widths == sorted(widths)
-    assert widths[2] < widths[3] < widths[4] == widths[5] == widths[6]
-    assert widths[4] - widths[3] == widths[3] - widths[2] > 40
+    assert widths[1] < widths[2] < widths[3] == widths[4] == widths[5] == widths[6]
+    assert widths[3] - widths[2] == widths[2] - widths[1] > 40
+    assert heights[3] < heights[4] == heights[5] == heights[6]
     for metric in ("entropy", "entropy_norm", "distance", "sink", "max_weight"):
         for head in ("head_0", "head_3", "mean"):
             scalars = events.Scalars(f"attention_stats/{metric}/model.h.1.attn/{head}")

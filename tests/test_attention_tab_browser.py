@@ -192,7 +192,7 @@ def test_two_steps_their_change_every_head_and_two_runs(demo, tmp_path):
         "change: text_b − text",
     ]
     _assert_pair(summary["cells_runs"], late, other, head=1)
-    _keep(screenshot, "attention_tab_compare.png")
+    _keep(screenshot, "attention_tab_steps.png")
     _keep(tmp_path / "compare-runs.png", "attention_tab_runs.png")
 
 

@@ -53,13 +53,13 @@ def sliding_causal(b, h, q_idx, kv_idx):
 class FlexSelfAttention(nn.Module):
     """A causal sliding-window FlexAttention with an ALiBi-style score_mod and a per-head learned bias."""
 
-    def __init__(self, compiled: bool, heads: int = 4, kv_heads: int = 4) -> None:
+    def __init__(self, compiled: bool, heads: int = 4, kv_heads: int = 4, dim: int = 8) -> None:
         super().__init__()
         from torch.nn.attention.flex_attention import flex_attention
 
-        self.heads, self.kv_heads, self.dim = heads, kv_heads, 8
-        self.q = nn.Linear(32, heads * 8)
-        self.kv = nn.Linear(32, 2 * kv_heads * 8)
+        self.heads, self.kv_heads, self.dim = heads, kv_heads, dim
+        self.q = nn.Linear(32, heads * dim)
+        self.kv = nn.Linear(32, 2 * kv_heads * dim)
         self.head_bias = nn.Parameter(torch.randn(heads))
         self.flex = torch.compile(flex_attention) if compiled else flex_attention
 
@@ -67,8 +67,8 @@ class FlexSelfAttention(nn.Module):
         from torch.nn.attention.flex_attention import create_block_mask
 
         B, L, _ = x.shape
-        q = self.q(x).view(B, L, self.heads, 8).transpose(1, 2)
-        k, v = self.kv(x).view(B, L, 2, self.kv_heads, 8).permute(2, 0, 3, 1, 4)
+        q = self.q(x).view(B, L, self.heads, self.dim).transpose(1, 2)
+        k, v = self.kv(x).view(B, L, 2, self.kv_heads, self.dim).permute(2, 0, 3, 1, 4)
         self.seen = (q, k)
         block_mask = create_block_mask(sliding_causal, B, None, L, L, device="cpu", BLOCK_SIZE=8)
         head_bias = self.head_bias
@@ -92,13 +92,42 @@ def _flex_reference(model: FlexSelfAttention) -> torch.Tensor:
     )
 
 
+def _compiled_flex_error(model: FlexSelfAttention, x: torch.Tensor) -> float:
+    """Max error of the model's compiled FlexAttention, run twice, against eager FlexAttention, with no
+    capture active. On torch 2.13.0's CPU build on an AVX2 machine, inductor's C++ FlexAttention kernel
+    is wrong for head dim 8 and 16 with these 8-wide blocks (from run to run: NaN rows, rows that read
+    memory they should not), and exact for head dim 24 and more; then no test can say whether the
+    capture changed what the model computes."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    with torch.no_grad():
+        runs = model(x), model(x)
+        compiled, model.flex = model.flex, flex_attention
+        try:
+            eager = model(x)
+        finally:
+            model.flex = compiled
+    return max((run - eager).abs().nan_to_num(float("inf")).max().item() for run in runs)
+
+
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize(
+    "compiled, dim", [(False, 8), (True, 8), (True, 32)], ids=["eager", "compiled", "compiled-d32"]
+)
 @pytest.mark.parametrize("defer", [False, True], ids=["immediate", "deferred"])
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
-def test_flex_attention_weights_follow_score_mod_and_block_mask(compiled, defer, kv_heads):
-    model = FlexSelfAttention(compiled, kv_heads=kv_heads).eval()
+def test_flex_attention_weights_follow_score_mod_and_block_mask(compiled, dim, defer, kv_heads):
+    if compiled:  # each case compiles afresh: together they would pass Dynamo's recompile limit
+        torch._dynamo.reset()
+    model = FlexSelfAttention(compiled, kv_heads=kv_heads, dim=dim).eval()
     x = torch.randn(3, 24, 32)
+    error = _compiled_flex_error(model, x) if compiled else 0.0
+    if error > 1e-5:
+        pytest.xfail(
+            f"torch.compile(flex_attention) disagrees with eager FlexAttention by {error:.3g} (inf: NaN) "
+            f"with no capture active (torch {torch.__version__}, CPU "
+            f"{torch.backends.cpu.get_cpu_capability()}, head dim {dim}): inductor's kernel, not the capture"
+        )
     cap, records, _, ours = _capture(model, x, defer=defer)
     assert not ours
     (record,) = records.values()

@@ -231,7 +231,7 @@ def test_two_named_monitors_write_apart(tmp_path):
             "step_00000005.npz",
         ]
     assert all(t.startswith(("attention_a/", "attention_b/")) for t in images), images
-    prefixes = tuple(f"attention_{kind}_{n}/" for kind in ("stats", "health") for n in "ab")
+    prefixes = tuple(f"attention_{kind}_{n}/" for kind in ("stats", "health", "roles") for n in "ab")
     assert all(t.startswith(prefixes) for t in scalars), scalars
     for tag in images:
         steps = _steps(events, tag)

@@ -30,6 +30,8 @@ from lightning_attnviz.analysis.roles import (
 )
 from lightning_attnviz.capture.inputs import compute
 from lightning_attnviz.capture.samples import sample_token_ids
+from lightning_attnviz.sinks.tags import Tags
+from lightning_attnviz.tab.record import decode_markers
 
 try:  # TransformerLens's own functions, when installed; the published definitions below always run
     from transformer_lens import head_detector as TL
@@ -336,6 +338,11 @@ def _scalar(events, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
+def _captures(events, layer: str = "attn") -> list[int]:
+    """The steps of the fit's captures, as the other statistics were logged at."""
+    return [e.step for e in events.Scalars(f"attention_stats/entropy/{layer}/mean")]
+
+
 def test_fit_logs_every_heads_scores_max_sink_rate_and_pictures(tmp_path):
     monitor = AttentionMonitor(plots=["stats"], head_stats=True)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
@@ -346,10 +353,11 @@ def test_fit_logs_every_heads_scores_max_sink_rate_and_pictures(tmp_path):
     (record,) = captured(model.eval(), fixed)  # the last capture saw these weights
     expected = reference_scores(record.weights, fixed.numpy())
     expected.update(transformer_lens_scores(record.weights, fixed.numpy()))
-    firsts = []
+    firsts, steps = [], _captures(events)
+    assert len(steps) == 2
     for role in ROLES:
         heads = [_scalar(events, f"attention_roles/{role}/attn/head_{h}") for h in range(4)]
-        assert all([s for s, _ in series] == [2, 4] for series in heads), role
+        assert all([s for s, _ in series] == steps for series in heads), role
         last = np.array([series[-1][1] for series in heads])
         np.testing.assert_allclose(last, expected[role], atol=1e-3, err_msg=role)
         top = _scalar(events, f"attention_roles/{role}/attn/max")
@@ -361,7 +369,7 @@ def test_fit_logs_every_heads_scores_max_sink_rate_and_pictures(tmp_path):
     assert rate[-1] >= 0.25  # head 2 sees only the first token
     for role in ROLES:
         images = events.Images(f"attention/stats/{role}")
-        assert [e.step for e in images] == [2, 4]
+        assert [e.step for e in images] == steps
         assert imread(io.BytesIO(images[-1].encoded_image_string), format="png")[..., :3].std() > 0.05
     from tensorboard.plugins.custom_scalar import layout_pb2
 
@@ -403,21 +411,31 @@ def test_a_phase_change_is_warned_once_in_text_and_survives_a_resume(tmp_path):
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("AttentionMonitor")]
     saved = state["pipeline"]["roles"]["layers"] if state["pipeline"] else []
-    replayed = len(state["replay"])
-    assert sum(e["scores"].shape[0] for e in saved) + replayed == 2  # a few numbers per head, no maps
+    in_flight = len(state.get("inflight") or [])
+    assert sum(e["scores"].shape[0] for e in saved) + in_flight == 2  # a few numbers per head, no maps
     assert all(e["scores"].shape[1:] == (len(ROLES), 4) for e in saved)
     pattern = (
-        r"phase change at step 6: head 0 of 'attn' became a previous-token head between step 2 and "
-        r"step 6: its previous_token score rose from 0\.\d\d to 0\.92"
+        r"phase change at step (\d+): head 0 of 'attn' became a previous-token head between step (\d+) "
+        r"and step \1: its previous_token score rose from 0\.\d\d to 0\.92"
     )
     with pytest.warns(RuntimeWarning, match=pattern) as record:
         trainer = _fit(tmp_path, Switching(switch_epoch=2), 4, ckpt=tmp_path / "ckpt" / "last.ckpt")
-    assert sum("phase change" in str(w.message) for w in record) == 1
+    (said,) = [str(w.message) for w in record if "phase change" in str(w.message)]
     events = read_events(trainer.logger.log_dir)
+    steps = _captures(events)
+    assert len(steps) == 4
+    # switched at the third capture, measured from the first: the window crossed the resume
+    assert re.search(pattern, said).groups() == (str(steps[2]), str(steps[0]))
     (text,) = events.Tensors("attention/phase_changes/text_summary")
-    assert text.step == 6
+    assert text.step == steps[2]
     table = text.tensor_proto.string_val[0].decode()
-    assert re.search(r"\| attn \| 0 \| previous_token \| 2 → 6 \| 0\.\d\d → 0\.92 \|", table), table
+    row = rf"\| attn \| 0 \| previous_token \| {steps[0]} → {steps[2]} \| 0\.\d\d → 0\.92 \|"
+    assert re.search(row, table), table
+    (markers,) = events.Tensors(Tags().tab_markers)
+    assert markers.step == steps[2]
+    (marker,) = decode_markers(markers.tensor_proto.string_val[0])
+    became = f"head 0 of 'attn' became a previous-token head between step {steps[0]} and step {steps[2]}"
+    assert marker.step == steps[2] and marker.text.startswith(f"phase change: {became}")
 
 
 def test_embeddings_given_directly_skip_the_token_roles_and_say_so_once(tmp_path):
@@ -436,7 +454,7 @@ def test_embeddings_given_directly_skip_the_token_roles_and_say_so_once(tmp_path
     events = read_events(trainer.logger.log_dir)
     scalars = events.Tags()["scalars"]
     assert not [t for t in scalars if t.startswith(tuple(f"attention_roles/{r}" for r in TOKEN_ROLES))]
-    assert [s for s, _ in _scalar(events, "attention_roles/first_token/attn/max")] == [2, 4]
+    assert [s for s, _ in _scalar(events, "attention_roles/first_token/attn/max")] == _captures(events)
     assert "attention/stats/first_token" in events.Tags()["images"]
     assert "attention/stats/induction" not in events.Tags()["images"]
     (table,) = events.Tensors("attention/modules/text_summary")
@@ -472,3 +490,31 @@ def test_an_attention_mask_marks_padding_that_padded_rows_see():
         np.testing.assert_allclose(ours[role], expected, atol=1e-5, err_msg=role)
     unmarked = role_scores(padded, tuple(ids.numpy()))  # without the mask the padding counts
     assert not np.allclose(unmarked["first_token"], ours["first_token"], atol=1e-3)
+
+
+def test_the_pipeline_hands_phase_changes_on_as_typed_events(tmp_path):
+    """What the Attention tab's step-slider markers are made from: ``Outputs.phase_changes``."""
+    from lightning_attnviz.analysis.roles import PhaseChange
+    from lightning_attnviz.pipeline.messages import Job, Setup
+    from lightning_attnviz.pipeline.run import Pipeline
+
+    model, ids, tag = LitRoles().eval(), repeated_ids(2, 12, 32, seed=4), Tags().phase_changes
+    pipeline = Pipeline(Setup(AttentionMonitor().config, ("stats",), None, Tags(), None))
+    outputs = []
+    for step, causal in ((10, True), (20, True), (30, False), (40, False)):
+        model.attn.causal_head0 = causal
+        with torch.no_grad(), capture_attention(model, samples=2, defer=True, stats=True) as cap:
+            model(ids)
+        job = Job(step, 0, tuple(cap.pending), (None, None), (), True, token_ids=tuple(ids.numpy()))
+        out, said = pipeline.run(job)
+        outputs.append((out, said))
+    assert [len(out.phase_changes) for out, _ in outputs] == [0, 0, 1, 0]
+    (event,) = outputs[2][0].phase_changes
+    assert isinstance(event, PhaseChange)
+    where = (event.step_from, event.step_to, event.layer, event.head, event.role)
+    assert where == (10, 30, "attn", 0, "previous_token")
+    assert event.score_to == pytest.approx(11 / 12) and event.text in outputs[2][1][0]
+    assert [tag in out.text for out, _ in outputs] == [False, False, True, False]
+    markers = [[blob for kind, _, blob in out.tab_extra if kind == "markers"] for out, _ in outputs]
+    assert [len(m) for m in markers] == [0, 0, 1, 0]
+    assert decode_markers(markers[2][0])[0].text == f"phase change: {event.text}"

@@ -112,9 +112,6 @@ def _sample_scores(
 ) -> dict[str, np.ndarray]:
     """One sample's ``sum(A ⊙ P) / sum(A)`` per head and role, over its real positions."""
     w = record.weights[sample]  # (H, q, k)
-    finite = torch.isfinite(w).all(-1, keepdim=True)
-    if not bool(finite.all()):  # rows with NaN/inf (non-finite inputs) are left out, as in the stats
-        w = torch.where(finite, w, 0.0)
     square = w.shape[-2] == w.shape[-1] and record.axes[0] == record.axes[1]
     real = _real_positions(record, sample)
     if ids is not None and len(ids) == w.shape[-1] and square and bool((ids < 0).any()):
@@ -126,11 +123,15 @@ def _sample_scores(
         ids = None if ids is None or not square else np.asarray(ids)[keep.numpy()]
     if w.shape[-1] == 0:
         return {}
-    total = w.sum(dim=(-2, -1), dtype=torch.float64)  # (H,)
+    rows = w.sum(-1)  # (H, q)
+    if not bool(torch.isfinite(rows).all()):  # rows with NaN/inf are left out, as in the stats
+        w = torch.where(torch.isfinite(w).all(-1, keepdim=True), w, 0.0)
+        rows = w.sum(-1)
+    total = rows.sum(-1, dtype=torch.float64)  # (H,)
     scores = {"first_token": w[..., 0].sum(-1, dtype=torch.float64) / total}
     if tokens and ids is not None:
-        for role, (rows, cols) in token_patterns(np.asarray(ids)).items():
-            r, c = torch.from_numpy(rows), torch.from_numpy(cols)
+        for role, (row_ids, col_ids) in token_patterns(np.asarray(ids)).items():
+            r, c = torch.from_numpy(row_ids), torch.from_numpy(col_ids)
             scores[role] = w[:, r, c].sum(-1, dtype=torch.float64) / total
     return {role: v.numpy() for role, v in scores.items()}
 
@@ -192,7 +193,9 @@ class PhaseChange:
     text: str = ""
 
     @classmethod
-    def of(cls, step_from: int, step_to: int, layer: str, head: int, role: str, low: float, now: float):
+    def of(
+        cls, step_from: int, step_to: int, layer: str, head: int, role: str, low: float, now: float
+    ) -> PhaseChange:
         text = (
             f"head {head} of {layer!r} became {_NOUN.get(role, role)} between step {step_from} and step "
             f"{step_to}: its {role} score rose from {low:.2f} to {now:.2f}"

@@ -42,7 +42,7 @@ class AttentionView:
 
     def head_mean(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean over heads, ``(q, k)``; a position is visible if any head sees it."""
-        visible = None if self.visible is None else self.visible.any(axis=0)
+        visible = None if self.visible is None else np.asarray(self.visible.any(axis=0))
         return self.weights.mean(axis=0), visible
 
 
@@ -78,8 +78,8 @@ def make_views(
             weights = record.weights[sample].numpy()
             visible = None
             if record.visible is not None:  # broadcastable to (s, H, q, k)
-                v = record.visible.reshape((1,) * (4 - record.visible.dim()) + tuple(record.visible.shape))
-                v = v[sample if v.shape[0] > 1 else 0].numpy()  # (1 | H, q | 1, k)
+                t = record.visible.reshape((1,) * (4 - record.visible.dim()) + tuple(record.visible.shape))
+                v = t[sample if t.shape[0] > 1 else 0].numpy()  # (1 | H, q | 1, k)
                 visible = np.broadcast_to(v, (v.shape[0], *weights.shape[-2:]))
             q_len, k_len = record.length if record.block != (1, 1) else weights.shape[-2:]
             stage = getattr(record, "grid", None)  # a windowed map's own token grid: label its cells
@@ -160,7 +160,8 @@ def _block_reduce(a: np.ndarray, qb: int, kb: int) -> np.ndarray:
     pad = [(0, 0)] * (a.ndim - 2) + [(0, -q_len % qb), (0, -k_len % kb)]
     if a.dtype == bool:
         a = np.pad(a, pad, constant_values=False)
-        return a.reshape(*a.shape[:-2], a.shape[-2] // qb, qb, a.shape[-1] // kb, kb).any(axis=(-3, -1))
+        blocks = a.reshape(*a.shape[:-2], a.shape[-2] // qb, qb, a.shape[-1] // kb, kb)
+        return np.asarray(blocks.any(axis=(-3, -1)))
     a = np.pad(a.astype(np.float64), pad)
     blocks = a.reshape(*a.shape[:-2], a.shape[-2] // qb, qb, a.shape[-1] // kb, kb)
     rows = np.minimum(qb, q_len - np.arange(0, q_len, qb))  # real rows per query block
@@ -212,7 +213,7 @@ class LayerStats:
     ROLES = ROLES
 
 
-_NONE = np.zeros(0, dtype=np.float32)  # a role not scored: no value for any head
+_NONE: np.ndarray = np.zeros(0, dtype=np.float32)  # a role not scored: no value for any head
 
 
 def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | None = None) -> LayerStats:
@@ -236,8 +237,9 @@ def layer_stats(record: AttentionMap, sink_tokens: int = 1, grid: PatchGrid | No
         stats.update(0, record.weights, record.visible)
     values = stats.per_head()
     q_len, k_len = record.weights.shape[-2:]
-    if grid is not None and getattr(record, "grid", None) is not None:
-        grid = grid.stage(record.grid)
+    stage = getattr(record, "grid", None)
+    if grid is not None and stage is not None:
+        grid = grid.stage(stage)
     if grid is not None and exact and q_len == k_len == grid.length:
         per_sample = np.stack([mean_attention_distance(w, grid) for w in record.weights])
         finite = np.isfinite(per_sample)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -100,6 +100,10 @@ class AttentionCapture:
         self._calls.clear()
         self.entered.clear()
 
+    @overload
+    def keep(self, t: Tensor) -> Tensor: ...
+    @overload
+    def keep(self, t: None) -> None: ...
     def keep(self, t: Tensor | None) -> Tensor | None:
         """``t`` itself, or with ``defer`` a detached CPU copy that later training cannot change."""
         if t is None or not self.defer:
@@ -155,8 +159,8 @@ class AttentionCapture:
 
     def _install(self, site: AttentionSite, named: dict[str, nn.Module]) -> None:
         module = named[site.name]
-        if site.tap == "mha":
-            self._wrap(module, mha_tap(self, site, module))
+        if site.tap == "mha":  # discover gives this tap to nn.MultiheadAttention modules only
+            self._wrap(module, mha_tap(self, site, cast(nn.MultiheadAttention, module)))
         elif site.layout.reader == "longformer":
             self._wrap(module, band_tap(self, site, module))
         elif site.layout.reader == "bigbird":
@@ -164,7 +168,8 @@ class AttentionCapture:
             self._wrap(module, before)
             self._set_attr(module, "torch_gather_b2", gather)
         elif site.tap == "encoder_layer":
-            layer = named[site.name.rpartition(".")[0]]
+            # discover gives this tap to the self_attn of an nn.TransformerEncoderLayer only: its parent
+            layer = cast(nn.TransformerEncoderLayer, named[site.name.rpartition(".")[0]])
             self._wrap(layer, encoder_layer_tap(self, site, layer))
             for encoder in self.model.modules():
                 if isinstance(encoder, nn.TransformerEncoder) and any(m is layer for m in encoder.layers):
@@ -174,10 +179,10 @@ class AttentionCapture:
                 self._wrap(named[site.layout.host], self._host_tap(site.name))
             self._wrap_scope(module, site)
 
-    def _host_tap(self, name: str) -> Callable[[tuple, dict], Callable[[Any], None]]:
+    def _host_tap(self, name: str) -> Callable[[tuple, dict], Callable[[Any], object]]:
         """Keeps the call of a windowed site's block (its token grid) while the block runs."""
 
-        def before(args: tuple, kwargs: dict) -> Callable[[Any], None]:
+        def before(args: tuple, kwargs: dict) -> Callable[[Any], object]:
             self._host_calls[name] = (args, kwargs)
             return lambda _: self._host_calls.pop(name, None)
 
@@ -213,7 +218,9 @@ class AttentionCapture:
             self.skipped[name] = message
             warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
-    def _wrap(self, module: nn.Module, before: Callable[[tuple, dict], Callable[[Any], None] | None]) -> None:
+    def _wrap(
+        self, module: nn.Module, before: Callable[[tuple, dict], Callable[[Any], object] | None]
+    ) -> None:
         """Run ``before(args, kwargs)`` ahead of ``module``'s own forward, for this instance only; what
         it returns, if anything, is called with the forward's result."""
         if is_tapped(module):

@@ -28,7 +28,7 @@ from torch import Tensor
 try:  # the operator FlexAttention calls; absent from old PyTorch builds
     from torch._higher_order_ops.flex_attention import flex_attention as FLEX_HOP
 except ImportError:  # pragma: no cover - PyTorch without FlexAttention
-    FLEX_HOP = None
+    FLEX_HOP = None  # type: ignore[assignment]
 
 __all__ = ["FLEX_HOP", "flex_scores"]
 

@@ -187,7 +187,7 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
         exact, pair = False, ()
     if len(pair) != 2 or not exact or min(pair) < 1 or any(isinstance(v, bool) for v in items):
         raise ValueError(f"`{name}` must be a positive int or a pair of positive ints, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def find_grid(model: torch.nn.Module) -> PatchGrid | None:
@@ -203,12 +203,13 @@ def find_grid(model: torch.nn.Module) -> PatchGrid | None:
         embed = getattr(module, "patch_embed", None)
         if getattr(embed, "grid_size", None) is not None and hasattr(module, "num_prefix_tokens"):
             return grid_from_timm(module)
-        if getattr(embed, "grid_size", None) is not None and _has_windows(module):
+        if embed is not None and getattr(embed, "grid_size", None) is not None and _has_windows(module):
             return PatchGrid(tuple(embed.grid_size), 0, _pair(embed.patch_size, "patch_embed.patch_size"))
         embeds = getattr(module, "patch_embeds", None)
         first = embeds[0] if isinstance(embeds, torch.nn.ModuleList) and len(embeds) else None
         if first is not None and isinstance(getattr(first, "H", None), int) and hasattr(first, "patch_size"):
-            return PatchGrid((first.H, first.W), 0, _pair(first.patch_size, "patch_embeds[0].patch_size"))
+            grid = _pair((first.H, first.W), "grid")  # what PatchGrid itself checks the grid with
+            return PatchGrid(grid, 0, _pair(first.patch_size, "patch_embeds[0].patch_size"))
         config = getattr(module, "config", None)
         if all(getattr(config, k, None) is not None for k in ("patch_size", "image_size")):
             windowed = "swin" in str(getattr(config, "model_type", ""))  # windows over patches, no CLS

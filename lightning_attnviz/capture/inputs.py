@@ -8,6 +8,7 @@ drawing process after a pickle round trip. Nothing here touches a module or a ho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -204,11 +205,12 @@ def compute(
     with torch.inference_mode(False), torch.no_grad():
         probe = _probe(pending, sink_keys)
         health: Health | None = None
+        result: Computed
         if isinstance(x, (WindowInputs, BandInputs, BlockSparseInputs)):
             result, health = _READ[type(x)](x, max_tokens, stats, sink_keys, pending.dropout_p)
         elif isinstance(x, SDPAInputs):
             samples = x.q.shape[0]
-            result: Computed = sdpa_weights(
+            result = sdpa_weights(
                 x.q, x.k, x.mask, x.causal, x.scale, x.gqa, samples, max_tokens, stats, sink_keys, probe
             )
         elif isinstance(x, MHAInputs):
@@ -263,7 +265,10 @@ def compute(
 
 
 # the layouts capture reads itself: the dense map and its health, made by the layout's own module
-_READ = {WindowInputs: window_weights, BandInputs: band_weights, BlockSparseInputs: block_sparse_weights}
+# (keyed by the inputs' type, which is each reader's first argument's)
+_READ: dict[type, Callable[..., tuple[Computed, Health]]] = {
+    WindowInputs: window_weights, BandInputs: band_weights, BlockSparseInputs: block_sparse_weights
+}
 
 
 def _probe(pending: Pending, sink_keys: int) -> Probe:

@@ -241,7 +241,7 @@ def folded_batch(rows: int, call: CallInputs) -> bool:
     return call.batch is not None and call.batch > 0 and rows > call.batch and rows % call.batch == 0
 
 
-def folded_warning(name: str, rows: int, batch: int) -> str:
+def folded_warning(name: str, rows: int, batch: int | None) -> str:
     return (
         f"Attention in {name!r} is not captured: it runs on {rows} rows for a batch of {batch} "
         "(windows, groups or axial lines folded into the batch), so its rows are not the fixed samples; "

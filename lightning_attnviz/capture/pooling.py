@@ -4,7 +4,8 @@ per-row statistics accumulated at full resolution on the way (so long maps never
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,9 +76,10 @@ class RowStats:
         self.sink += sink.sum(dim=(-2, -1), dtype=f64)
         self.max_weight = torch.maximum(self.max_weight, w.amax(dim=(-2, -1)).double())
 
-    def to(self, device: str) -> RowStats:
+    def to(self, device: str | torch.device) -> RowStats:
         fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        return RowStats(**{f: v.to(device) if isinstance(v, Tensor) else v for f, v in fields.items()})
+        moved: dict[str, Any] = {f: v.to(device) for f, v in fields.items() if isinstance(v, Tensor)}
+        return replace(self, **moved)
 
     def per_head(self) -> dict[str, np.ndarray]:
         """Means over samples and rows, per head: entropy, entropy_norm, distance, sink (the share on
@@ -166,7 +168,8 @@ class _Collector:
             self.masked = True
             seen = self._key_blocks(visible.int()).int().cpu()  # as small as the mask broadcasts
             seen = seen.reshape((1,) * (4 - seen.dim()) + tuple(seen.shape)).expand(pooled.shape)
-        self.seen.index_add_(2, index, seen.contiguous())
+        if self.seen is not None:  # always, when pooled
+            self.seen.index_add_(2, index, seen.contiguous())
 
     def scatter(self, rows: Tensor, cols: Tensor, values: Tensor) -> None:
         """The whole map given entry by entry (a windowed map): ``values`` ``(s, H, V)`` at ``(rows[v],
@@ -182,8 +185,9 @@ class _Collector:
             out[..., flat] = values.to(out.dtype)
             return
         out.index_add_(2, flat, values.to(out.dtype))
-        seen = self.seen.view(*self.seen.shape[:2], -1)
-        seen[..., flat] = 1  # as any() of the block's visibility: the block has a visible entry
+        if self.seen is not None:  # always, when pooled
+            seen = self.seen.view(*self.seen.shape[:2], -1)
+            seen[..., flat] = 1  # as any() of the block's visibility: the block has a visible entry
 
     def _key_blocks(self, t: Tensor) -> Tensor:
         """Sum ``(..., keys)`` over key blocks, padded with zeros to the pooled width."""
@@ -200,7 +204,7 @@ class _Collector:
             return Computed(self.out, visible, (1, 1), (self.length, self.width), stats)
         rows = torch.full((self.out.shape[-2],), self.qb, dtype=torch.float32)
         rows[-1] = self.length - self.qb * (self.out.shape[-2] - 1)  # the last block may be short
-        pooled_visible = (self.seen > 0) if self.masked else None
+        pooled_visible = (self.seen > 0) if self.masked and self.seen is not None else None
         return Computed(
             self.out / rows[:, None], pooled_visible, (self.qb, self.kb), (self.length, self.width), stats
         )

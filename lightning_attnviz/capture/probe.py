@@ -109,8 +109,10 @@ class Probe:
         self.max_logit = top if self.max_logit is None else torch.maximum(self.max_logit, top)
         keys, stop = weights.shape[-1], start + weights.shape[-2]
         live = weights.sum(-1) > 0  # (s, H, rows): rows that attend to anything
-        if self.expected is not None and (self.values is not None or product is not None):
-            out = weights @ self.values[..., :keys, :] if product is None else product  # (s, H, rows, Ev)
+        if self.expected is not None and product is None and self.values is not None:
+            product = weights @ self.values[..., :keys, :]  # (s, H, rows, Ev)
+        if self.expected is not None and product is not None:
+            out = product  # (s, H, rows, Ev)
             rows = self.expected[..., start:stop, :].float()
             if self.project is not None:
                 out, live_rows = self.project(out), live.all(1)[..., None]  # (s, rows, E), (s, rows, 1)
@@ -190,7 +192,7 @@ def sdpa_probe(q: Tensor, v: Tensor | None, out: Tensor | None, dropout_p: float
     if values.shape[1] != q_heads:
         values = values.repeat_interleave(q_heads // values.shape[1], dim=1)
     expected = None if out is None or dropout_p > 0 else batch_dims_to_heads(out.detach())
-    tolerance = None if expected is None else fidelity_tolerance(out.dtype)
+    tolerance = None if expected is None else fidelity_tolerance(expected.dtype)
     return Probe(values, expected, None, head_norms(values), sink_keys, tolerance)
 
 
@@ -242,5 +244,5 @@ def mha_probe(
 
     nested = output is not None and output.is_nested
     expected = None if output is None or nested or dropout_p > 0 else batch_major(output)
-    tolerance = None if expected is None else fidelity_tolerance(output.dtype)
+    tolerance = None if expected is None else fidelity_tolerance(expected.dtype)
     return Probe(values, expected, project, head_norms(values, w_out), sink_keys, tolerance, projected=True)

@@ -21,6 +21,11 @@ from lightning_attnviz.capture.discover import AttentionSite
 from lightning_attnviz.capture.recorder import Recorder
 from lightning_attnviz.capture.windows import window_inputs
 
+# transformers' LongformerSelfAttention or BigBirdBlockSparseAttention, read by attribute name (ints, a
+# float, linear layers, a staticmethod); transformers is optional so not imported, and nn.Module's typing
+# would call each of those attributes a Tensor or a Module
+LayoutModule = Any
+
 
 def window_sdpa(cap: Recorder, site: AttentionSite, bound: dict, out: Any) -> None:
     """A windowed site's fused call: q, k and mask of the sampled images' windows (and v and the
@@ -58,7 +63,7 @@ def window_softmax(cap: Recorder, site: AttentionSite, out: Tensor, logits: Any)
     cap.add(site.name, inputs, path="eager_softmax", **meta)
 
 
-def band_tap(cap: Recorder, site: AttentionSite, module: nn.Module) -> Callable[[tuple, dict], Any]:
+def band_tap(cap: Recorder, site: AttentionSite, module: LayoutModule) -> Callable[[tuple, dict], Any]:
     """Reads a Longformer call (hidden states, padding and global tokens) before it runs and records it
     after, with its output, projecting the sampled rows with the module's own linear layers."""
     try:
@@ -73,7 +78,9 @@ def band_tap(cap: Recorder, site: AttentionSite, module: nn.Module) -> Callable[
         def after(result: Any) -> None:
             hidden, masked = bound.get("hidden_states"), bound.get("is_index_masked")
             is_global = bound.get("is_index_global_attn")
-            if not all(isinstance(t, Tensor) for t in (hidden, masked, is_global)):
+            if not (
+                isinstance(hidden, Tensor) and isinstance(masked, Tensor) and isinstance(is_global, Tensor)
+            ):
                 return cap.skip(site.name, _unreadable(site.name), stacklevel=6)
             output = result[0] if isinstance(result, tuple) and result else None
             cap.add(
@@ -93,7 +100,7 @@ def band_tap(cap: Recorder, site: AttentionSite, module: nn.Module) -> Callable[
 
 
 def _band_inputs(
-    cap: Recorder, module: nn.Module, hidden: Tensor, masked: Tensor, is_global: Tensor, output: Any
+    cap: Recorder, module: LayoutModule, hidden: Tensor, masked: Tensor, is_global: Tensor, output: Any
 ) -> BandInputs:
     s, heads = cap.samples, module.num_heads
     h = hidden[:s].detach()  # (s, L, E)
@@ -137,7 +144,7 @@ def _unreadable(name: str) -> str:
 
 
 def block_sparse_taps(
-    cap: Recorder, site: AttentionSite, module: nn.Module
+    cap: Recorder, site: AttentionSite, module: LayoutModule
 ) -> tuple[Callable[[tuple, dict], Any], Callable[[Tensor, Tensor], Tensor]]:
     """The tap of a BigBird block-sparse call, and the instance's ``torch_gather_b2`` that notes the
     random blocks the kernel gathers (its own function still does the gathering)."""
@@ -176,7 +183,7 @@ def block_sparse_taps(
 
 
 def _block_inputs(
-    cap: Recorder, module: nn.Module, hidden: Tensor, bound: dict, rand: Tensor, output: Any
+    cap: Recorder, module: LayoutModule, hidden: Tensor, bound: dict, rand: Tensor, output: Any
 ) -> BlockSparseInputs:
     s, heads = cap.samples, module.num_attention_heads
     h = hidden[:s].detach()

@@ -7,7 +7,7 @@ so they record calls and read a little shared state without reaching into the ca
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from torch import Tensor
 
@@ -28,6 +28,10 @@ class Recorder(Protocol):
     call: CallInputs  # what the model's own forward was given
     windows: dict[str, WindowCall]  # windowed sites whose forward is running: where their windows lie
 
+    @overload
+    def keep(self, t: Tensor) -> Tensor: ...
+    @overload
+    def keep(self, t: None) -> None: ...
     def keep(self, t: Tensor | None) -> Tensor | None: ...
 
     def add(self, name: str, inputs: Inputs, path: Path, **meta: Any) -> None: ...

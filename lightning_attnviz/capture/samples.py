@@ -211,6 +211,7 @@ def axis_labels(
         ValueError: ``target`` does not pick token ids out of ``fixed``.
     """
     source = token_labels(fixed, labeller, grid, count)
+    ids: Tensor | None
     if target is not None:
         ids, shifted = select_target(fixed, target), False
     elif has_target(fixed) or encoder_decoder:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -47,7 +47,13 @@ class _Interceptor(TorchFunctionMode):
         # A weak reference: a cycle would keep the captured maps alive until the next GC pass.
         self._capture = weakref.ref(capture)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Collection[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         cap = self._capture()
@@ -319,6 +325,8 @@ def record_mha(
             attn_mask = attn_mask[: s * num_heads]
     embed = query.shape[-1] if in_proj_weight is None else in_proj_weight.shape[0] // 3
     if in_proj_weight is None:
+        if q_proj_weight is None or k_proj_weight is None:  # as F.multi_head_attention_forward requires
+            raise ValueError("`q_proj_weight` and `k_proj_weight` are needed without `in_proj_weight`")
         q_weight, k_weight, v_weight = q_proj_weight, k_proj_weight, v_proj_weight
     else:
         q_weight, k_weight = in_proj_weight[:embed], in_proj_weight[embed : 2 * embed]

@@ -132,7 +132,8 @@ def _softmax_in_chunks(
             if bias is not None:  # a float mask can hide positions too
                 allowed = ~torch.isneginf(scores)
             weights = scores.softmax(dim=-1)
-            if may_empty:  # a row with no visible key is NaN after softmax; we define it as zero
+            # a row with no visible key is NaN after softmax; we define it as zero
+            if may_empty and allowed is not None:
                 weights.masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
             if probe is not None:
                 probe.add(start, scores, weights)
@@ -346,7 +347,8 @@ def mha_weights(
         padding = F.pad(padding, pad) if padding is not None else None
     hidden_rows = None
     if hide_padded_queries and key_padding_mask is not None:
-        hidden_rows = torch.isneginf(_to_additive(key_padding_mask, masked_value=True)[:samples])  # (s, L)
+        hidden = _to_additive(key_padding_mask, masked_value=True)
+        hidden_rows = None if hidden is None else torch.isneginf(hidden[:samples])  # (s, L)
     if padding is not None:
         padding = padding[:samples, None, None, :]  # (s, 1, 1, S)
         bias = padding if bias is None else bias + padding

@@ -248,6 +248,8 @@ def window_weights(
     if x.weights is not None:
         win = x.weights.float()
         health = Probe(sink_keys=sink_keys).result(x.max_logit)
+    elif x.q is None or x.k is None:  # WindowInputs holds the weights or q and k
+        raise ValueError("a windowed call kept neither its weights nor its q and k")
     else:
         probe = sdpa_probe(x.q, x.v, x.out, dropout_p, sink_keys)
         win = sdpa_weights(x.q, x.k, x.mask, scale=x.scale, samples=x.q.shape[0], probe=probe).weights

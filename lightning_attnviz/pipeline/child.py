@@ -26,11 +26,19 @@ from lightning_attnviz.pipeline import spool
 from lightning_attnviz.pipeline.messages import Close, Closed, Done, Draw, Hurry, Open, Ping, Pong, Spool
 
 _HEADER = struct.Struct("<Q")
-# How far below training the drawing runs while training runs. 19 (the lowest) gets almost no CPU
-# on a machine kept busy by other processes (9 of 20 step captures skipped in one loaded run); at 10
-# a drawing thread gets ~10% of a core shared with one busy process, and training, at 0, ~90%
-# (CFS weights 110 : 1024). docs/drawing.md has the measurements.
-DRAWING_NICE = 10
+
+
+def _nice(value: str) -> int:
+    return int(value) if value.isdigit() and int(value) <= 19 else 5
+
+
+# How far below training the drawing runs while training runs (``ATTNVIZ_NICE=0..19`` chooses).
+# Under Linux's scheduler a thread's share of a contended core follows its weight: nice 0 → 1024,
+# 5 → 335, 10 → 110, 19 → 15. At 19 the drawing starves on a machine kept busy by other work (9 of
+# 20 step captures skipped in one loaded run) and the last capture, drawn after training ends, takes
+# minutes; at 5 it gets ~a quarter of a core shared with one busy process. docs/drawing.md has the
+# measurements.
+DRAWING_NICE = _nice(os.environ.get("ATTNVIZ_NICE", "5"))
 _PER_THREAD = sys.platform.startswith("linux")  # elsewhere a nice value is the whole process's
 
 
@@ -51,11 +59,11 @@ def receive(stream: Any) -> Any:
     return pickle.loads(data)
 
 
-def _lower_this_thread() -> None:
-    """This thread only (Linux), ``DRAWING_NICE`` below where it is."""
+def _set_nice(tid: int, value: int) -> None:
+    """One thread's nice value (Linux keeps one per thread). Raising a thread's priority back needs
+    CAP_SYS_NICE or RLIMIT_NICE (root in most containers); without, it stays where it is."""
     with contextlib.suppress(OSError, AttributeError):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + DRAWING_NICE))
+        os.setpriority(os.PRIO_PROCESS, tid, max(-20, min(19, value)))
 
 
 class Serve:
@@ -78,6 +86,7 @@ class Serve:
         self.spooled: dict[int, str] = {}  # the spool file of a pending capture, once written
         self.quitting = False
         self.hurry = threading.Event()
+        self._low: int | None = None  # the native id of the thread drawing below training, if any
         self._spools: queue.Queue[tuple[int, str]] = queue.Queue()
         self._spooler: threading.Thread | None = None
 
@@ -88,7 +97,7 @@ class Serve:
         if isinstance(message, Ping):
             self.reply(Pong(message.request))
         elif isinstance(message, Hurry):
-            self.hurry.set()
+            self._hurry(message.now)
         elif isinstance(message, Spool):
             self._keep(message.job_id, message.path)
         else:
@@ -97,9 +106,17 @@ class Serve:
                     self.pending[message.job_id] = message
                 if message.spool:
                     self._keep(message.job_id, message.spool)
-            elif isinstance(message, Open):
-                self.hurry.clear()  # a new fit: training runs again
             self.queue.put(message)
+
+    def _hurry(self, now: bool) -> None:
+        """Training waits (or runs again): what is drawn next is at its priority; the capture being
+        drawn below it is raised too where the system allows."""
+        if not now:
+            return self.hurry.clear()
+        self.hurry.set()
+        low = self._low
+        if low is not None:
+            _set_nice(low, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
 
     def finish(self, drop: bool = False) -> None:
         """No more messages: draw what is queued, or (``drop``: the training process is gone) only
@@ -241,12 +258,19 @@ class Serve:
             return fn()
         result: dict[str, Any] = {}
 
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
         def low() -> None:
-            _lower_this_thread()
+            self._low = threading.get_native_id()
+            _set_nice(self._low, base + DRAWING_NICE)
+            if self.hurry.is_set():  # training started to wait meanwhile
+                _set_nice(self._low, base)
             try:
                 result["value"] = fn()
             except BaseException as err:
                 result["error"] = err
+            finally:
+                self._low = None
 
         thread = threading.Thread(target=low, name="attnviz-draw-low", daemon=True)
         thread.start()

@@ -114,9 +114,9 @@ def health_scalars(into: dict[str, float], tags: Tags, layer: str, health: Healt
     if health.error is not None and math.isfinite(health.error):
         into[tags.health("fidelity", layer)] = health.error
     if health.value_sink is not None:
-        per_head = np.nanmean(health.value_sink.numpy(), axis=0) if health.value_sink.shape[0] else None
-        if per_head is not None and np.isfinite(per_head).any():
-            into[tags.health("value_sink", layer)] = float(np.nanmean(per_head))
+        sinks = np.nanmean(health.value_sink.numpy(), axis=0) if health.value_sink.shape[0] else None
+        if sinks is not None and np.isfinite(sinks).any():
+            into[tags.health("value_sink", layer)] = float(np.nanmean(sinks))
             if heads:
                 for h, value in enumerate(per_head):
                     if np.isfinite(value):
@@ -154,8 +154,8 @@ def module_table(rows: Sequence[tuple[str, ...]], records: Sequence[AttentionMap
     header = "| module | type | heads | captured via | fidelity (max abs error) |\n|---|---|---|---|---|\n"
     lines = []
     for row in rows:
-        r = worst.get(row[0])
-        cell = fidelity_cell(r.health if r else None, r.path if r else "")
+        found = worst.get(row[0])
+        cell = fidelity_cell(found.health if found else None, found.path if found else "")
         lines.append("| " + " | ".join((*row, cell)) + " |\n")
     return header + "".join(lines)
 

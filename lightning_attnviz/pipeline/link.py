@@ -174,17 +174,20 @@ class _Forked:
     """The forked child seen through the parts of ``subprocess.Popen`` a link uses."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self._code = pid, None
+        self.pid = pid
+        self._code: int | None = None
+        self._lock = threading.Lock()  # two threads poll: the one that reaps it keeps the code
 
     def poll(self) -> int | None:
-        if self._code is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                return -1
-            if pid:
-                self._code = os.waitstatus_to_exitcode(status)
-        return self._code
+        with self._lock:
+            if self._code is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:
+                    return -1
+                if pid:
+                    self._code = os.waitstatus_to_exitcode(status)
+            return self._code
 
     def wait(self, timeout: float) -> int | None:
         deadline = time.monotonic() + timeout

@@ -157,7 +157,9 @@ class Ping:
 @dataclass(frozen=True)
 class Hurry:
     """Training has ended and waits for the drawing: draw what is left at the training process's
-    own priority rather than below it."""
+    own priority rather than below it (``now=False``: training runs again)."""
+
+    now: bool = True
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ capture's :class:`~lightning_attnviz.pipeline.messages.Job` and what was compute
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def picture_groups(
                 strips[(v.sample, v.layer)] = strip
     kinds = [k for k in setup.plots if k in TOKEN_PLOTS]
     groups: list[tuple[str, Callable[[], list[Picture]]]] = [
-        (k, lambda k=k: render_views(views, job.step, [k], (), c.top_k, strips)) for k in kinds
+        (k, partial(render_views, views, job.step, [k], (), c.top_k, strips)) for k in kinds
     ]
     if c.heads:
         groups.append(("head heatmaps", lambda: render_views(views, job.step, [], c.heads, c.top_k, strips)))
@@ -69,7 +70,7 @@ def picture_groups(
     if setup.grid is not None and job.images:
         for kind in IMAGE_PLOTS:
             if kind in setup.plots:
-                groups.append((kind, lambda kind=kind: vision(setup, kind, records, job)))
+                groups.append((kind, partial(vision, setup, kind, records, job)))
     labels = [list(x) if x is not None else None for x in job.labels]
     groups += health_groups(setup.plots, records, labels, job, c.max_tokens, setup.grid, c.health)
     return groups

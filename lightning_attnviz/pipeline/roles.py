@@ -40,7 +40,11 @@ def roles_step(
     role_scalars(out.scalars, tags, scores, head_stats)
     events = history.update(job.step, scores, report=job.diagnose)
     mark_phase_changes(out, tags, events)
-    scored = [replace(st, **scores[st.layer]) if st.layer in scores else st for st in stats]
+    # mypy's dataclass plugin: a **dict could name `layer` (a str); the keys are role names (ROLES), arrays
+    scored = [
+        replace(st, **scores[st.layer]) if st.layer in scores else st  # type: ignore[arg-type]
+        for st in stats
+    ]
     return scored, phase_change_messages(events, job.step, tags)
 
 
@@ -66,7 +70,8 @@ def role_scalars(
 
 def mark_phase_changes(out: Outputs, tags: Tags, events: Sequence[PhaseChange]) -> None:
     """The hook where phase changes leave a capture: the ``attention/phase_changes`` text, and the typed
-    events in ``out.phase_changes``, from which the Attention tab's step-slider markers are made."""
+    events in ``out.phase_changes``, from which the Attention tab's step-slider markers are made
+    (:func:`marker_texts`, written with the tab's records)."""
     if not events:
         return
     out.phase_changes.extend(events)
@@ -76,6 +81,26 @@ def mark_phase_changes(out: Outputs, tags: Tags, events: Sequence[PhaseChange]) 
         for e in events
     )
     out.text[tags.phase_changes] = "| layer | head | role | steps | score |\n|---|---|---|---|---|\n" + rows
+
+
+def marker_texts(events: Sequence[PhaseChange]) -> list[str]:
+    """The Attention tab's markers for a capture's phase changes: one per layer and role, naming the heads."""
+    groups: dict[tuple[str, str], list[PhaseChange]] = {}
+    for e in events:
+        groups.setdefault((e.layer, e.role), []).append(e)
+    texts = []
+    for (layer, role), same in groups.items():
+        if len(same) == 1:
+            texts.append(f"phase change: {same[0].text}")
+            continue
+        heads = ", ".join(str(e.head) for e in same)
+        low, high = ([getattr(e, f) for e in same] for f in ("score_from", "score_to"))
+        texts.append(
+            f"phase change: heads {heads} of {layer!r} became {role.replace('_', '-')} heads between step "
+            f"{min(e.step_from for e in same)} and step {same[0].step_to}: {role} scores "
+            f"{min(low):.2f}–{max(low):.2f} → {min(high):.2f}–{max(high):.2f}"
+        )
+    return texts
 
 
 def phase_change_messages(events: Sequence[PhaseChange], step: int, tags: Tags) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from lightning_attnviz.capture.inputs import AttentionMap, Pending, compute
 from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, module_table
 from lightning_attnviz.pipeline.messages import Job, Setup
 from lightning_attnviz.pipeline.plan import PreviousStats, on_grids, picture_groups, picture_tag, tab_records
-from lightning_attnviz.pipeline.roles import roles_step
-from lightning_attnviz.pipeline.tab_extras import add_overview
+from lightning_attnviz.pipeline.roles import marker_texts, roles_step
+from lightning_attnviz.pipeline.tab_extras import add_markers, add_overview
 from lightning_attnviz.render.maps import Picture, encode_png
 from lightning_attnviz.sinks import capture_file as formats
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs
@@ -120,6 +121,8 @@ class Pipeline:
         if c.dashboard:
             self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, records, labels, job))
             self._step("Attention tab overview", lambda: add_overview(out, tags, drawn, job.epoch))
+            markers = marker_texts(out.phase_changes)
+            self._step("Attention tab markers", lambda: add_markers(out, tags, markers))
         if c.save_captures and self.setup.log_dir is not None and views:
             path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
             images = list(job.images) if self.setup.grid is not None else []
@@ -292,7 +295,7 @@ class Pipeline:
             pictures = self._step(f"drawing the {kind} pictures", draw) or []
             drawn += pictures
             for p in pictures:
-                png = self._step(f"encoding the {kind} pictures", lambda p=p: encode_png(p.image))
+                png = self._step(f"encoding the {kind} pictures", partial(encode_png, p.image))
                 if png is not None:
                     tag = picture_tag(tags, p)
                     out.pictures.append(

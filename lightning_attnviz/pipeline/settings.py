@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from lightning_attnviz.analysis.vision import HeadFusion
 from lightning_attnviz.capture.discover import ModuleSelector
 from lightning_attnviz.capture.grid import PatchGrid
 
@@ -59,10 +60,10 @@ class MonitorConfig:
     sink_tokens: int | None
     entropy_collapse: float
     uniform_entropy: float
-    image_grid: PatchGrid | str | None
+    image_grid: PatchGrid | Literal["auto"] | None
     image_mean: tuple[float, ...] | None
     image_std: tuple[float, ...] | None
-    rollout_fusion: str
+    rollout_fusion: HeadFusion
     rollout_discard: float
     dashboard: bool
     dashboard_tokens: int

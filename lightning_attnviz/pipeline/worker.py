@@ -15,9 +15,8 @@ captures wait is ended and replaced the same way. The end of a fit waits at most
 the captures and the close of the sinks, says what it waits for once it is long, then ends what is
 still drawing and names every capture that was not drawn, and why.
 
-Accounting is per monitor (:class:`Channel`): the captures in flight (back-pressure: the client
-skips step captures rather than queue without bound), warnings to raise on the training thread,
-the drawing seconds of recent captures, and the spool file of each capture a checkpoint listed.
+Accounting is per monitor (:class:`Channel`): captures in flight (for back-pressure), warnings,
+drawing seconds of recent captures, and the spool file of each capture a checkpoint listed.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from lightning_attnviz.pipeline import spool
 from lightning_attnviz.pipeline.link import How, Link, default_how
@@ -68,8 +67,8 @@ class Channel:
     closed: dict[int, tuple[str, ...]] = field(default_factory=dict)
     done: threading.Condition = field(default_factory=threading.Condition)
 
-    def steps(self, ids: Any = None) -> str:
-        return ", ".join(str(self.jobs[i].job.step) for i in (self.jobs if ids is None else ids))
+    def steps(self) -> str:
+        return ", ".join(str(draw.job.step) for draw in self.jobs.values())
 
 
 class Worker:
@@ -147,8 +146,7 @@ class Worker:
         with self._lock:
             self._channels.pop(ch.id, None)
 
-    def stop(self) -> None:
-        """End the drawing process (at interpreter exit)."""
+    def stop(self) -> None:  # at interpreter exit
         self.link.stop()
 
     # -- ends and stalls ------------------------------------------------------------------------------
@@ -191,6 +189,8 @@ class Worker:
         how = default_how() if self._deaths < MAX_DEATHS and old.how != "thread" else "thread"
         self.failure = None
         self.link = self._connect(how)
+        if self._closing:
+            self.link.send(Hurry())  # training waits for it
         self._pings.clear()
         self._heard = time.monotonic()
         with self._lock:
@@ -199,7 +199,8 @@ class Worker:
         cause = f"it {ended_by_us[0]}" if ended_by_us else f"exit code {old.exit_code}"
         for ch in channels:
             with ch.done:
-                self.link.send(replace(ch.opened, state=ch.state))  # type: ignore[arg-type]
+                # only opened channels were kept above, and `opened` is set once, never cleared
+                self.link.send(replace(cast(Open, ch.opened), state=ch.state))
                 for job_id, draw in ch.jobs.items():
                     self.link.send(replace(draw, spool=ch.spools.get(job_id)))
                 if said:
@@ -261,6 +262,7 @@ class Worker:
         finally:
             with self._lock:
                 self._closing -= 1
+            self.link.send(Hurry(now=bool(self._closing)))
         with ch.done:
             if ch.jobs:
                 lost = f"{len(ch.jobs)} capture(s) were not drawn (step(s) {ch.steps()})"

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,7 @@ class Canvas:
         y0 = round(y - {"t": 0, "m": h / 2, "b": h}[anchor[1]])
         self.ink(mask, x0, y0, color)
         box = Box(x0, y0, w, h)
-        self.texts.append(Placed(text, box, size, tuple(color), rotate, bold))
+        self.texts.append(Placed(text, box, size, (color[0], color[1], color[2]), rotate, bold))
         return box
 
     def ink(self, mask: np.ndarray, x: int, y: int, color: Sequence[int]) -> None:
@@ -141,7 +142,7 @@ class Canvas:
             image[y : y + pixels.shape[0], x : x + pixels.shape[1]] = pixels
         return image
 
-    def lines(self, lines: Sequence[str], x: float, y: float, size: int = 11, **kwargs) -> Box:
+    def lines(self, lines: Sequence[str], x: float, y: float, size: int = 11, **kwargs: Any) -> Box:
         """Several lines, the first one's top at ``y``; returns the box around all of them."""
         step = line_height(size)
         boxes = [self.text(line, x, y + i * step, size, **kwargs) for i, line in enumerate(lines)]

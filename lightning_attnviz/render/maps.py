@@ -120,7 +120,7 @@ def draw_head_grid(view: AttentionView, title: layout.Title) -> Canvas:
     limit = GRID_TILE if view.heads + 1 > 6 else MAX_CELLS  # many heads: tiles a card can hold
     weights, visible, q_labels, k_labels = _bounded(
         np.concatenate([view.weights, mean[None]]),
-        None if view.visible is None else np.concatenate(
+        None if view.visible is None or mean_visible is None else np.concatenate(
             [np.broadcast_to(view.visible, view.weights.shape), mean_visible[None]]),
         view.q_labels, view.k_labels, limit,
     )  # fmt: skip
@@ -189,7 +189,8 @@ STRIP_ROW = 5  # panels a row of the evolution strip holds: more wrap, so the st
 
 def draw_evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title, note: str = "") -> Canvas:
     """:func:`evolution` with its layout; panel ``i`` at ``boxes[f"tile {i}"]``, the Δ last."""
-    maps, steps, epochs = (list(x)[-MAX_STRIP:] for x in (strip.maps, strip.steps, strip.epochs))
+    maps: list[np.ndarray] = list(strip.maps)[-MAX_STRIP:]
+    steps, epochs = (list(x)[-MAX_STRIP:] for x in (strip.steps, strip.epochs))
     tiles, names = [], []
     for m, step, epoch in zip(maps, steps, epochs, strict=True):
         weights, shown, _, _ = _bounded(m, visible, [], [], STRIP_TILE)

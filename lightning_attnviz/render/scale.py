@@ -10,7 +10,7 @@ characters before anything is drawn.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
 import numpy as np
@@ -87,7 +87,7 @@ def _bound(
     block = math.ceil(size / limit)
     if block > 1:
 
-        def pool(a: np.ndarray, reduce) -> np.ndarray:
+        def pool(a: np.ndarray, reduce: Callable[..., np.ndarray]) -> np.ndarray:
             a = np.moveaxis(a, axis, -1)
             a = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, -size % block)])
             return np.moveaxis(reduce(a.reshape(*a.shape[:-1], -1, block), axis=-1), -1, axis)
@@ -99,7 +99,13 @@ def _bound(
     return weights, visible, [_clean(label) for label in labels]
 
 
-def _bounded(weights, visible, q_labels, k_labels, limit: int = MAX_CELLS):
+def _bounded(
+    weights: np.ndarray,
+    visible: np.ndarray | None,
+    q_labels: Sequence[str],
+    k_labels: Sequence[str],
+    limit: int = MAX_CELLS,
+) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str]]:
     weights, visible, q_labels = _bound(np.asarray(weights, dtype=np.float32), visible, q_labels, -2, limit)
     weights, visible, k_labels = _bound(weights, visible, k_labels, -1, limit)
     return weights, visible, q_labels, k_labels

@@ -85,18 +85,19 @@ def metrics(sink_tokens: int = 1, distance_unit: str = "positions") -> dict[str,
     }  # fmt: skip
 
 
-_SHARE = "share of the head's attention on {} (TransformerLens's sum(A ⊙ P) / sum(A)), averaged over samples"
+_SHARE = "share of each head's attention on {} (TransformerLens's score{}), averaged over samples"
 ROLE_METRICS = {
     "previous_token": Metric("previous_token", "previous-token score",
-        _SHARE.format("the previous token"), 0.0, 1.0, ("none", "all"), 2),
+        _SHARE.format("the previous token", "") + ": (T − 1)/T = every row",
+        0.0, 1.0, ("none", "all"), 2),
     "duplicate_token": Metric("duplicate_token", "duplicate-token score",
-        _SHARE.format("earlier occurrences of the query's token"), 0.0, 1.0, ("none", "all"), 2),
+        _SHARE.format("earlier copies of the query's token", ""), 0.0, 1.0, ("none", "all"), 2),
     "induction": Metric("induction", "induction score",
-        _SHARE.format("the token after an earlier occurrence of the query's token (Olsson et al. 2022)"),
+        _SHARE.format("the token after an earlier copy of the query's token", "; Olsson et al. 2022"),
         0.0, 1.0, ("none", "all"), 2),
     "first_token": Metric("first_token", "first-token score",
-        "mean attention to the first key; above 0.3 a sink head (Gu et al. 2025)",
-        0.0, 1.0, ("none", "all on it"), 2),
+        "mean attention to the first key over query rows and samples: above 0.3 a sink head "
+        "(Gu et al. 2025)", 0.0, 1.0, ("none", "all on it"), 2),
 }  # fmt: skip
 
 

@@ -16,14 +16,17 @@ text that way gives it without changing the process-wide rcParams.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backend_bases import GraphicsContextBase
 from matplotlib.backends.backend_pdf import FigureCanvasPdf
 from matplotlib.backends.backend_svg import FigureCanvasSVG, RendererSVG
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
+from matplotlib.text import Text
 
 from lightning_attnviz.render.canvas import Canvas, Placed
 from lightning_attnviz.render.text import BOLD, FONT, ascent
@@ -52,12 +55,14 @@ def figure(canvas: Canvas) -> Figure:
     return fig
 
 
-def _text(ax, placed: Placed, font: FontProperties) -> None:
+def _text(ax: Axes, placed: Placed, font: FontProperties) -> None:
     """One text at its box: its baseline where the raster's was (the box's top plus the ascent)."""
     box, size = placed.box, placed.size
     rise = ascent(size)
     color = tuple(c / 255 for c in placed.color)
-    props = {"fontproperties": font, "fontsize": size, "color": color, "va": "baseline", "ha": "left"}
+    props: dict[str, Any] = {  # Text's keyword arguments, as matplotlib types them
+        "fontproperties": font, "fontsize": size, "color": color, "va": "baseline", "ha": "left"
+    }
     if placed.rotate:  # reads upwards: its baseline is the box's left edge plus the ascent
         ax.text(box.x + rise, box.y + box.h, placed.text, rotation=90, rotation_mode="anchor", **props)
     else:
@@ -67,7 +72,17 @@ def _text(ax, placed: Placed, font: FontProperties) -> None:
 class _TextRenderer(RendererSVG):
     """matplotlib's SVG renderer, every text written as a ``<text>`` element."""
 
-    def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):  # type: ignore[override]
+    def draw_text(
+        self,
+        gc: GraphicsContextBase,
+        x: float,
+        y: float,
+        s: str,
+        prop: FontProperties,
+        angle: float,
+        ismath: bool | Literal["TeX"] = False,
+        mtext: Text | None = None,
+    ) -> None:
         self._draw_text_as_text(gc, x, y, s, prop, angle, ismath, mtext)
 
 

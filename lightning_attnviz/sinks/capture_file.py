@@ -25,7 +25,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -112,7 +112,8 @@ def save_capture(
     tmp = path.with_name(f".{path.name}.partial")  # never matches step_*.npz
     try:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            # numpy's stub: a **dict could name `allow_pickle` (a bool); the keys are meta, w<n>, v<n>, img<n>
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
         tmp.replace(path)  # readers never see a half-written file
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk leaves nothing behind
@@ -142,7 +143,7 @@ def load_capture(path: str | Path) -> SavedCapture:
             members = _members(path, archive)
             meta = _meta(path, archive, members)
             views = [_view(path, archive, members, n, v) for n, v in enumerate(meta["views"])]
-            images = []
+            images: list[np.ndarray] = []
             while f"img{len(images)}" in members:
                 images.append(_image(path, archive, members[f"img{len(images)}"], len(images)))
             grid = _grid(path, meta.get("grid"))
@@ -267,7 +268,9 @@ def _view(path: Path, archive: zipfile.ZipFile, members: dict[str, _Member], n: 
         )
     weights = _read(archive, w).astype(np.float32, copy=False)
     visible = None if vis is None else _read(archive, vis)
-    return AttentionView(layer, sample, weights, visible, q_labels, k_labels, note)
+    # both checked above to be lists of strings (the loop over the two raises otherwise)
+    q_names, k_names = cast(list[str], q_labels), cast(list[str], k_labels)
+    return AttentionView(layer, sample, weights, visible, q_names, k_names, note)
 
 
 def _image(path: Path, archive: zipfile.ZipFile, member: _Member, s: int) -> np.ndarray:

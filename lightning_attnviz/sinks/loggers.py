@@ -24,6 +24,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import MethodType
 from typing import Any
 
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs, Sink
@@ -68,7 +69,7 @@ class _Serialised:
     """One method of one logger, called under the guard's lock; picklable (as the plain method,
     without the lock) so that a logger stays copyable."""
 
-    def __init__(self, method: Callable[..., Any], guard: _Guard) -> None:
+    def __init__(self, method: MethodType, guard: _Guard) -> None:
         self.method, self.guard = method, guard
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -127,7 +128,7 @@ class WandbSink:
         for tag, text in out.text.items():
             table = _markdown_table(text)
             if table is not None:
-                row[self.names(tag)] = wandb.Table(columns=table[0], data=table[1])
+                row[self.names(tag)] = wandb.Table(columns=[*table[0]], data=table[1])
         if row:
             self.logger.log_metrics(row, step=out.step)
 

@@ -73,8 +73,11 @@ class AttentionPlugin(base_plugin.TBPlugin):
         return base_plugin.FrontendMetadata(es_module_path=f"/{_STATIC}/{_ENTRY}", tab_name="Attention")
 
     # -- routes -----------------------------------------------------------------------------------
+    # werkzeug annotates Request.application for plain functions (request -> response); it passes the
+    # request as the last argument, so it serves methods too (its own comment says so): hence the
+    # narrow ignores below.
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_runs(self, request: wrappers.Request) -> wrappers.Response:
         listing = self._list(request)
         body = {run: sorted(t for t, s in tags.items() if _kind(s) == "map") for run, tags in listing.items()}
@@ -82,7 +85,7 @@ class AttentionPlugin(base_plugin.TBPlugin):
             request, {run: tags for run, tags in sorted(body.items()) if tags}, "application/json"
         )
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_extras(self, request: wrappers.Request) -> wrappers.Response:
         body = {}
         for run, tags in sorted(self._list(request).items()):
@@ -94,7 +97,7 @@ class AttentionPlugin(base_plugin.TBPlugin):
                 body[run] = kinds
         return http_util.Respond(request, body, "application/json")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_records(self, request: wrappers.Request) -> wrappers.Response:
         run, tag = _run_and_tag(request)
         series = self._list(request).get(run, {}).get(tag)
@@ -110,13 +113,13 @@ class AttentionPlugin(base_plugin.TBPlugin):
         ]
         return http_util.Respond(request, b"[" + b",".join(blobs) + b"]", "application/json")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_steps(self, request: wrappers.Request) -> wrappers.Response:
         run, tag = _run_and_tag(request)
         steps = sorted(datum.step for datum in self._read(request, run, tag))
         return http_util.Respond(request, steps, "application/json")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_map(self, request: wrappers.Request) -> wrappers.Response:
         run, tag = _run_and_tag(request)
         raw = request.args.get("step")
@@ -131,7 +134,7 @@ class AttentionPlugin(base_plugin.TBPlugin):
                 return http_util.Respond(request, blob, "application/octet-stream")
         raise errors.NotFoundError(f"no step {step} for run {run!r}, tag {tag!r}")
 
-    @wrappers.Request.application
+    @wrappers.Request.application  # type: ignore[arg-type]
     def _serve_static(self, request: wrappers.Request) -> wrappers.Response:
         """A frontend file; anything outside ``static/`` (``..``, absolute paths) is not found."""
         wanted = request.path.split(f"/{_STATIC}/", 1)[-1]
@@ -139,7 +142,8 @@ class AttentionPlugin(base_plugin.TBPlugin):
         if wanted.startswith("/") or "\\" in wanted or name.startswith((".", "/")) or "/" in name:
             raise errors.NotFoundError(f"no static file {wanted!r}")
         content_type = _TYPES.get(posixpath.splitext(name)[1])
-        source = resources.files("lightning_attnviz.tab").joinpath(_STATIC, name)
+        # Traversable.joinpath takes one part on Python 3.10
+        source = resources.files("lightning_attnviz.tab").joinpath(_STATIC).joinpath(name)
         if content_type is None or not source.is_file():
             raise errors.NotFoundError(f"no static file {wanted!r}")
         return http_util.Respond(request, source.read_bytes(), content_type)

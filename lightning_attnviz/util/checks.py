@@ -29,7 +29,7 @@ def check_int(name: str, value: object, minimum: int | None = None, optional: bo
         raise TypeError(f"`{name}` must be {allowed}, got {value!r}")
     if minimum is not None and value < minimum:  # type: ignore[operator]
         raise ValueError(f"`{name}` must be {allowed}, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
+    return int(value)  # type: ignore[call-overload]
 
 
 def check_float(

@@ -38,16 +38,19 @@ export function draw(tab) {
   const head = setOptions(ui.headSelect, options, String(state.head));
   state.head = head === "mean" ? "mean" : Number(head);
   setOptions(ui.scaleSelect, SCALE_OPTIONS, state.scale);
+  ui.heatmapButton.setAttribute("aria-pressed", String(state.view === "heatmap")); // also when the address chose
+  ui.linesButton.setAttribute("aria-pressed", String(state.view === "lines"));
   const headText = state.head === "mean" ? "mean over heads" : `head ${state.head}`;
   ui.info.textContent = `${header.q} queries × ${header.k} keys · ${header.heads} heads · ${headText}`;
   ui.note.textContent = header.note || "";
   ui.note.hidden = !header.note;
   ui.stepLabel.textContent = stepText(header);
   ui.stepInput.setAttribute("aria-valuetext", ui.stepLabel.textContent);
+  drawOverviewCard(tab); // first: the side column has its final width when the plot's room is measured
   const lines = state.view === "lines" && state.compare === "none";
+  if (!tab.painted) showCellHint(tab); // a new picture: the text of a cell of the old one goes
   tab.painted = lines ? null : tab.painted || paint(tab);
   drawScale(tab);
-  drawOverviewCard(tab);
   tab.writeAddress();
   drawInteractive(tab);
   if (tab.selectedAt !== null) {
