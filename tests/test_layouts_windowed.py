@@ -233,3 +233,16 @@ def test_windows_that_are_not_where_the_family_puts_them_are_declared_not_drawn(
     cap, records, ours = _capture(model, torch.randn(2, 5, 5, 8))
     assert not records and list(cap.skipped) == ["0.attn"]
     assert len(ours) == 1 and "'0.attn'" in ours[0] and "padding slots" in ours[0]
+
+
+def test_hierarchical_models_give_their_first_stage_grid_and_each_stage_its_own():
+    from lightning_attnviz.capture.grid import PatchGrid, find_grid
+
+    swin = _timm("swin_tiny_patch4_window7_224", False, img_size=64, window_size=7, **_STAGES)
+    assert find_grid(swin) == PatchGrid((16, 16), 0, (4, 4))
+    assert find_grid(_hf_swin("swinv2", 40, 3, "eager")) == PatchGrid((10, 10), 0, (4, 4))
+    twins = _timm("twins_svt_small", False, img_size=72, **TWINS)
+    assert find_grid(twins) == PatchGrid((18, 18), 0, (4, 4))
+    # a later stage covers the same image with larger tokens (an odd grid is padded before merging)
+    assert find_grid(twins).stage((9, 9)) == PatchGrid((9, 9), 0, (8, 8))
+    assert PatchGrid((7, 7), 0, (4, 4)).stage((4, 4)) == PatchGrid((4, 4), 0, (7, 7))

@@ -209,9 +209,8 @@ def compute(
         if isinstance(x, (WindowInputs, BandInputs, BlockSparseInputs)):
             result, health = _READ[type(x)](x, max_tokens, stats, sink_keys, pending.dropout_p)
         elif isinstance(x, SDPAInputs):
-            samples = x.q.shape[0]
             result = sdpa_weights(
-                x.q, x.k, x.mask, x.causal, x.scale, x.gqa, samples, max_tokens, stats, sink_keys, probe
+                x.q, x.k, x.mask, x.causal, x.scale, x.gqa, x.q.shape[0], max_tokens, stats, sink_keys, probe
             )
         elif isinstance(x, MHAInputs):
             result = mha_weights(

@@ -22,6 +22,7 @@ import torch
 from lightning_attnviz.analysis.history import Diagnostics, History
 from lightning_attnviz.analysis.roles import RoleHistory, roles_note
 from lightning_attnviz.analysis.views import AttentionView, LayerStats, layer_stats, make_views
+from lightning_attnviz.capture.grid import PatchGrid
 from lightning_attnviz.capture.inputs import AttentionMap, Pending, compute
 from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, module_table
 from lightning_attnviz.pipeline.messages import Job, Setup
@@ -243,7 +244,12 @@ class Pipeline:
                     f"AttentionMonitor: sample {s} has {len(labels)} token labels but the "
                     f"captured maps are {sorted(lengths)} tokens long; those axes show positions.",
                 )
-        grids = sorted({g.grid for _, g in on_grids(records, grid)}) if grid is not None else []
+        if grid is not None:
+            self._check_grids(records, grid)
+
+    def _check_grids(self, records: list[AttentionMap], grid: PatchGrid) -> None:
+        """The image's pictures: rollout needs one grid; overlays need a layer on the image's grid."""
+        grids = sorted({g.grid for _, g in on_grids(records, grid)})
         if "rollout" in self.setup.plots and len(grids) > 1:
             shown = ", ".join(f"{rows}×{cols}" for rows, cols in grids)
             self._warn_once(
@@ -252,7 +258,7 @@ class Pipeline:
                 f"({shown}; patch merging between stages), and rollout chains the maps of one sequence "
                 "through every layer. The overlays are drawn per stage.",
             )
-        if grid is not None and records and not any(r.weights.shape[-1] == grid.length for r in records):
+        if records and not any(r.weights.shape[-1] == grid.length for r in records):
             try:
                 grid.split(records[0].length[-1])
             except ValueError as err:
