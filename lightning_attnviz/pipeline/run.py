@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,13 @@ from lightning_attnviz.analysis.views import AttentionView, LayerStats, layer_st
 from lightning_attnviz.capture.inputs import AttentionMap, Pending, compute
 from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, module_table
 from lightning_attnviz.pipeline.messages import Job, Setup
-from lightning_attnviz.pipeline.plan import PreviousStats, picture_groups, picture_tag, tab_records
+from lightning_attnviz.pipeline.plan import (
+    PreviousStats,
+    drawn_views,
+    picture_groups,
+    picture_tag,
+    tab_records,
+)
 from lightning_attnviz.render.maps import encode_png
 from lightning_attnviz.sinks import capture_file as formats
 from lightning_attnviz.sinks.base import EncodedPicture, Outputs
@@ -59,21 +66,18 @@ class Pipeline:
     def replay(self, job: Job) -> None:
         """Bring the history up to ``job`` without logging anything: for captures that were still
         being drawn when a checkpoint was saved."""
-        c = self.setup.config
-        records = self._select(self._compute(job.pending, 1))
-        labels, targets = _labels(job)
-        grid = self.setup.grid.labels() if self.setup.grid is not None else None
-        self._drift(make_views(records, labels, c.max_tokens, targets, grid), job)
+        records = self._select(self._compute(job.pending))
+        self._drift(drawn_views(self.setup.pictures, self._stored(records, job)), job)
 
     def run(self, job: Job) -> tuple[Outputs, list[str]]:
         """Outputs of one capture and the warnings it raised (each at most once per fit)."""
         self.messages = []
         c, tags = self.setup.config, self.setup.tags
+        # the images as the capture file keeps them (uint8), so that the CLI draws what is drawn here
+        job = replace(job, images=tuple(formats.stored_image(im) / 255.0 for im in job.images))
         out = Outputs(job.step)
-        sink = c.sink_tokens or (
-            self.setup.grid.prefix_tokens if self.setup.grid and self.setup.grid.prefix_tokens else 1
-        )
-        records = self._compute(job.pending, sink)
+        sink = self.setup.sink
+        records = self._compute(job.pending)
         records = self._select(records)
         self._check(records, job)
         if job.modules:
@@ -92,11 +96,8 @@ class Pipeline:
         if new_layers and c.stats:
             self.layers += new_layers
             out.layout = tags.layout(self.layers, c.head_stats)
-        labels, targets = _labels(job)
-        grid = self.setup.grid.labels() if self.setup.grid is not None else None
-        views = (
-            self._step("reduction", lambda: make_views(records, labels, c.max_tokens, targets, grid)) or []
-        )
+        stored: list[AttentionView] = self._step("reduction", lambda: self._stored(records, job)) or []
+        views = self._step("pooling for pictures", lambda: drawn_views(self.setup.pictures, stored)) or []
         drift = self._drift(views, job)
         for st in stats:
             values = {m: getattr(st, m) for m in LayerStats.METRICS}
@@ -106,18 +107,14 @@ class Pipeline:
                 _scalars(out.scalars, tags, metric, st.layer, per_head, c.head_stats)
         if c.histograms:
             self._step("histograms", lambda: _histograms(out.histograms, tags, records))
-        self._pictures(out, views, records, job, stats, drift)
+        self._pictures(out, stored, views, records, job, stats, drift)
         if stats:
             self.previous_stats = (job.step, stats, drift)
         if c.dashboard:
-            self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, records, labels, job))
-        if c.save_captures and self.setup.log_dir is not None and views:
+            self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, stored, job))
+        if c.save_captures and self.setup.log_dir is not None and stored:
             path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
-            images = list(job.images) if self.setup.grid is not None else []
-            self._step(
-                f"saving the capture file {path}",
-                lambda: formats.save_capture(path, views, job.step, job.epoch, self.setup.grid, images),
-            )
+            self._step(f"saving the capture file {path}", lambda: self._save(path, stored, job))
         return out, self.messages
 
     # -- steps ------------------------------------------------------------------------------------
@@ -138,12 +135,32 @@ class Pipeline:
             self._warned.add(key)
             self.messages.append(message)
 
-    def _compute(self, pending: tuple[Pending, ...], sink: int) -> list[AttentionMap]:
+    def _stored(self, records: list[AttentionMap], job: Job) -> list[AttentionView]:
+        """The maps as stored (saved, sent to the tab, drawn over images): as computed, at float16."""
+        labels, targets = _labels(job)
+        return make_views(records, labels, None, targets, self.setup.grid, self.setup.sink)
+
+    def _save(self, path: Path, stored: list[AttentionView], job: Job) -> None:
+        """The capture file: the stored maps and all the pictures drawn from them need."""
+        images = list(job.images) if self.setup.grid is not None else []
+        formats.save_capture(
+            path,
+            stored,
+            job.step,
+            job.epoch,
+            self.setup.grid,
+            images,
+            pictures=self.setup.pictures,
+            labels=[None if x is None else list(x) for x in job.labels],
+            relevance=job.relevance,
+        )
+
+    def _compute(self, pending: tuple[Pending, ...]) -> list[AttentionMap]:
         c = self.setup.config
         records = []
         for p in pending:
             try:
-                records.append(compute(p, c.store_tokens, c.stats, sink))
+                records.append(compute(p, c.store_tokens, c.stats, self.setup.sink, self.setup.grid))
             except Exception as err:  # one step failing must never lose the others
                 self._warn_once(
                     f"compute:{p.module}",
@@ -192,8 +209,15 @@ class Pipeline:
                 "pooled",
                 f"AttentionMonitor: attention maps up to {longest} tokens long are "
                 f"block-pooled to at most store_tokens={c.store_tokens} per side while capturing, "
-                "to bound memory (query rows averaged, keys summed). Scalars still use every row; "
-                "pictures say how they were pooled.",
+                "to bound memory (query rows averaged, keys summed; prefix and sink tokens kept alone, "
+                "image patches in squares, other tokens in contiguous blocks). Scalars still use every "
+                "row; pictures, the tab and the saved captures say how they were pooled."
+                + (
+                    " Attention rollout needs every layer's exact map and is not drawn: raise "
+                    f"`store_tokens` to {longest} to draw it."
+                    if grid is not None and "rollout" in self.setup.plots
+                    else ""
+                ),
             )
         for r in records:
             if not bool(torch.isfinite(r.weights).all()):
@@ -232,6 +256,7 @@ class Pipeline:
     def _pictures(
         self,
         out: Outputs,
+        stored: list[AttentionView],
         views: list[AttentionView],
         records: list[AttentionMap],
         job: Job,
@@ -240,7 +265,7 @@ class Pipeline:
     ) -> None:
         tags = self.setup.tags
         groups = picture_groups(
-            self.setup, self.history, views, records, job, stats, drift, self.previous_stats
+            self.setup, self.history, stored, views, records, job, stats, drift, self.previous_stats
         )
         for kind, draw in groups:
             pictures = self._step(f"drawing the {kind} pictures", draw) or []

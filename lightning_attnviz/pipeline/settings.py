@@ -26,7 +26,7 @@ class MonitorConfig:
     heads: tuple[int, ...] = ()
     tokens: Any = None
     plots: tuple[str, ...] | None = None
-    max_tokens: int = 64
+    max_tokens: int = 128  # rows/columns a picture draws (= capture.pooling.PICTURE_CELLS at most)
     store_tokens: int = 512
     top_k: int = 3
     log_sanity_check: bool = False
@@ -44,7 +44,7 @@ class MonitorConfig:
     rollout_fusion: str = "mean"
     rollout_discard: float = 0.0
     dashboard: bool = True
-    dashboard_tokens: int = 128
+    dashboard_tokens: int = 512
     name: str | None = None
     # attention health (health.py): max logit, fidelity, value-weighted sink share, and their warnings
     health: bool = True
