@@ -44,9 +44,13 @@ def picture_tag(tags: Tags, picture: Picture) -> str:
 Groups = list[tuple[str, Callable[[], list[Picture]]]]
 
 
-def drawn_views(s: PictureSettings, stored: Sequence[AttentionView]) -> list[AttentionView]:
-    """The stored maps as the token pictures draw them: pooled by the rule to ``max_tokens``."""
-    return [pool_view(v, s.max_tokens, s.grid, s.keep) for v in stored]
+def drawn_views(
+    s: PictureSettings, stored: Sequence[AttentionView], limit: int | None = None
+) -> list[AttentionView]:
+    """The stored maps as the token pictures draw them: pooled by the rule to ``max_tokens`` (or to
+    ``limit``, smaller: the history's :data:`~lightning_attnviz.analysis.history.HISTORY_TOKENS`)."""
+    limit = s.max_tokens if limit is None else min(limit, s.max_tokens)
+    return [pool_view(v, limit, s.grid, s.keep) for v in stored]
 
 
 def picture_groups(
@@ -59,23 +63,29 @@ def picture_groups(
     stats: Sequence[LayerStats] = (),
     drift: Mapping[str, np.ndarray] | None = None,
     previous: PreviousStats | None = None,
+    evolving: list[AttentionView] | None = None,
 ) -> Groups:
     """``(kind, draw)`` per picture kind ``setup.plots`` asks for: each is drawn, and fails, on its own.
 
     Args:
         stored, drawn: the maps as stored and as the token pictures draw them (:func:`drawn_views`).
+        evolving: the maps as the history keeps them, for the evolution strip (default ``drawn``).
         stats, drift: this capture's per-head scalars (in forward order) and drift, for ``"stats"``.
         previous: what the previous capture's stats pictures were drawn from, for their change panels.
     """
     c = setup.config
+    evolving = drawn if evolving is None else evolving
     strips = {}
     if "evolution" in setup.plots:
-        for v in drawn:
+        for v in evolving:
             strip = history.strip(v.sample, v.layer)
             if strip is not None:
                 strips[(v.sample, v.layer)] = strip
     labels = [list(x) if x is not None else None for x in job.labels]
     groups = view_groups(setup.pictures, stored, drawn, job.images, job.step, strips, job.relevance, labels)
+    if strips:  # the strip is drawn at the history's resolution
+        strip = ("evolution", lambda: render_views(evolving, job.step, ["evolution"], (), c.top_k, strips))
+        groups = [strip if k == "evolution" else (k, draw) for k, draw in groups]
     if "stats" in setup.plots and stats:
         groups.append(("stats", lambda: stats_pictures(setup, stats, drift, job, previous)))
     groups += health_groups(setup.plots, records, labels, job, c.max_tokens, c.health, setup.sink)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_attnviz.analysis.history import Diagnostics, History
+from lightning_attnviz.analysis.history import HISTORY_TOKENS, Diagnostics, History
 from lightning_attnviz.analysis.views import AttentionView, LayerStats, layer_stats, make_views
 from lightning_attnviz.capture.inputs import AttentionMap, Pending, compute
 from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, module_table
@@ -67,7 +67,7 @@ class Pipeline:
         """Bring the history up to ``job`` without logging anything: for captures that were still
         being drawn when a checkpoint was saved."""
         records = self._select(self._compute(job.pending))
-        self._drift(drawn_views(self.setup.pictures, self._stored(records, job)), job)
+        self._drift(drawn_views(self.setup.pictures, self._stored(records, job), HISTORY_TOKENS), job)
 
     def run(self, job: Job) -> tuple[Outputs, list[str]]:
         """Outputs of one capture and the warnings it raised (each at most once per fit)."""
@@ -98,7 +98,13 @@ class Pipeline:
             out.layout = tags.layout(self.layers, c.head_stats)
         stored: list[AttentionView] = self._step("reduction", lambda: self._stored(records, job)) or []
         views = self._step("pooling for pictures", lambda: drawn_views(self.setup.pictures, stored)) or []
-        drift = self._drift(views, job)
+        evolving: list[AttentionView] = (  # what the history keeps (the strips, the drift)
+            self._step(
+                "pooling for the history", lambda: drawn_views(self.setup.pictures, stored, HISTORY_TOKENS)
+            )
+            or []
+        )
+        drift = self._drift(evolving, job)
         for st in stats:
             values = {m: getattr(st, m) for m in LayerStats.METRICS}
             if st.layer in drift:
@@ -107,7 +113,7 @@ class Pipeline:
                 _scalars(out.scalars, tags, metric, st.layer, per_head, c.head_stats)
         if c.histograms:
             self._step("histograms", lambda: _histograms(out.histograms, tags, records))
-        self._pictures(out, stored, views, records, job, stats, drift)
+        self._pictures(out, stored, views, records, job, stats, drift, evolving)
         if stats:
             self.previous_stats = (job.step, stats, drift)
         if c.dashboard:
@@ -262,10 +268,11 @@ class Pipeline:
         job: Job,
         stats: list[LayerStats],
         drift: dict[str, np.ndarray],
+        evolving: list[AttentionView],
     ) -> None:
-        tags = self.setup.tags
+        tags, previous = self.setup.tags, self.previous_stats
         groups = picture_groups(
-            self.setup, self.history, stored, views, records, job, stats, drift, self.previous_stats
+            self.setup, self.history, stored, views, records, job, stats, drift, previous, evolving
         )
         for kind, draw in groups:
             pictures = self._step(f"drawing the {kind} pictures", draw) or []
