@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_attnviz.capture.pooling import Computed, _Collector
+from lightning_attnviz.capture.pooling import EXACT, Computed, Storage, _Collector
 from lightning_attnviz.capture.probe import Health, Probe, logit_max, sdpa_probe
 from lightning_attnviz.capture.weights import _CHUNK_ELEMENTS, sdpa_weights
 
@@ -239,12 +239,13 @@ def window_inputs(
 
 
 def window_weights(
-    x: WindowInputs, max_tokens: int | None, stats: bool, sink_keys: int, dropout_p: float = 0.0
+    x: WindowInputs, storage: Storage, dropout_p: float = 0.0
 ) -> tuple[Computed, Health]:
     """The dense map of one windowed call: the window weights (the model's, or recomputed from its q, k
     and mask) placed on the stage's tokens, and the health read on the windows (max logit per image and
     head; fidelity to the kernel's output, window by window)."""
     count = x.tokens.shape[0]
+    sink_keys = storage.sink_keys
     if x.weights is not None:
         win = x.weights.float()
         health = Probe(sink_keys=sink_keys).result(x.max_logit)
@@ -259,7 +260,7 @@ def window_weights(
         top = top.reshape(samples, count, -1).amax(1)  # (s, H)
     # value norms and the sink share are per window (each window's first slot): not the image's
     health = replace(health, max_logit=top, value_norms=None, value_sink=None)
-    return place(win, x.tokens, x.visible, x.grid[0] * x.grid[1], max_tokens, stats, sink_keys), health
+    return place(win, x.tokens, x.visible, x.grid[0] * x.grid[1], storage), health
 
 
 def place(
@@ -267,9 +268,7 @@ def place(
     tokens: Tensor,
     visible: Tensor | None,
     length: int,
-    max_tokens: int | None = None,
-    stats: bool = False,
-    sink_keys: int = 1,
+    storage: Storage = EXACT,
 ) -> Computed:
     """Window weights placed on the stage's tokens, a block of query tokens at a time (so a pooled map
     of a large stage never exists whole): keys outside a query's window, and keys the shift mask hides,
@@ -291,7 +290,7 @@ def place(
     window_of, row_of = slot // size, slot % size
     cols = torch.where(real, tokens, length)  # padding goes to a column that is dropped
     by_query = win.masked_fill(~keys_ok[None, :, None], 0.0).permute(1, 3, 0, 2, 4)  # (windows, N, s, H, N)
-    collector = _Collector(samples, heads, length, length, max_tokens, stats, torch.device("cpu"), sink_keys)
+    collector = _Collector(samples, heads, length, length, storage, torch.device("cpu"))
     full = None if collector.pooled else torch.zeros(1, 1, length, length, dtype=torch.bool)
     step = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * length))
     for start in range(0, length, step):
