@@ -67,7 +67,8 @@ class Pipeline:
         """Bring the history up to ``job`` without logging anything: for captures that were still
         being drawn when a checkpoint was saved."""
         records = self._select(self._compute(job.pending))
-        self._drift(drawn_views(self.setup.pictures, self._stored(records, job), HISTORY_TOKENS), job)
+        drawn = drawn_views(self.setup.pictures, self._stored(records, job))
+        self._drift(drawn_views(self.setup.pictures, drawn, HISTORY_TOKENS), job)
 
     def run(self, job: Job) -> tuple[Outputs, list[str]]:
         """Outputs of one capture and the warnings it raised (each at most once per fit)."""
@@ -100,7 +101,7 @@ class Pipeline:
         views = self._step("pooling for pictures", lambda: drawn_views(self.setup.pictures, stored)) or []
         evolving: list[AttentionView] = (  # what the history keeps (the strips, the drift)
             self._step(
-                "pooling for the history", lambda: drawn_views(self.setup.pictures, stored, HISTORY_TOKENS)
+                "pooling for the history", lambda: drawn_views(self.setup.pictures, views, HISTORY_TOKENS)
             )
             or []
         )
