@@ -276,7 +276,16 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._val_runs = state_dict.get("val_runs", 0)
         if not self._samples.load_state_dict(state_dict, warn):
             state_dict = {}  # other samples: what was drawn from the old ones starts over
-        replay = [job_from_state(j) for j in state_dict.get("replay", [])]
+        replay = []
+        for state in state_dict.get("replay", []):
+            try:
+                replay.append(job_from_state(state))
+            except (TypeError, KeyError):  # saved by a version whose capture inputs had other fields
+                step = state.get("step")
+                warn(
+                    f"AttentionMonitor: a capture in flight at step {step} was saved by another version "
+                    "of lightning_attnviz; it is not drawn again after the resume."
+                )
         self._restored = {"pipeline": state_dict.get("pipeline"), "replay": replay}
         if self._drawing is not None:
             self._drawing.open(self._restored)  # restored after setup: start from the checkpoint
