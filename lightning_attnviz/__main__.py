@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lightning_attnviz.analysis.views import AttentionView
 from lightning_attnviz.capture.blocks import PICTURE_CELLS
 from lightning_attnviz.pipeline.plan import drawn_views, view_groups
 from lightning_attnviz.render import vector
@@ -82,7 +83,7 @@ def _settings(saved: SavedCapture) -> PictureSettings:
     return saved.pictures or PictureSettings(plots, max_tokens=PICTURE_CELLS, grid=saved.grid)
 
 
-def _drawn(saved: SavedCapture) -> list:
+def _drawn(saved: SavedCapture) -> list[AttentionView]:
     """The saved maps as the monitor's token pictures drew them."""
     return drawn_views(_settings(saved), saved.views)
 

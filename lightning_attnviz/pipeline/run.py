@@ -111,7 +111,7 @@ class Pipeline:
         views = self._step("pooling for pictures", lambda: drawn_views(self.setup.pictures, stored)) or []
         evolving: list[AttentionView] = (  # what the history keeps (the strips, the drift)
             self._step(
-                "pooling for the history", lambda: drawn_views(self.setup.pictures, stored, HISTORY_TOKENS)
+                "pooling for the history", lambda: drawn_views(self.setup.pictures, views, HISTORY_TOKENS)
             )
             or []
         )
