@@ -111,7 +111,7 @@ def test_strips_grow_and_drift_is_logged_after_the_first_capture(tmp_path):
     trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
     events = read_events(trainer.logger.log_dir)
     strips = events.Images("attention/sample_0/model.h.0.attn/evolution")
-    steps = [3, 6, 9, 12, 15, 18, 21]
+    steps = [2, 5, 8, 11, 14, 17, 20]
     assert [e.step for e in strips] == steps
     widths, heights = [e.width for e in strips], [e.height for e in strips]
     # one fixed-width column per capture (+ Δ) over a minimum width, up to 5 a row (a card's width);
@@ -164,7 +164,7 @@ def test_entropy_collapse_and_uniform_heads_warn_once(tmp_path):
     model = LitPrevious()
     model.attn = SharpAttention()
     trainer = make_trainer(tmp_path, [AttentionMonitor(plots=[])], max_epochs=3)
-    with pytest.warns(RuntimeWarning, match=r"attention entropy collapsed in 'attn' at step 3") as record:
+    with pytest.warns(RuntimeWarning, match=r"attention entropy collapsed in 'attn' at step 2") as record:
         trainer.fit(model, token_loader(), token_loader(seed=1))
     assert sum("entropy collapsed" in str(w.message) for w in record) == 1
 
@@ -208,7 +208,7 @@ def test_resume_continues_the_same_samples_strips_and_steps(tmp_path):
     events = read_events(trainer.logger.log_dir)
     for tag in events.Tags()["images"]:
         steps = [e.step for e in events.Images(tag)]
-        assert steps == [3, 6, 9, 12], tag  # continued, no duplicates
+        assert steps == [2, 5, 8, 11], tag  # continued, no duplicates
     strips = events.Images("attention/sample_0/model.h.0.attn/evolution")
     reference = make_trainer(
         tmp_path / "ref", [AttentionMonitor(tokens=VOCAB, plots=["evolution"])], max_epochs=4
@@ -219,8 +219,8 @@ def test_resume_continues_the_same_samples_strips_and_steps(tmp_path):
     )
     assert strips[-1].width == uninterrupted[-1].width  # 4 captures + Δ in the strip
     # the module table once per fit: the first fit's and the resumed fit's
-    assert [e.step for e in events.Tensors("attention/modules/text_summary")] == [3, 9]
-    assert [s.step for s in events.Scalars("attention_stats/drift/model.h.0.attn/mean")] == [6, 9, 12]
+    assert [e.step for e in events.Tensors("attention/modules/text_summary")] == [2, 8]
+    assert [s.step for s in events.Scalars("attention_stats/drift/model.h.0.attn/mean")] == [5, 8, 11]
 
 
 def test_saved_captures_rerender_pixel_equal_and_animate(tmp_path):
@@ -228,12 +228,12 @@ def test_saved_captures_rerender_pixel_equal_and_animate(tmp_path):
     trainer = make_trainer(tmp_path, [AttentionMonitor(tokens=VOCAB, plots=plots)], max_epochs=3)
     trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
     captures = sorted((tmp_path / "tb" / "version_0" / CAPTURE_DIR).glob("step_*.npz"))
-    assert [p.name for p in captures] == ["step_00000003.npz", "step_00000006.npz", "step_00000009.npz"]
+    assert [p.name for p in captures] == ["step_00000002.npz", "step_00000005.npz", "step_00000008.npz"]
     assert all(p.stat().st_size < 60_000 for p in captures)
 
     saved = load_capture(captures[-1])
     views, step, epoch = saved.views, saved.step, saved.epoch
-    assert (step, epoch) == (9, 2)
+    assert (step, epoch) == (8, 2)
     events = read_events(trainer.logger.log_dir)
     for picture in render_views(views, step, ["heatmap", "heads", "arrows", "atlas"]):
         tag = (

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lightning_models import read_events
 
+from lightning_attnviz.analysis.views import ROLES
 from lightning_attnviz.sinks.tags import Tags
 
 CAPTURE_DIR, MODULES_TAG = Tags().captures_dir, Tags().modules
@@ -86,7 +87,7 @@ def test_ddp_logs_once_from_rank_zero_and_ranks_stay_in_step(tmp_path, record_pr
         for layer in layers
         for kind in ("heatmap", "head_1", "heads", "evolution")  # the default plots
     }
-    metrics = ("entropy_norm", "distance", "sink", "max_weight", "drift", "max_logit")
+    metrics = ("entropy_norm", "distance", "sink", "max_weight", "drift", "max_logit", *ROLES)
     expected |= {f"attention/stats/{m}" for m in metrics}
     assert set(events.Tags()["images"]) == expected
     for tag in expected:

@@ -395,11 +395,11 @@ def test_a_repeated_call_beside_a_module_named_like_it_gets_three_tags(tmp_path)
     for layer in layers:  # one value per step each: no layer's scalars dropped under another's tag
         assert [e.step for e in events.Scalars(f"attention_stats/entropy/{layer}/mean")] == [2, 5]
         assert [e.step for e in events.Images(f"attention/sample_0/{layer}/heatmap")] == [2, 5]
-    saved = load_capture(Path(trainer.logger.log_dir) / "attention_captures" / "step_00000006.npz")
+    saved = load_capture(Path(trainer.logger.log_dir) / "attention_captures" / "step_00000005.npz")
     assert sorted({v.layer for v in saved.views}) == sorted(layers)
     out = tmp_path / "pictures"
     result = _cli(
-        "render", Path(trainer.logger.log_dir) / "attention_captures" / "step_00000006.npz", "--out", out
+        "render", Path(trainer.logger.log_dir) / "attention_captures" / "step_00000005.npz", "--out", out
     )
     assert result.returncode == 0, result.stderr
     assert (

@@ -234,7 +234,7 @@ def test_logit_growth_warns_and_scalars_match_the_known_logits(tmp_path):
     monitor = AttentionMonitor(plots=["heatmap"], max_logit=150 * base)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=3)
     with pytest.warns(
-        RuntimeWarning, match=r"logit of 'attn' grew from .* \(×100\.0 ≥ logit_growth=4\) by step 9"
+        RuntimeWarning, match=r"logit of 'attn' grew from .* \(×100\.0 ≥ logit_growth=4\) by step 8"
     ):
         trainer.fit(model, token_loader(), val)
     events = read_events(trainer.logger.log_dir)
@@ -247,7 +247,7 @@ def test_max_logit_warning(tmp_path):
     monitor = AttentionMonitor(plots=["heatmap"], max_logit=5 * _known_max_logit(model, val))
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     with pytest.warns(
-        RuntimeWarning, match=r"largest attention logit of 'attn' is .* at step 6, above max_logit"
+        RuntimeWarning, match=r"largest attention logit of 'attn' is .* at step 5, above max_logit"
     ):
         trainer.fit(model, token_loader(), val)
 
