@@ -20,6 +20,7 @@ from models import GPT, GPTConfig
 from lightning_attnviz import capture_attention
 from lightning_attnviz.capture.discover import find_attention
 from lightning_attnviz.capture.inputs import Pending, compute
+from lightning_attnviz.capture.pooling import Storage
 from lightning_attnviz.capture.relevance import relevance_pass
 from lightning_attnviz.capture.weights import sdpa_weights
 
@@ -41,7 +42,9 @@ def compute_costs(model: GPT, length: int) -> tuple[float, float, float]:
     full: list[Pending] = list(cap.pending)
     bare = [dataclasses.replace(p, inputs=dataclasses.replace(p.inputs, v=None, out=None)) for p in full]
     plain = cpu_seconds(
-        lambda: [sdpa_weights(p.inputs.q, p.inputs.k, None, True, None, False, 2, 512, True) for p in bare]
+        lambda: [
+            sdpa_weights(p.inputs.q, p.inputs.k, None, True, None, False, 2, Storage(512, True)) for p in bare
+        ]
     )
     logit = cpu_seconds(lambda: [compute(p, 512, True) for p in bare])
     fidelity = cpu_seconds(lambda: [compute(p, 512, True) for p in full])

@@ -59,8 +59,12 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         plots: ``"heatmap"``, ``"heads"``, ``"arrows"``, ``"atlas"``, ``"evolution"``, and for images
             ``"overlay"``, ``"overlay_heads"``, ``"rollout"``. ``None``: heatmap, heads, atlas and
             evolution for text; overlay, rollout, atlas and evolution for images.
-        max_tokens: pictures of longer sequences are block-pooled to this many rows/columns.
-        store_tokens: maps longer than this are pooled while they are computed (bounded memory).
+        max_tokens: pictures of longer maps are pooled to this many rows/columns (at most 128), by
+            the one rule every pooling follows: prefix (CLS, registers) and sink tokens never pooled,
+            image patches in 2×2 (or larger) squares, other tokens in contiguous blocks; said in the
+            picture's note. The stored maps are not pooled by it.
+        store_tokens: maps longer than this are pooled while they are computed (bounded memory), by
+            the same rule; shorter ones are stored whole, in the capture files and the tab.
         top_k: keys per query in the arrow view.
         log_sanity_check: also capture during the sanity check.
         strip_length: how many past captures the evolution strip shows.
@@ -74,7 +78,8 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         image_grid: ``"auto"`` finds a timm/Hugging Face ViT's patch grid; a :class:`PatchGrid`; ``None``.
         image_mean, image_std: the images' normalisation, undone before drawing them.
         rollout_fusion, rollout_discard: how attention rollout fuses heads and what it discards.
-        dashboard: write the maps for TensorBoard's Attention tab, pooled to ``dashboard_tokens``.
+        dashboard: write the maps for TensorBoard's Attention tab, whole up to ``dashboard_tokens``
+            (pooled by the same rule beyond).
         name: a namespace for the tags, files and checkpoint state, needed when one Trainer has two monitors.
         health: log ``attention_health/*``: each layer's largest logit, the fidelity of its maps to the
             kernel's output, the value-weighted sink share (see :mod:`lightning_attnviz.capture.probe`).
@@ -101,7 +106,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         heads: Sequence[int] = (),
         tokens: Tokens = None,
         plots: Sequence[str] | None = None,
-        max_tokens: int = 64,
+        max_tokens: int = 128,
         store_tokens: int = 512,
         top_k: int = 3,
         log_sanity_check: bool = False,
@@ -119,7 +124,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         rollout_fusion: Literal["mean", "max", "min"] = "mean",
         rollout_discard: float = 0.0,
         dashboard: bool = True,
-        dashboard_tokens: int = 128,
+        dashboard_tokens: int = 512,
         name: str | None = None,
         health: bool = True,
         max_logit: float = MAX_LOGIT,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning_attnviz.analysis.vision import HEAD_FUSIONS
+from lightning_attnviz.capture.blocks import PICTURE_CELLS
 from lightning_attnviz.capture.discover import AttentionSite, ModuleSelector
 from lightning_attnviz.capture.grid import PatchGrid
 from lightning_attnviz.capture.samples import batch_rows, first_rows, tensors, token_labeller
@@ -43,6 +44,12 @@ def build_config(**kwargs: Any) -> MonitorConfig:
         )
     for name, minimum in (("max_tokens", 2), ("store_tokens", 2), ("dashboard_tokens", 2), ("top_k", 1)):
         k[name] = check_int(name, k[name], minimum=minimum)
+    if k["max_tokens"] > PICTURE_CELLS:
+        raise ValueError(
+            f"`max_tokens` (rows/columns a picture draws) must be an int in [2, {PICTURE_CELLS}], got "
+            f"{k['max_tokens']}; the maps stored for the tab and the capture files keep up to "
+            "`store_tokens` and `dashboard_tokens`"
+        )
     k["strip_length"] = check_int("strip_length", k["strip_length"], minimum=2)
     k["sink_tokens"] = check_int("sink_tokens", k["sink_tokens"], minimum=1, optional=True)
     for name in ("log_sanity_check", "stats", "head_stats", "histograms", "save_captures", "dashboard"):
@@ -74,6 +81,11 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     k["modules"] = _check_modules(k["modules"])
     k["image_mean"] = check_rgb_stats("image_mean", k["image_mean"], positive=False)
     k["image_std"] = check_rgb_stats("image_std", k["image_std"], positive=True)
+    if (k["image_mean"] is None) != (k["image_std"] is None):
+        raise ValueError(
+            "`image_mean` and `image_std` undo the images' normalisation together: pass both or "
+            f"neither, got image_mean={k['image_mean']!r} and image_std={k['image_std']!r}"
+        )
     token_labeller(k["tokens"])  # raises TypeError for what cannot label tokens
     _check_target(k["target"])
     if k["sample_input"] is not None:

@@ -245,8 +245,8 @@ def test_saved_captures_rerender_pixel_equal_and_animate(tmp_path):
         decoded = (imread(io.BytesIO(logged.encoded_image_string), format="png")[..., :3] * 255).round()
         assert np.array_equal(decoded.astype(np.uint8), picture.image), tag
 
-    written = render_file(captures[0], tmp_path / "png", ["heatmap"])
-    assert len(written) == 4 and all(p.stat().st_size > 1000 for p in written)
+    written, not_drawn = render_file(captures[0], tmp_path / "png", ["heatmap"])
+    assert len(written) == 4 and all(p.stat().st_size > 1000 for p in written) and not not_drawn
     gif = tmp_path / "a.gif"
     assert animate(captures[0].parent, "model.h.1.attn", 1, gif, fps=2) == 3
     with Image.open(gif) as image:

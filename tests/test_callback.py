@@ -149,6 +149,17 @@ def test_no_taps_remain_after_a_fit_that_raises(tmp_path):
         (dict(heads=[-1]), r"`heads` must be a list of head indices >= 0; -1 is not, got \[-1\]"),
         (dict(image_mean=[0.5, 0.5]), r"`image_mean` must be None or 1 or 3 numbers"),
         (dict(image_std=[0.5, 0.0, 0.5]), r"`image_std` must hold finite numbers > 0"),
+        (
+            dict(image_mean=[0.5, 0.4, 0.3]),
+            r"`image_mean` and `image_std` .* pass both or neither, got image_mean=\(0.5, 0.4, 0.3\) "
+            r"and image_std=None",
+        ),
+        (
+            dict(image_std=[0.2]),
+            r"`image_mean` and `image_std` .* pass both or neither, got image_mean=None and "
+            r"image_std=\(0.2,\)",
+        ),
+        (dict(max_tokens=129), r"`max_tokens` \(rows/columns a picture draws\) must be an int in \[2, 128\]"),
         (dict(rollout_discard=1.0), r"`rollout_discard` must be a fraction in \[0, 1\), got 1.0"),
         (dict(name="a b"), r"`name` must be None or 1-40 letters"),
     ],

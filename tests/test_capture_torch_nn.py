@@ -183,3 +183,58 @@ def test_shared_module_called_twice_gets_distinct_keys():
     assert cap.maps["attn"].shape == (2, H, L, L)
     assert cap.maps["attn#1"].shape == (2, H, L, S)
     assert [r.call for r in cap.records.values()] == [0, 1]
+
+
+def _shipped_bytes(inputs) -> int:
+    from dataclasses import fields
+
+    return sum(
+        getattr(inputs, f.name).nbytes for f in fields(inputs) if torch.is_tensor(getattr(inputs, f.name))
+    )
+
+
+def test_mha_ships_the_projected_sampled_rows_not_the_projection_weights():
+    """E = 768: W_q, W_k, W_v, W_o are 9.4 MB; two sampled rows of 16 tokens are 0.1 MB each."""
+    embed, heads, length = 768, 12, 16
+    mha = nn.MultiheadAttention(embed, heads, batch_first=True).eval()
+    x = torch.randn(4, length, embed)
+    with torch.no_grad(), capture_attention(mha, samples=2, defer=True) as cap:
+        mha(x, x, x, need_weights=False)
+    (pending,) = cap.pending
+    inputs = pending.inputs
+    w_q, w_k, w_v = mha.in_proj_weight.detach().chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.detach().chunk(3)
+    assert_close(inputs.q, x[:2] @ w_q.T + b_q)
+    assert_close(inputs.k, x[:2] @ w_k.T + b_k)
+    assert_close(inputs.v, x[:2] @ w_v.T + b_v)
+    weight_bytes = embed * embed * 4
+    # q, k, v and the output rows, and the output projection the fidelity check needs (W_o and its
+    # bias): never W_q, W_k or W_v, which alone would be 3 × weight_bytes
+    rows = 2 * length * embed * 4
+    assert _shipped_bytes(inputs) == weight_bytes + embed * 4 + 4 * rows
+    assert all(t.shape[-2:] != (embed, embed) for t in (inputs.q, inputs.k, inputs.v))
+    expected = _mha_reference(mha, x, x, x)[:2]
+    from lightning_attnviz.capture.inputs import compute
+
+    record = compute(pending)
+    assert_close(record.weights, expected)
+    assert record.health.error < 1e-4  # the module's own output, reproduced
+
+
+def test_encoder_layer_ships_rows_and_only_the_gram_of_out_proj():
+    embed, heads = 256, 8
+    layer = nn.TransformerEncoderLayer(embed, heads, 512, batch_first=True, dropout=0.0).eval()
+    x = torch.randn(3, 10, embed)
+    with torch.no_grad(), capture_attention(layer, samples=2, defer=True) as cap:
+        layer(x)
+    (pending,) = cap.pending
+    inputs = pending.inputs
+    assert inputs.out_weight is None and inputs.out_gram.shape == (heads, embed // heads, embed // heads)
+    assert _shipped_bytes(inputs) < embed * embed * 4  # less than one projection matrix
+    from lightning_attnviz.capture.inputs import compute
+    from lightning_attnviz.capture.probe import head_norms
+
+    record = compute(pending)
+    v = inputs.v.view(2, 10, heads, embed // heads).transpose(1, 2)
+    expected = head_norms(v, layer.self_attn.out_proj.weight.detach())  # through W_O itself
+    assert_close(record.health.value_norms, expected)

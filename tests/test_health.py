@@ -117,7 +117,8 @@ def test_max_logit_eager_softmax_is_the_models_own():
         q, k = (t.view(2, 10, 4, 8).transpose(1, 2) for t in (q, k))
     expected = _reference_scores(q, k, causal=True).amax(dim=(-2, -1)).float()
     assert torch.allclose(records[0].health.max_logit, expected, atol=1e-5)
-    assert records[0].health.error is None  # the model's own weights: nothing to compare
+    # the model's own weights times the values it multiplied them with give back its own product
+    assert records[0].health.error is not None and records[0].health.error < 1e-6
 
 
 def test_value_norms_with_the_output_projection():
@@ -268,3 +269,63 @@ def test_max_logit_levels_from_the_literature_warn_once_each():
     said = [high.check("attn", Health(max_logit=torch.tensor([[v]])), 1) for v in (2e3, 6e3, 2e4)]
     said = [[m for m in s if "grew from" not in m] for s in said]
     assert [len(s) for s in said] == [0, 1, 1] and "max_logit=5000:" in said[1][0]  # 1e3 is below it
+
+
+class MixedAttention(nn.Module):
+    """Eager attention that mixes its heads after the softmax (talking heads, Shazeer et al. 2020), as
+    a custom module written without the name that would tell: the weights it multiplies its values
+    with are not its softmax output. With ``mix=False`` it is plain eager attention; ``einsum`` makes
+    the product with ``torch.einsum``, which the capture does not read."""
+
+    def __init__(self, mix: bool = True, einsum: bool = False) -> None:
+        super().__init__()
+        self.qkv, self.heads, self.einsum = nn.Linear(16, 48), 4, einsum
+        self.mix = nn.Parameter(torch.eye(4) + 0.5 * torch.randn(4, 4)) if mix else None
+
+    def forward(self, x):
+        b, length, _ = x.shape
+        q, k, v = (t.view(b, length, 4, 4).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        attn = (q @ k.transpose(-2, -1) * 0.5).softmax(dim=-1)  # (B, H, L, L)
+        if self.mix is not None:
+            attn = torch.einsum("bhij,hg->bgij", attn, self.mix)
+        out = torch.einsum("bhij,bhjd->bhid", attn, v) if self.einsum else attn @ v
+        return out.transpose(1, 2).reshape(b, length, 16)
+
+
+class LitMixed(LitMHA):
+    def __init__(self, **kw) -> None:
+        super().__init__()
+        self.attn = MixedAttention(**kw)
+
+    def forward(self, idx):
+        return self.head(self.attn(self.embed(idx)))
+
+
+@pytest.mark.parametrize(
+    ("kw", "cell"),
+    [
+        (dict(mix=True), "MISMATCH"),
+        (dict(mix=False), "(ok)"),
+        (dict(mix=False, einsum=True), "not checked (no weights @ values product seen after the softmax)"),
+    ],
+    ids=["heads_mixed_after_softmax", "plain_eager", "product_not_seen"],
+)
+def test_eager_fidelity_flags_weights_changed_after_the_softmax(tmp_path, kw, cell):
+    import warnings
+
+    trainer = make_trainer(tmp_path, [AttentionMonitor(plots=["heatmap"])], max_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(LitMixed(**kw), token_loader(), token_loader(seed=1))
+    flagged = [w for w in caught if "do not reproduce the model's attention output" in str(w.message)]
+    assert len(flagged) == (1 if kw.get("mix") else 0)
+    events = read_events(trainer.logger.log_dir)
+    table = events.Tensors("attention/modules/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| attn |" in table and cell in table
+    fidelity = (
+        [e.value for e in events.Scalars("attention_health/fidelity/attn")] if "not" not in cell else []
+    )
+    if kw.get("mix"):
+        assert min(fidelity) > 1e-2
+    elif "ok" in cell:
+        assert max(fidelity) < 1e-6

@@ -191,7 +191,8 @@ def _saved(tmp_path):
 def test_swin_windows_are_drawn_over_the_image_per_stage(tmp_path, fused):
     from layout_references import timm_swin_reference
 
-    monitor = AttentionMonitor(plots=["overlay", "rollout", "heatmap"], max_tokens=256, samples=2)
+    # the maps are stored whole (up to store_tokens=512), whatever the pictures are pooled to
+    monitor = AttentionMonitor(plots=["overlay", "rollout", "heatmap"], samples=2)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     model, val = LitSwin(fused), image_loader(size=(56, 56), seed=1)
     with warnings.catch_warnings(record=True) as caught:

@@ -152,12 +152,22 @@ def test_deferred_pooled_and_checkpointed_windows_are_the_same_map():
     restored = {p.key: compute(p) for p in job_from_state(job_state(job)).pending}
     assert all(torch.equal(restored[k].weights, exact[k].weights) for k in exact)
     _, pooled, _ = _capture(model, images, max_tokens=64)
-    first = pooled["layers.0.blocks.1.attn"]  # 256 tokens pooled 4 × 4
-    assert first.block == (4, 4) and first.weights.shape == (2, 2, 64, 64)
-    ref = exact["layers.0.blocks.1.attn"].weights.view(2, 2, 64, 4, 64, 4)
-    assert_close(first.weights, ref.sum(-1).mean(-2))
-    seen = exact["layers.0.blocks.1.attn"].visible.view(1, 1, 64, 4, 64, 4).any(-1).any(-2)
-    assert torch.equal(first.visible, seen.expand_as(first.visible))
+    # the 16 × 16 stage pooled on its own grid by the rule: token (0, 0) (the sink) alone, the rest in
+    # 3 × 3 squares (2 × 2 would leave 1 + 64 blocks, over 64), blocks in the order of their first token
+    first = pooled["layers.0.blocks.1.attn"]
+    square = [(r // 3, c // 3) for r in range(16) for c in range(16)]
+    order = list(dict.fromkeys(["sink", *square[1:]]))
+    groups = [[0]] + [[t for t in range(1, 256) if square[t] == key] for key in order[1:]]
+    assert first.block == (9, 9) and first.weights.shape == (2, 2, 37, 37) and len(groups) == 37
+    w = exact["layers.0.blocks.1.attn"].weights.double()
+    rows = [torch.stack([w[..., q, :][..., k].sum(-1).mean(-1) for k in groups], -1) for q in groups]
+    ref = torch.stack(rows, -2)  # (s, H, 37, 37): each block's query rows averaged, its keys summed
+    assert_close(first.weights, ref.float())
+    v = exact["layers.0.blocks.1.attn"].visible.expand_as(w)
+    seen = torch.stack(  # (s, H, 37, 37): a block is visible where any of its entries is
+        [torch.stack([v[..., q, :][..., k].any(-1).any(-1) for k in groups], -1) for q in groups], -2
+    )
+    assert torch.equal(first.visible.expand_as(seen), seen)
     # the row statistics, read from the windows' compact rows, are those of the whole map
     pending = next(p for p in cap.pending if p.key == "layers.0.blocks.1.attn")
     windowed = compute(pending, max_tokens=64, stats=True, sink_keys=3).stats.per_head()

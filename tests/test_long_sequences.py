@@ -16,15 +16,20 @@ from lightning_attnviz import AttentionMonitor, capture_attention
 from lightning_attnviz.analysis.views import layer_stats
 
 
-def _pool(weights: np.ndarray, qb: int, kb: int) -> np.ndarray:
+def _pool(weights: np.ndarray, groups: list[list[int]]) -> np.ndarray:
     """Reference pooling with loops: mean over a block's query rows of the sum over its keys."""
-    s, h, q, k = weights.shape
-    out = np.zeros((s, h, -(-q // qb), -(-k // kb)))
-    for i in range(out.shape[2]):
-        for j in range(out.shape[3]):
-            block = weights[:, :, i * qb : (i + 1) * qb, j * kb : (j + 1) * kb]
-            out[:, :, i, j] = block.sum(-1).mean(-1)
+    s, h = weights.shape[:2]
+    out = np.zeros((s, h, len(groups), len(groups)))
+    for i, rows in enumerate(groups):
+        for j, keys in enumerate(groups):
+            out[:, :, i, j] = weights[:, :, rows][:, :, :, keys].sum(-1).mean(-1)
     return out
+
+
+# 50 tokens to at most 16 blocks: the first token (the sink) alone, the other 49 in 15 slots at most:
+# blocks of ceil(49 / 15) = 4, 13 of them, their sizes evened out (10 of 4 tokens, 3 of 3).
+SIZES = [4] * 10 + [3] * 3
+GROUPS = [[0]] + [list(range(1 + sum(SIZES[:b]), 1 + sum(SIZES[: b + 1]))) for b in range(13)]
 
 
 class Attention(nn.Module):
@@ -54,17 +59,21 @@ def test_pooled_capture_equals_pooling_the_exact_map(case):
         model(*args)
     exact_map, pooled_map = exact.records[""], pooled.records[""]
     assert pooled_map.block == (4, 4) and pooled_map.length == (50, 50)
-    assert pooled_map.weights.shape == (2, 3, 13, 13)
+    assert pooled_map.weights.shape == (2, 3, 14, 14)
     assert_close(
-        pooled_map.weights, torch.from_numpy(_pool(exact_map.weights.double().numpy(), 4, 4)).float()
+        pooled_map.weights, torch.from_numpy(_pool(exact_map.weights.double().numpy(), GROUPS)).float()
     )
     assert_close(pooled_map.weights.sum(-1)[:, :, :7], torch.ones(2, 3, 7))  # rows still sum to 1
+    # the sink token is never pooled: its row and column are the exact map's
+    assert_close(pooled_map.weights[:, :, 0, 0], exact_map.weights[:, :, 0, 0])
+    assert pooled_map.pooling[1].labels()[:3] == ["0", "1–4", "5–8"]
     # statistics accumulated while pooling equal those of the exact map
     for metric, value in vars(layer_stats(exact_map)).items():
         if metric != "layer":
             np.testing.assert_allclose(getattr(layer_stats(pooled_map), metric), value, rtol=1e-5, atol=1e-6)
-    if case == "padding":  # pooled key blocks that are all padding are hidden
-        assert not pooled_map.visible[1, 0, 0, 8:].any() and pooled_map.visible[1, 0, 0, :8].all()
+    if case == "padding":  # pooled key blocks that are all padding are hidden (sample 1 has 31 keys)
+        shown = [any(k < 31 for k in keys) for keys in GROUPS]
+        assert pooled_map.visible[1, 0, 0].tolist() == shown and shown.count(True) == 9
 
 
 def test_an_8192_token_sequence_captures_in_bounded_memory(tmp_path):

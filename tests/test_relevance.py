@@ -166,3 +166,37 @@ def test_vit_fit_draws_relevance_over_the_image(tmp_path):
     events = read_events(trainer.logger.log_dir)
     (image,) = events.Images("attention/sample_0/relevance")
     assert image.width > 100 and image.height > 100
+
+
+def test_relevance_is_saved_with_the_capture_and_redrawn_by_the_cli(tmp_path, capsys):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from lightning_attnviz.__main__ import _file_name, main
+    from lightning_attnviz.sinks.capture_file import load_capture
+
+    model = LitViT("timm")
+    trainer = make_trainer(tmp_path, [AttentionMonitor(relevance=True, plots=["overlay"])], max_epochs=1)
+    trainer.fit(model, image_loader(), image_loader(seed=1))  # one capture, with the final weights
+    (path,) = (tmp_path / "tb" / "version_0" / "attention_captures").glob("*.npz")
+    saved = load_capture(path)
+    reference = copy.deepcopy(model.vit)
+    for block in reference.blocks:
+        block.attn.fused_attn = False
+    images = next(iter(image_loader(seed=1)))[0][:2]  # the fixed samples: the first validation rows
+    expected = plain_relevance(reference, images, lambda m: [b.attn.attn_drop for b in m.blocks], row=0)
+    assert [r.sample for r in saved.relevance] == [0, 1] and saved.relevance[0].matrix.shape == (21, 21)
+    for r in saved.relevance:
+        assert r.row == 0 and r.layers == ("vit.blocks.0.attn", "vit.blocks.1.attn")
+        assert torch.allclose(torch.from_numpy(r.matrix).double(), expected[r.sample], atol=1e-4)
+    assert main(["render", str(path), "--plots", "relevance", "--out", str(tmp_path / "png")]) == 0
+    logged = read_events(trainer.logger.log_dir).Images("attention/sample_1/relevance")[-1]
+    drawn = tmp_path / "png" / _file_name("attention/sample_1/relevance", ".png")
+    as_rgb = [
+        np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+        for b in (logged.encoded_image_string, drawn.read_bytes())
+    ]
+    assert np.array_equal(*as_rgb)
+    assert not capsys.readouterr().err

@@ -63,7 +63,8 @@ def _pdf_texts(data: bytes) -> list[str]:
 def test_render_writes_text_as_text_and_embeds_fonts(tmp_path, fmt):
     before = dict(matplotlib.rcParams)
     out = tmp_path / fmt
-    assert main(["render", str(_capture(tmp_path)), "--out", str(out), "--format", fmt]) == 0
+    kinds = ["--plots", "heatmap", "heads", "arrows", "atlas"]  # asked for: the run's kinds are the default
+    assert main(["render", str(_capture(tmp_path)), "--out", str(out), "--format", fmt, *kinds]) == 0
     written = sorted(out.glob(f"*.{fmt}"))
     assert len(written) == 2 * 3 + 1  # 2 layers × heatmap, heads, arrows; the atlas
     heatmap = out / f"attention__sample_0__{LAYER}__heatmap.{fmt}"

@@ -23,6 +23,9 @@ class Strip:
 
 
 UNIFORM_CAPTURES = 3  # a head uniform at this many captures in a row gets a warning
+# rows/columns of the maps the history keeps (the evolution strip's panels and the drift), pooled by the
+# one rule beyond it: the checkpointed history stays small however large the pictures are
+HISTORY_TOKENS = 64
 
 
 @dataclass
@@ -35,7 +38,7 @@ class _Entry:
 
 class History:
     """Per (sample, layer): the head-mean maps of the last ``length`` captures and the per-head map
-    of the last one, pooled (≤ ``max_tokens``²) and stored as float16."""
+    of the last one, pooled (≤ :data:`HISTORY_TOKENS` per side) and stored as float16."""
 
     def __init__(self, length: int = 8) -> None:
         self.length = length

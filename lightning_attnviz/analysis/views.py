@@ -1,15 +1,17 @@
-"""Turn captured maps into what pictures show: one sample, one layer, pooled to a drawable size."""
+"""Turn captured maps into what is stored and drawn: one sample, one layer, as it ran or pooled by the
+one rule (:mod:`~lightning_attnviz.capture.pooling`) to a drawable size."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from lightning_attnviz.analysis.vision import mean_attention_distance
-from lightning_attnviz.capture.grid import PatchGrid
+from lightning_attnviz.capture.blocks import AxisPlan, plan_axis, pool, pooling_note
+from lightning_attnviz.capture.grid import PatchGrid, stage_grid
 from lightning_attnviz.capture.inputs import AttentionMap
 from lightning_attnviz.capture.pooling import RowStats
 
@@ -24,8 +26,14 @@ class AttentionView:
         weights: float32 ``(heads, q, k)``, rounded to float16 precision by :func:`make_views` (so
             exported captures re-render pixel-equal); rows sum to 1 (0 where every key is masked).
         visible: bool ``(1 | heads, q, k)``, False where a mask hid the key; ``None`` if nothing was masked.
-        q_labels, k_labels: one label per row / column (tokens, positions, or pooled ranges).
+        q_labels, k_labels: one label per row / column (tokens, patches, or pooled blocks).
         note: how the map was reduced (empty when it is drawn as captured).
+        pooling: the query and key axes' plans from the tokens to these rows and columns, when the map
+            is pooled (:mod:`~lightning_attnviz.capture.pooling`); ``None``: the map as it ran.
+        layout: the module's kind of attention (:attr:`AttentionMap.layout`): ``"pool"`` is an
+            attention pool, whose latent rows are what a classifier reads.
+        stage: ``(rows, cols)`` of the token grid a windowed map lies on (:attr:`AttentionMap.grid`);
+            ``None`` for other maps.
     """
 
     layer: str
@@ -35,10 +43,20 @@ class AttentionView:
     q_labels: list[str]
     k_labels: list[str]
     note: str = ""
+    pooling: tuple[AxisPlan, AxisPlan] | None = None
+    layout: str = "token"
+    stage: tuple[int, int] | None = None
 
     @property
     def heads(self) -> int:
         return self.weights.shape[0]
+
+    @property
+    def length(self) -> tuple[int, int]:
+        """``(q, k)`` tokens of the map as it ran."""
+        if self.pooling is None:
+            return self.weights.shape[-2], self.weights.shape[-1]
+        return self.pooling[0].length, self.pooling[1].length
 
     def head_mean(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean over heads, ``(q, k)``; a position is visible if any head sees it."""
@@ -49,21 +67,25 @@ class AttentionView:
 def make_views(
     records: Sequence[AttentionMap],
     labels: Sequence[Sequence[str] | None],
-    max_tokens: int = 64,
+    max_tokens: int | None = None,
     target_labels: Sequence[Sequence[str] | None] = (),
-    grid_labels: Sequence[str] | None = None,
+    grid: PatchGrid | None = None,
+    keep: int = 1,
 ) -> list[AttentionView]:
     """One view per (sample, record), in sample-major then forward order.
 
     Args:
         records: captured maps of the fixed samples.
-        labels: per sample, one label per source token (``input_ids``, or image patches), or
-            ``None`` for positions.
-        max_tokens: longer axes are block-pooled to at most this many rows/columns.
+        labels: per sample, one label per source token (``input_ids``), or ``None`` for positions.
+        max_tokens: longer axes are pooled by the rule (:func:`pool_view`); ``None``: the maps as
+            stored.
         target_labels: per sample, the decoder's tokens. Each axis is labelled from the token axis
             the record names (:attr:`AttentionMap.axes`): a cross-attention's queries are target
             tokens and its keys source tokens. An axis whose length does not match its labels shows
             positions.
+        grid, keep: the image's patch grid and the leading tokens never pooled (see
+            :func:`~lightning_attnviz.capture.pooling.plan_axis`); an axis of the grid's length is
+            labelled with its patches.
     """
     views = []
     samples = min((r.weights.shape[0] for r in records), default=0)
@@ -74,102 +96,90 @@ def make_views(
         }
         for record in records:
             axes = getattr(record, "axes", ("source", "source"))
-            q_tokens, k_tokens = per_axis.get(axes[0]), per_axis.get(axes[1])
-            weights = record.weights[sample].numpy()
-            visible = None
-            if record.visible is not None:  # broadcastable to (s, H, q, k)
-                t = record.visible.reshape((1,) * (4 - record.visible.dim()) + tuple(record.visible.shape))
-                v = t[sample if t.shape[0] > 1 else 0].numpy()  # (1 | H, q | 1, k)
-                visible = np.broadcast_to(v, (v.shape[0], *weights.shape[-2:]))
-            q_len, k_len = record.length if record.block != (1, 1) else weights.shape[-2:]
-            stage = getattr(record, "grid", None)  # a windowed map's own token grid: label its cells
-            if stage is not None:
-                q_tokens = k_tokens = [f"{r},{c}" for r in range(stage[0]) for c in range(stage[1])]
-            view = pool_view(
-                AttentionView(
-                    layer=record.key,
-                    sample=sample,
-                    weights=np.ascontiguousarray(weights, dtype=np.float32),
-                    visible=None if visible is None else np.ascontiguousarray(visible),
-                    q_labels=_labels(q_tokens, q_len, grid_labels),
-                    k_labels=_labels(k_tokens, k_len, grid_labels),
-                ),
-                max_tokens,
-                length=(q_len, k_len),
-                block=record.block,
-            )
-            # float16 precision, so that a saved capture re-renders pixel-equal to the logged image
-            views.append(replace(view, weights=view.weights.astype(np.float16).astype(np.float32)))
+            tokens = (per_axis.get(axes[0]), per_axis.get(axes[1]))
+            stage = getattr(record, "grid", None)  # a windowed map lies on its own stage's token grid
+            on = stage_grid(grid, stage) if stage is not None else grid
+            view = _stored_view(record, sample, tokens, on)
+            views.append(view if max_tokens is None else pool_view(view, max_tokens, on, keep))
     return views
 
 
-def _labels(tokens: Sequence[str] | None, length: int, grid: Sequence[str] | None = None) -> list[str]:
-    for labels in (tokens, grid):
+def _stored_view(
+    record: AttentionMap, sample: int, tokens: tuple[Sequence[str] | None, ...], grid: PatchGrid | None
+) -> AttentionView:
+    """One sample of ``record`` as stored: float16 precision (a saved capture holds float16, so that
+    what is drawn from the file is what was drawn here), labelled per token or pooled block."""
+    weights = record.weights[sample].numpy()
+    visible = None
+    if record.visible is not None:  # broadcastable to (s, H, q, k)
+        t = record.visible.reshape((1,) * (4 - record.visible.dim()) + tuple(record.visible.shape))
+        v = t[sample if t.shape[0] > 1 else 0].numpy()  # (1 | H, q | 1, k)
+        visible = np.ascontiguousarray(np.broadcast_to(v, (v.shape[0], *weights.shape[-2:])))
+    plans = record.pooling
+    if plans is None:
+        q_len, k_len = weights.shape[-2:]
+        q_labels, k_labels = _labels(tokens[0], q_len, grid), _labels(tokens[1], k_len, grid)
+        note = ""
+    else:
+        q_labels, k_labels = (
+            plan.labels(_fits(t, plan.length)) for plan, t in zip(plans, tokens, strict=True)
+        )
+        note = pooling_note(*plans)
+    rounded = half_precision(weights)
+    layout = getattr(record, "layout", "token")
+    stage = getattr(record, "grid", None)
+    return AttentionView(record.key, sample, rounded, visible, q_labels, k_labels, note, plans, layout, stage)
+
+
+def half_precision(weights: np.ndarray | torch.Tensor) -> np.ndarray:
+    """float32 rounded to float16 precision, as a saved capture keeps maps (torch converts attention's
+    many float16-subnormal weights ten times faster than numpy)."""
+    t = weights if isinstance(weights, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(weights))
+    return t.to(torch.float16).to(torch.float32).numpy()
+
+
+def _fits(tokens: Sequence[str] | None, length: int) -> list[str] | None:
+    return [str(t) for t in tokens] if tokens is not None and len(tokens) == length else None
+
+
+def _labels(tokens: Sequence[str] | None, length: int, grid: PatchGrid | None = None) -> list[str]:
+    for labels in (tokens, grid.labels() if grid is not None else None):
         if labels is not None and len(labels) == length:
             return [str(t) for t in labels]
     return [str(i) for i in range(length)]
 
 
 def pool_view(
-    view: AttentionView,
-    max_tokens: int,
-    length: tuple[int, int] | None = None,
-    block: tuple[int, int] = (1, 1),
+    view: AttentionView, max_tokens: int, grid: PatchGrid | None = None, keep: int = 1
 ) -> AttentionView:
-    """Block-pool an axis longer than ``max_tokens``.
-
-    Query rows are averaged and keys summed, so pooled rows still sum to 1 and read as "how much of
-    this block's attention goes to that block". Pooled axes are labelled with position ranges and the
-    note says how the map was reduced.
+    """``view`` with every axis longer than ``max_tokens`` pooled by the rule
+    (:mod:`~lightning_attnviz.capture.pooling`): prefix and sink tokens alone, an image's patches in
+    squares, other tokens in contiguous blocks; query rows averaged and keys summed, so pooled rows
+    still sum to 1. A view already pooled while capturing is pooled further in whole blocks, and its
+    labels and note describe the pooling from the tokens as they ran, said once.
 
     Args:
-        view: the view, whose labels are per row/column of its weights unless ``block`` says otherwise.
-        max_tokens: the largest side drawn.
-        length, block: the sequence lengths and the block sizes of a map already pooled while capturing.
+        grid: the image's patch grid (an axis of its length is pooled in squares of patches).
+        keep: leading tokens never pooled (the sink tokens).
     """
-    q_now, k_now = view.weights.shape[-2:]
-    q_len, k_len = length or (q_now, k_now)
-    q_more, k_more = math.ceil(q_now / max_tokens), math.ceil(k_now / max_tokens)
-    q_block, k_block = block[0] * q_more, block[1] * k_more
-    if q_block == 1 and k_block == 1:
+    q_len, k_len = view.weights.shape[-2:]
+    base = view.pooling or (plan_axis(q_len, None, grid), plan_axis(k_len, None, grid))
+    step = tuple(plan_axis(b.blocks, max_tokens, b.cells, b.alone if b.pooled else keep) for b in base)
+    if not step[0].pooled and not step[1].pooled:
         return view
-    weights = _block_reduce(view.weights, q_more, k_more) if (q_more, k_more) != (1, 1) else view.weights
-    visible = view.visible
-    if visible is not None and (q_more, k_more) != (1, 1):
-        visible = _block_reduce(visible, q_more, k_more)
-    parts = []
-    if q_block > 1:
-        parts.append(f"queries {q_len}→{weights.shape[-2]} (mean of {q_block})")
-    if k_block > 1:
-        parts.append(f"keys {k_len}→{weights.shape[-1]} (sum of {k_block})")
-    return AttentionView(
-        layer=view.layer,
-        sample=view.sample,
-        weights=weights.astype(np.float32),
-        visible=visible,
-        q_labels=_range_labels(q_len, q_block) if q_block > 1 else view.q_labels,
-        k_labels=_range_labels(k_len, k_block) if k_block > 1 else view.k_labels,
-        note="pooled " + ", ".join(parts),
-    )
-
-
-def _block_reduce(a: np.ndarray, qb: int, kb: int) -> np.ndarray:
-    """``(..., q, k)`` over blocks of ``qb`` rows and ``kb`` columns (the last blocks may be short):
-    any() for masks; for weights, keys summed and rows averaged over the real rows of a block."""
-    q_len, k_len = a.shape[-2:]
-    pad = [(0, 0)] * (a.ndim - 2) + [(0, -q_len % qb), (0, -k_len % kb)]
-    if a.dtype == bool:
-        a = np.pad(a, pad, constant_values=False)
-        blocks = a.reshape(*a.shape[:-2], a.shape[-2] // qb, qb, a.shape[-1] // kb, kb)
-        return np.asarray(blocks.any(axis=(-3, -1)))
-    a = np.pad(a.astype(np.float64), pad)
-    blocks = a.reshape(*a.shape[:-2], a.shape[-2] // qb, qb, a.shape[-1] // kb, kb)
-    rows = np.minimum(qb, q_len - np.arange(0, q_len, qb))  # real rows per query block
-    return blocks.sum(axis=(-3, -1)) / rows[:, None]
-
-
-def _range_labels(length: int, block: int) -> list[str]:
-    return [f"{i}–{min(i + block, length) - 1}" for i in range(0, length, block)]
+    rows = torch.from_numpy(base[0].sizes)
+    weights = pool(torch.from_numpy(view.weights), step[0], step[1], rows).numpy()
+    visible = None
+    if view.visible is not None:
+        visible = pool(torch.from_numpy(np.array(view.visible)), step[0], step[1]).numpy()
+    plans = (base[0].then(step[0]), base[1].then(step[1]))
+    own = [
+        [labels[g] for g in b.group] for labels, b in zip((view.q_labels, view.k_labels), base, strict=True)
+    ]
+    q_labels, k_labels = (plan.labels(o) for plan, o in zip(plans, own, strict=True))
+    rounded = half_precision(weights)
+    return replace(view, weights=rounded, visible=visible, q_labels=q_labels, k_labels=k_labels,
+                   note=pooling_note(*plans), pooling=plans)  # fmt: skip
 
 
 # The per-head statistics of a layer (the fields of LayerStats), and every metric logged per layer:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_attnviz.capture.pooling import Computed
+from lightning_attnviz.capture.pooling import Computed, Storage
 from lightning_attnviz.capture.probe import Health, Probe, fidelity_tolerance
 from lightning_attnviz.capture.weights import rows_softmax
 
@@ -48,10 +48,11 @@ class BandInputs:
 
 
 def band_weights(
-    x: BandInputs, max_tokens: int | None, stats: bool, sink_keys: int, dropout_p: float = 0.0
+    x: BandInputs, storage: Storage, dropout_p: float = 0.0
 ) -> tuple[Computed, Health]:
     """The dense map of one Longformer call and its health (max logit; fidelity to the layer's output)."""
     samples, heads = x.q.shape[:2]
+    sink_keys = storage.sink_keys
     n = x.length
     q, k, qg, kg = (t[..., :n, :].float() for t in (x.q, x.k, x.q_global, x.k_global))
     masked, is_global = x.masked[:, :n], x.is_global[:, :n]
@@ -75,7 +76,7 @@ def band_weights(
             own = is_global[:, None, start : start + weights.shape[-2], None]
             return torch.where(own, weights @ vg, weights @ v)
 
-    result = rows_softmax(scores_of, (samples, heads, n, n), max_tokens, stats, sink_keys, probe, product_of)
+    result = rows_softmax(scores_of, (samples, heads, n, n), storage, probe, product_of)
     return result, probe.result()
 
 

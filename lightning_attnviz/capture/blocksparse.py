@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_attnviz.capture.pooling import Computed
+from lightning_attnviz.capture.pooling import Computed, Storage
 from lightning_attnviz.capture.probe import Health, Probe, fidelity_tolerance
 from lightning_attnviz.capture.weights import rows_softmax
 
@@ -73,10 +73,11 @@ def block_counts(blocks: int, rand: Tensor) -> Tensor:
 
 
 def block_sparse_weights(
-    x: BlockSparseInputs, max_tokens: int | None, stats: bool, sink_keys: int, dropout_p: float = 0.0
+    x: BlockSparseInputs, storage: Storage, dropout_p: float = 0.0
 ) -> tuple[Computed, Health]:
     """The dense map of one block-sparse call and its health (max logit; fidelity to the layer's output)."""
     samples, heads, full, dim = x.q.shape
+    sink_keys = storage.sink_keys
     n = x.length
     q, k = x.q[..., :n, :].float(), x.k[..., :n, :].float()
     counts = block_counts(full // x.block, x.rand)
@@ -97,7 +98,7 @@ def block_sparse_weights(
         tolerance = fidelity_tolerance(x.output.dtype)
         probe = Probe(x.v[..., :n, :].float(), expected, sink_keys=sink_keys, tolerance=tolerance)
     shape = (samples, heads, n, n)
-    result = rows_softmax(scores_of, shape, max_tokens, stats, sink_keys, probe, counts_of=counts_of)
+    result = rows_softmax(scores_of, shape, storage, probe, counts_of=counts_of)
     return result, probe.result()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, cast, overload
 
 import torch
@@ -30,7 +31,15 @@ from torch import Tensor, nn
 from lightning_attnviz.capture.discover import AttentionSite, ModuleSelector, find_attention, named_modules
 from lightning_attnviz.capture.flex import flex_scores
 from lightning_attnviz.capture.forward import install_attr, install_forward, is_tapped
-from lightning_attnviz.capture.inputs import AttentionMap, Inputs, Path, Pending, ScoresInputs, compute
+from lightning_attnviz.capture.inputs import (
+    AttentionMap,
+    Inputs,
+    Path,
+    Pending,
+    ScoresInputs,
+    SoftmaxOutput,
+    compute,
+)
 from lightning_attnviz.capture.kinds import WINDOW_READERS, CallInputs, read_call, unsupported_warning
 from lightning_attnviz.capture.readers import band_tap, block_sparse_taps
 from lightning_attnviz.capture.taps import _Interceptor, encoder_layer_tap, encoder_tap, mha_tap
@@ -87,6 +96,8 @@ class AttentionCapture:
         self.call = CallInputs()  # what the model's own forward was given (batch, padding, decoder)
         self.windows: dict[str, WindowCall] = {}  # windowed sites running now: where their windows lie
         self._host_calls: dict[str, tuple[tuple, dict]] = {}  # their blocks' calls, while they run
+        # an eager softmax waiting for the `weights @ values` that follows it: (site, shape, inputs, meta)
+        self._held: tuple[str, torch.Size, SoftmaxOutput, dict[str, Any]] | None = None
 
     @property
     def maps(self) -> dict[str, Tensor]:
@@ -95,6 +106,7 @@ class AttentionCapture:
 
     def clear(self) -> None:
         """Forget what was recorded, keeping the taps (call counts restart at 0)."""
+        self._held = None
         self.records.clear()
         self.pending.clear()
         self._calls.clear()
@@ -156,6 +168,7 @@ class AttentionCapture:
         while self._mode_on:  # only if a forward was abandoned mid-way
             self._mode_off()
         self.scope.clear()
+        self._held = None
 
     def _install(self, site: AttentionSite, named: dict[str, nn.Module]) -> None:
         module = named[site.name]
@@ -252,6 +265,8 @@ class AttentionCapture:
             finally:
                 self.windows.pop(site.name, None)
                 self.scope.pop()
+                if self._held is not None and self._held[0] == site.name:
+                    self.complete(None, None)  # the site returned without a product after its softmax
                 if not self.scope:
                     self._mode_off()
                     if self.flex_calls:
@@ -303,8 +318,28 @@ class AttentionCapture:
             self.failures.append(message)
             warnings.warn(message, UserWarning, stacklevel=4)
 
+    def hold(self, name: str, inputs: SoftmaxOutput, shape: torch.Size, **meta: Any) -> None:
+        """Keep an eager softmax of ``name`` until the ``weights @ values`` product that follows it
+        (:meth:`complete`), so that its fidelity can be checked; ``shape``: the weights' full shape."""
+        self.complete(None, None)
+        self._held = (name, shape, inputs, meta)
+
+    def held_shape(self, name: str) -> torch.Size | None:
+        """The shape of the softmax ``name`` holds, if it holds one."""
+        return self._held[1] if self._held is not None and self._held[0] == name else None
+
+    def complete(self, values: Tensor | None, product: Tensor | None) -> None:
+        """Record the held softmax, with the values it was multiplied with and the product (``None``:
+        not seen, so its fidelity is not checked)."""
+        if self._held is None:
+            return
+        name, _, inputs, meta = self._held
+        self._held = None
+        self.add(name, replace(inputs, values=values, product=product), "eager_softmax", **meta)
+
     def add(self, name: str, inputs: Inputs, path: Path, **meta: Any) -> None:
         """Record one call of ``name`` under its next key: pending, or computed now."""
+        self.complete(None, None)  # a softmax still held comes first: calls stay in forward order
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         key = name if call == 0 else f"{name}#{call}"

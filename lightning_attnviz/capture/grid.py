@@ -109,6 +109,12 @@ class PatchGrid:
         return np.stack([(r + 0.5) * self.patch_size[0], (c + 0.5) * self.patch_size[1]], axis=1)
 
 
+def stage_grid(image: PatchGrid | None, stage: tuple[int, int]) -> PatchGrid:
+    """The token grid a windowed map lies on: ``image``'s grid at that stage (:meth:`PatchGrid.stage`),
+    or, without an image grid, the stage's own grid with one-pixel patches (for pooling and labels)."""
+    return image.stage(stage) if image is not None else PatchGrid((stage[0], stage[1]), 0, (1, 1))
+
+
 def grid_from_timm(model: Any, image_size: int | tuple[int, int] | None = None) -> PatchGrid:
     """The patch grid of a timm ViT (``VisionTransformer``, DeiT, EVA, …: any model with
     ``patch_embed`` and ``num_prefix_tokens``).

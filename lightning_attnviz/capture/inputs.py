@@ -1,7 +1,7 @@
 """What a tap keeps of one attention call, and the pure function that turns it into weights.
 
-Capture runs on the training thread and only copies the sampled rows' inputs (q/k, masks, the
-projection weights as they were at that step) into frozen dataclasses of detached CPU tensors.
+Capture runs on the training thread and only copies the sampled rows' inputs (q/k, masks, and for
+``nn.MultiheadAttention`` the rows it projected) into frozen dataclasses of detached CPU tensors.
 :func:`compute` then makes the weights from them, anywhere: right away, on a thread, or in the
 drawing process after a pickle round trip. Nothing here touches a module or a hook.
 """
@@ -9,18 +9,23 @@ drawing process after a pickle round trip. Nothing here touches a module or a ho
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from lightning_attnviz.capture.banded import BandInputs, band_weights
+from lightning_attnviz.capture.blocks import AxisPlan
 from lightning_attnviz.capture.blocksparse import BlockSparseInputs, block_sparse_weights
-from lightning_attnviz.capture.pooling import Computed, RowStats
-from lightning_attnviz.capture.probe import Health, Probe, mha_probe, sdpa_probe
-from lightning_attnviz.capture.weights import collect_weights, mha_weights, scores_weights, sdpa_weights
+from lightning_attnviz.capture.grid import PatchGrid, stage_grid
+from lightning_attnviz.capture.mha import MHAInputs, mha_probe, mha_weights
+from lightning_attnviz.capture.pooling import Computed, RowStats, Storage
+from lightning_attnviz.capture.probe import Health, Probe, eager_probe, sdpa_probe
+from lightning_attnviz.capture.weights import collect_weights, scores_weights, sdpa_weights
 from lightning_attnviz.capture.windows import WindowInputs, window_weights
+
+__all__ = ["MHAInputs"]  # defined with the rest of nn.MultiheadAttention's capture, read from here too
 
 Path = Literal["sdpa", "mha", "eager_softmax", "flex", "banded", "block_sparse"]
 
@@ -47,46 +52,19 @@ class SDPAInputs:
 
 
 @dataclass(frozen=True)
-class MHAInputs:
-    """What ``nn.MultiheadAttention`` projects queries and keys with, sampled rows only.
-
-    ``hide_padded_queries``: self-attention, where padded query rows get no weight. ``value`` with the
-    value and output projections, and the module's ``output``, are for the fidelity check and value
-    norms (``output`` is ``None`` where it is not the attention's: a fused encoder layer).
-    """
-
-    query: Tensor
-    key: Tensor
-    num_heads: int
-    q_weight: Tensor
-    k_weight: Tensor
-    q_bias: Tensor | None
-    k_bias: Tensor | None
-    bias_k: Tensor | None
-    add_zero_attn: bool
-    key_padding_mask: Tensor | None
-    attn_mask: Tensor | None
-    is_causal: bool
-    batch_first: bool
-    hide_padded_queries: bool
-    value: Tensor | None = None
-    v_weight: Tensor | None = None
-    v_bias: Tensor | None = None
-    bias_v: Tensor | None = None
-    out_weight: Tensor | None = None
-    out_bias: Tensor | None = None
-    output: Tensor | None = None
-
-
-@dataclass(frozen=True)
 class SoftmaxOutput:
     """The weights an eager attention computed itself, ``(s, H, L, S)``; ``padded_queries`` ``(s, L)``
     (True: padding, from the batch's attention mask) when known; ``max_logit`` ``(s, H)`` the largest
-    finite entry of the softmax's input (the logits)."""
+    finite entry of the softmax's input (the logits). ``values`` ``(s, H, S, Ev)`` and ``product``
+    ``(s, H, L, Ev)``: the operands and result of the first ``attention @ values`` the module computed
+    after the softmax, when it computed one (for the fidelity check: a module that changes its
+    weights between the softmax and the product, e.g. by mixing heads, is caught there)."""
 
     weights: Tensor
     padded_queries: Tensor | None = None
     max_logit: Tensor | None = None
+    values: Tensor | None = None
+    product: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -152,8 +130,10 @@ class AttentionMap:
         scale: the scale applied to ``q·kᵀ``; ``None`` when unknown (eager softmax).
         dropout_p: dropout applied *after* these weights in train mode; it is not part of them.
         length: ``(q_len, k_len)`` of the attention as computed.
-        block: ``(query rows, keys)`` per cell when the map was block-pooled while capturing
-            (``max_tokens``): query rows averaged, keys summed, so rows still sum to 1. ``(1, 1)``: exact.
+        block: the largest ``(query rows, keys)`` block of a cell when the map was pooled while
+            capturing (``max_tokens``, see :mod:`~lightning_attnviz.capture.pooling` for the rule):
+            query rows averaged, keys summed, so rows still sum to 1. ``(1, 1)``: exact.
+        pooling: the query and key axes' plans when the map was pooled; ``None`` when exact.
         stats: per-row statistics at full resolution (with ``stats=True``).
         axes: (query, key) token axis: ``"source"`` (``input_ids``) or ``"target"`` (decoder inputs).
         layout: :data:`~lightning_attnviz.capture.kinds.Kind` of the module: ``"token"``, ``"pool"``
@@ -184,60 +164,50 @@ class AttentionMap:
     note: str | None = None
     health: Health | None = None
     grid: tuple[int, int] | None = None
+    pooling: tuple[AxisPlan, AxisPlan] | None = None
 
 
 def compute(
-    pending: Pending, max_tokens: int | None = None, stats: bool = False, sink_keys: int = 1
+    pending: Pending,
+    max_tokens: int | None = None,
+    stats: bool = False,
+    sink_keys: int = 1,
+    grid: PatchGrid | None = None,
 ) -> AttentionMap:
     """The weights of one pending call, off the autograd graph, in float32.
 
     Args:
         pending: what a tap kept.
-        max_tokens: block-pool maps longer than this while computing (``None``: exact).
+        max_tokens: pool maps longer than this while computing, by the rule of
+            :mod:`~lightning_attnviz.capture.pooling` (``None``: exact).
         stats: accumulate per-row statistics at full resolution.
-        sink_keys: how many leading keys the statistics' sink share counts.
+        sink_keys: how many leading keys the statistics' sink share counts; never pooled.
+        grid: the image's patch grid, for a vision model's maps (pooled in squares of patches).
 
     Raises:
         RuntimeError, ValueError, IndexError, TypeError: the inputs do not make attention weights
         (the caller turns this into a warning naming the module).
     """
     x = pending.inputs
+    storage = Storage(max_tokens, stats, sink_keys, grid)
     with torch.inference_mode(False), torch.no_grad():
         probe = _probe(pending, sink_keys)
         health: Health | None = None
         result: Computed
         if isinstance(x, (WindowInputs, BandInputs, BlockSparseInputs)):
-            result, health = _READ[type(x)](x, max_tokens, stats, sink_keys, pending.dropout_p)
+            if isinstance(x, WindowInputs):  # a windowed map lies on its stage's grid: pooled in its squares
+                storage = replace(storage, grid=stage_grid(grid, x.grid))
+            result, health = _READ[type(x)](x, storage, pending.dropout_p)
         elif isinstance(x, SDPAInputs):
-            result = sdpa_weights(
-                x.q, x.k, x.mask, x.causal, x.scale, x.gqa, x.q.shape[0], max_tokens, stats, sink_keys, probe
-            )
+            samples = x.q.shape[0]
+            args = (x.q, x.k, x.mask, x.causal, x.scale, x.gqa, samples)
+            result = sdpa_weights(*args, storage, probe)
         elif isinstance(x, MHAInputs):
-            result = mha_weights(
-                x.query,
-                x.key,
-                num_heads=x.num_heads,
-                q_weight=x.q_weight,
-                k_weight=x.k_weight,
-                q_bias=x.q_bias,
-                k_bias=x.k_bias,
-                bias_k=x.bias_k,
-                add_zero_attn=x.add_zero_attn,
-                key_padding_mask=x.key_padding_mask,
-                attn_mask=x.attn_mask,
-                is_causal=x.is_causal,
-                batch_first=x.batch_first,
-                samples=_mha_samples(x),
-                hide_padded_queries=x.hide_padded_queries,
-                max_tokens=max_tokens,
-                stats=stats,
-                sink_keys=sink_keys,
-                probe=probe,
-            )
+            result = mha_weights(x, storage, probe)
         elif isinstance(x, ScoresInputs):
-            result = scores_weights(x.scores, max_tokens, stats, sink_keys, probe)
+            result = scores_weights(x.scores, storage, probe)
         else:
-            result = collect_weights(x.weights, max_tokens, stats, sink_keys, x.padded_queries)
+            result = collect_weights(x.weights, storage, x.padded_queries, probe)
         if health is None:
             health = probe.result(x.max_logit if isinstance(x, SoftmaxOutput) else None)
     return AttentionMap(
@@ -260,6 +230,7 @@ def compute(
         note=pending.note,
         health=health,
         grid=x.grid if isinstance(x, WindowInputs) else None,
+        pooling=result.plans,
     )
 
 
@@ -276,25 +247,7 @@ def _probe(pending: Pending, sink_keys: int) -> Probe:
     if isinstance(x, SDPAInputs):
         return sdpa_probe(x.q, x.v, x.out, pending.dropout_p, sink_keys)
     if isinstance(x, MHAInputs):
-        return mha_probe(
-            x.value,
-            x.output,
-            num_heads=x.num_heads,
-            batch_first=x.batch_first,
-            samples=_mha_samples(x),
-            v_weight=x.v_weight,
-            v_bias=x.v_bias,
-            bias_v=x.bias_v,
-            add_zero_attn=x.add_zero_attn,
-            out_weight=x.out_weight,
-            out_bias=x.out_bias,
-            dropout_p=pending.dropout_p,
-            sink_keys=sink_keys,
-        )
+        return mha_probe(x, pending.dropout_p, sink_keys)
+    if isinstance(x, SoftmaxOutput):
+        return eager_probe(x.values, x.product, sink_keys)
     return Probe(sink_keys=sink_keys)
-
-
-def _mha_samples(x: MHAInputs) -> int:
-    if x.query.dim() == 2:
-        return 1
-    return x.query.shape[0 if x.batch_first else 1]

@@ -1,16 +1,18 @@
-"""Where computed weights go, a block of query rows at a time: kept whole or block-pooled, with
-per-row statistics accumulated at full resolution on the way (so long maps never exist whole)."""
+"""Where computed weights go, a block of query rows at a time: kept whole or pooled by the one rule
+(:mod:`~lightning_attnviz.capture.blocks`), with per-row statistics accumulated at full resolution on
+the way (so long maps never exist whole)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from lightning_attnviz.capture.blocks import AxisPlan, block_index, plan_map
+from lightning_attnviz.capture.grid import PatchGrid
 
 
 @dataclass
@@ -101,17 +103,33 @@ class RowStats:
         }
 
 
+@dataclass(frozen=True)
+class Storage:
+    """How computed maps are kept: pooled by the rule beyond ``max_tokens`` blocks per side (``None``:
+    never), with ``grid`` and ``sink_keys`` as :func:`plan_axis` takes them (``sink_keys`` also counts
+    the statistics' sink share), and row statistics at full resolution with ``stats``."""
+
+    max_tokens: int | None = None
+    stats: bool = False
+    sink_keys: int = 1
+    grid: PatchGrid | None = None
+
+
+EXACT = Storage()  # exact maps, no statistics
+
+
 @dataclass
 class Computed:
     """What a weight computation returns.
 
     Attributes:
-        weights: float32 CPU ``(s, H, q', k')``: the full map, or block-pooled when longer than
-            ``max_tokens`` (query rows averaged, keys summed: pooled rows still sum to 1).
+        weights: float32 CPU ``(s, H, q', k')``: the full map, or pooled by the rule when longer than
+            the limit (query rows averaged, keys summed: pooled rows still sum to 1).
         visible: bool CPU, broadcastable to ``weights``; ``None`` when nothing was masked.
-        block: ``(query rows, keys)`` per pooled cell; ``(1, 1)`` when not pooled.
+        block: the largest ``(query rows, keys)`` block of a pooled cell; ``(1, 1)`` when not pooled.
         length: ``(q, k)`` before pooling.
         stats: row statistics at full resolution, when asked for.
+        plans: how the query and key axes were pooled; ``None`` when the map is exact.
     """
 
     weights: Tensor
@@ -119,10 +137,12 @@ class Computed:
     block: tuple[int, int]
     length: tuple[int, int]
     stats: RowStats | None
+    plans: tuple[AxisPlan, AxisPlan] | None = None
 
 
 class _Collector:
-    """Takes weight rows block by block: keeps them whole, or pooled to ≤ ``max_tokens`` per side."""
+    """Takes weight rows block by block: keeps them whole, or pooled by the rule to ≤ ``max_tokens``
+    blocks per side, as ``storage`` says."""
 
     def __init__(
         self,
@@ -130,16 +150,16 @@ class _Collector:
         heads: int,
         length: int,
         width: int,
-        max_tokens: int | None,
-        stats: bool,
+        storage: Storage,
         device: torch.device,
-        sink_keys: int = 1,
     ) -> None:
-        limit = max_tokens or max(length, width)
-        self.qb, self.kb = math.ceil(length / limit), math.ceil(width / limit)
         self.length, self.width = length, width
-        self.pooled = (self.qb, self.kb) != (1, 1)
-        shape = (samples, heads, math.ceil(length / self.qb), math.ceil(width / self.kb))
+        limit = storage.max_tokens
+        self.pooled = limit is not None and max(length, width) > limit
+        # plans only when pooling: plain ints otherwise (this may run while Dynamo traces a forward)
+        self.plans = plan_map(length, width, limit, storage.grid, storage.sink_keys) if self.pooled else None
+        blocks = (self.plans[0].blocks, self.plans[1].blocks) if self.plans is not None else (length, width)
+        shape = (samples, heads, *blocks)
         self.out = (
             torch.zeros(shape, dtype=torch.float32)
             if self.pooled
@@ -147,7 +167,14 @@ class _Collector:
         )
         self.seen = torch.zeros(shape, dtype=torch.int32) if self.pooled else None  # visible counts
         self.masked = False
-        self.stats = RowStats.empty(samples, heads, length == width, sink_keys).to(device) if stats else None
+        self._groups = (
+            tuple(block_index(p.group, device) for p in self.plans) if self.plans is not None else ()
+        )
+        self.stats = (
+            RowStats.empty(samples, heads, length == width, storage.sink_keys).to(device)
+            if storage.stats
+            else None
+        )
 
     def add(self, start: int, weights: Tensor, visible: Tensor | None) -> None:
         """Rows ``start:start + rows``: ``weights`` ``(s, H, rows, keys)``, keys beyond ``keys`` are zero
@@ -159,14 +186,16 @@ class _Collector:
             self.out[..., start:stop, :keys] = weights
             self.out[..., start:stop, keys:] = 0.0
             return
-        index = torch.arange(start, stop) // self.qb
-        pooled = self._key_blocks(weights).cpu()  # (s, H, rows, K')
+        index = self._groups[0][start:stop].cpu()
+        pooled = self._key_blocks(weights.float()).cpu()  # (s, H, rows, K')
         self.out.index_add_(2, index, pooled)
         if visible is None:
             seen = torch.ones(1, dtype=torch.int32).expand(pooled.shape)
         else:
             self.masked = True
-            seen = self._key_blocks(visible.int()).int().cpu()  # as small as the mask broadcasts
+            if visible.shape[-1] != keys:  # broadcast over keys: every key of the row
+                visible = visible.expand(*visible.shape[:-1], keys)
+            seen = self._key_blocks(visible.float()).int().cpu()  # as small as the mask broadcasts
             seen = seen.reshape((1,) * (4 - seen.dim()) + tuple(seen.shape)).expand(pooled.shape)
         if self.seen is not None:  # always, when pooled
             self.seen.index_add_(2, index, seen.contiguous())
@@ -177,8 +206,9 @@ class _Collector:
         the cost is O(V), not O(L²). Row statistics are the caller's (:meth:`RowStats.update` with
         ``keys``)."""
         self.masked = True
-        width = self.out.shape[-1]
-        flat = (rows // self.qb) * width + cols // self.kb
+        if self.plans is not None:  # each token's block by the plans
+            rows, cols = self._groups[0].cpu()[rows], self._groups[1].cpu()[cols]
+        flat = rows * self.out.shape[-1] + cols
         out = self.out.view(*self.out.shape[:2], -1)
         if not self.pooled:
             out.zero_()
@@ -190,21 +220,18 @@ class _Collector:
             seen[..., flat] = 1  # as any() of the block's visibility: the block has a visible entry
 
     def _key_blocks(self, t: Tensor) -> Tensor:
-        """Sum ``(..., keys)`` over key blocks, padded with zeros to the pooled width."""
-        pad = -t.shape[-1] % self.kb
-        t = F.pad(t, (0, pad)) if pad else t
-        t = t.reshape(*t.shape[:-1], t.shape[-1] // self.kb, self.kb).sum(-1)
-        missing = self.out.shape[-1] - t.shape[-1]
-        return F.pad(t, (0, missing)) if missing else t
+        """Sum ``(..., keys)`` over the key plan's blocks (the first ``keys`` keys; the rest are zero)."""
+        keys = t.shape[-1]
+        out = t.new_zeros((*t.shape[:-1], self.out.shape[-1]))
+        return out.index_add_(-1, self._groups[1][:keys], t)
 
     def result(self, visible: Tensor | None) -> Computed:
         """``visible``: the full-resolution mask (used when not pooled)."""
         stats = None if self.stats is None else self.stats.to("cpu")
-        if not self.pooled:
-            return Computed(self.out, visible, (1, 1), (self.length, self.width), stats)
-        rows = torch.full((self.out.shape[-2],), self.qb, dtype=torch.float32)
-        rows[-1] = self.length - self.qb * (self.out.shape[-2] - 1)  # the last block may be short
+        length = (self.length, self.width)
+        if self.plans is None:
+            return Computed(self.out, visible, (1, 1), length, stats)
+        rows = torch.from_numpy(self.plans[0].sizes).float()
         pooled_visible = (self.seen > 0) if self.masked and self.seen is not None else None
-        return Computed(
-            self.out / rows[:, None], pooled_visible, (self.qb, self.kb), (self.length, self.width), stats
-        )
+        block = (int(self.plans[0].sizes.max()), int(self.plans[1].sizes.max()))
+        return Computed(self.out / rows[:, None], pooled_visible, block, length, stats, self.plans)

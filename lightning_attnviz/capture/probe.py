@@ -6,9 +6,12 @@
   against it; Wortsman et al. 2023 reproduce this "attention logit growth" in small models at high
   learning rates). It is read where the scores are computed anyway (:class:`Probe`), at no extra pass.
 - **Fidelity.** The captured weights times the model's own values, compared with what the model's
-  attention produced: the SDPA kernel's output, or ``nn.MultiheadAttention``'s output (after its
-  ``out_proj``: the attention output before it is not visible). A maximum absolute error per layer;
-  no other tool checks its maps against the kernel that actually ran.
+  attention produced: the SDPA kernel's output, ``nn.MultiheadAttention``'s output (after its
+  ``out_proj``: the attention output before it is not visible), or for eager attention the first
+  ``attention @ values`` product the module computes after its softmax (weights changed in between,
+  e.g. heads mixed after the softmax, are caught there). A maximum absolute error per layer; where no
+  reference can be read (dropout in train mode, a fused encoder layer, no product seen) it is "not
+  checked", never silently passed.
 - **Value-weighted attention** (Kobayashi et al. 2020): ``‖α_ij · f(v_j)‖`` per head, where ``f`` is
   the identity at ``F.scaled_dot_product_attention`` (the output projection is the model's own code,
   not visible there) and the head's slice of ``out_proj`` for ``nn.MultiheadAttention``.
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_attnviz.capture.heads import append_extra, batch_dims_to_heads
+from lightning_attnviz.capture.heads import batch_dims_to_heads
 
 # Fidelity: relative error (max |error| / max |output|) above which a map is not what the kernel used.
 # 1e-4 is far above float32 rounding of a recomputed softmax (~1e-6) and far below any real mismatch
@@ -100,13 +103,17 @@ class Probe:
         self.sink_total: Tensor | None = None
         self.sink_rows: Tensor | None = None
 
-    def add(self, start: int, scores: Tensor, weights: Tensor, product: Tensor | None = None) -> None:
-        """Rows ``start : start + rows``: ``scores`` ``(s, H, rows, keys)`` with ``-inf`` where hidden,
-        ``weights`` their softmax (rows with nothing visible zeroed); keys beyond ``keys`` are hidden.
-        ``product``: the weights times the values, ``(s, H, rows, Ev)``, when the caller made it (rows
-        that read values of their own); otherwise ``weights @ values``."""
-        top = scores.detach().float().amax(dim=(-2, -1))
-        self.max_logit = top if self.max_logit is None else torch.maximum(self.max_logit, top)
+    def add(
+        self, start: int, scores: Tensor | None, weights: Tensor, product: Tensor | None = None
+    ) -> None:
+        """Rows ``start : start + rows``: ``scores`` ``(s, H, rows, keys)`` with ``-inf`` where hidden
+        (``None`` where the logits are not seen: eager attention), ``weights`` their softmax (rows with
+        nothing visible zeroed); keys beyond ``keys`` are hidden. ``product``: the weights times the
+        values, ``(s, H, rows, Ev)``, when the caller made it (rows that read values of their own);
+        otherwise ``weights @ values``."""
+        if scores is not None:
+            top = scores.detach().float().amax(dim=(-2, -1))
+            self.max_logit = top if self.max_logit is None else torch.maximum(self.max_logit, top)
         keys, stop = weights.shape[-1], start + weights.shape[-2]
         live = weights.sum(-1) > 0  # (s, H, rows): rows that attend to anything
         if self.expected is not None and product is None and self.values is not None:
@@ -158,20 +165,22 @@ def logit_max(scores: Tensor) -> Tensor:
     return s.masked_fill(~torch.isfinite(s), float("-inf")).amax(dim=(-2, -1))
 
 
-def head_norms(values: Tensor, out_weight: Tensor | None = None) -> Tensor:
+def head_norms(values: Tensor, out_weight: Tensor | None = None, gram: Tensor | None = None) -> Tensor:
     """``(s, H, S)`` ‖v_j‖, or ‖W_O^h v_j‖ with ``out_weight`` ``(E_out, H·hd)`` (the head's columns of
-    the output projection), through the head's ``hd × hd`` Gram matrix so no ``(s, H, S, E)`` exists.
+    the output projection), through the head's ``hd × hd`` Gram matrix so no ``(s, H, S, E)`` exists;
+    ``gram`` ``(H, hd, hd)`` is that matrix, given instead of ``out_weight``.
 
     Shape:
         values: ``(s, H, S, hd)``.
     """
     v = values.float()
-    if out_weight is None:
-        return v.norm(dim=-1)
     heads, hd = v.shape[1], v.shape[-1]
-    w = out_weight.float().reshape(out_weight.shape[0], heads, hd).transpose(0, 1)  # (H, E_out, hd)
-    gram = w.transpose(-2, -1) @ w  # (H, hd, hd)
-    sq = ((v @ gram[None]) * v).sum(-1)
+    if gram is None and out_weight is not None:
+        w = out_weight.float().reshape(out_weight.shape[0], heads, hd).transpose(0, 1)  # (H, E_out, hd)
+        gram = w.transpose(-2, -1) @ w  # (H, hd, hd)
+    if gram is None:
+        return v.norm(dim=-1)
+    sq = ((v @ gram.float()[None]) * v).sum(-1)
     return sq.clamp_min(0).sqrt()
 
 
@@ -196,53 +205,16 @@ def sdpa_probe(q: Tensor, v: Tensor | None, out: Tensor | None, dropout_p: float
     return Probe(values, expected, None, head_norms(values), sink_keys, tolerance)
 
 
-def mha_probe(
-    value: Tensor | None,
-    output: Tensor | None,
-    *,
-    num_heads: int,
-    batch_first: bool,
-    samples: int,
-    v_weight: Tensor | None,
-    v_bias: Tensor | None,
-    bias_v: Tensor | None,
-    add_zero_attn: bool,
-    out_weight: Tensor | None,
-    out_bias: Tensor | None,
-    dropout_p: float,
-    sink_keys: int,
-) -> Probe:
-    """The probe of one ``nn.MultiheadAttention`` call: the module's own value projection (``bias_v``
-    and ``add_zero_attn`` appended as it does), ``out_proj`` applied to A·V, and the module's output as
-    the reference (the attention output before ``out_proj`` is not visible from outside).
+def eager_probe(values: Tensor | None, product: Tensor | None, sink_keys: int) -> Probe:
+    """The probe of an eager attention: the values the module multiplied its attention with and the
+    product it computed (the reference). Captured weights that are the module's own softmax output
+    reproduce it exactly, unless the module changed them in between (mixed its heads, say).
 
     Shape:
-        value, output: ``(L, N, E)``, ``(N, L, E)`` with ``batch_first``, or unbatched ``(L, E)``.
+        values: ``(s, H, S, Ev)``; product: ``(s, H, L, Ev)``.
     """
-    if value is None or v_weight is None or out_weight is None:
+    if values is None:
         return Probe(sink_keys=sink_keys)
-
-    def batch_major(t: Tensor) -> Tensor:
-        t = t.detach()
-        if t.dim() == 2:
-            return t.unsqueeze(0)
-        return (t if batch_first else t.transpose(0, 1))[:samples]
-
-    with torch.autocast(value.device.type, enabled=False):
-        v = torch.nn.functional.linear(
-            batch_major(value).float(), v_weight.detach().float(), None if v_bias is None else v_bias.float()
-        )  # (s, S, E)
-        v, _ = append_extra(v, bias_v, add_zero_attn)
-        s, _, embed = v.shape
-        values = v.view(s, v.shape[1], num_heads, embed // num_heads).transpose(1, 2)  # (s, H, S, hd)
-        w_out = out_weight.detach().float()
-        b_out = None if out_bias is None else out_bias.detach().float()
-
-    def project(heads_out: Tensor) -> Tensor:  # (s, H, rows, hd) -> (s, rows, E)
-        joined = heads_out.transpose(1, 2).reshape(heads_out.shape[0], heads_out.shape[2], -1)
-        return torch.nn.functional.linear(joined, w_out, b_out)
-
-    nested = output is not None and output.is_nested
-    expected = None if output is None or nested or dropout_p > 0 else batch_major(output)
-    tolerance = None if expected is None else fidelity_tolerance(expected.dtype)
-    return Probe(values, expected, project, head_norms(values, w_out), sink_keys, tolerance, projected=True)
+    v = values.detach().float()
+    tolerance = None if product is None else fidelity_tolerance(product.dtype)
+    return Probe(v, product, None, head_norms(v), sink_keys, tolerance)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol, overload
 
+import torch
 from torch import Tensor
 
 from lightning_attnviz.capture.discover import AttentionSite
-from lightning_attnviz.capture.inputs import Inputs, Path
+from lightning_attnviz.capture.inputs import Inputs, Path, SoftmaxOutput
 from lightning_attnviz.capture.kinds import CallInputs
 from lightning_attnviz.capture.windows import WindowCall
 
@@ -35,6 +36,12 @@ class Recorder(Protocol):
     def keep(self, t: Tensor | None) -> Tensor | None: ...
 
     def add(self, name: str, inputs: Inputs, path: Path, **meta: Any) -> None: ...
+
+    def hold(self, name: str, inputs: SoftmaxOutput, shape: torch.Size, **meta: Any) -> None: ...
+
+    def held_shape(self, name: str) -> torch.Size | None: ...
+
+    def complete(self, values: Tensor | None, product: Tensor | None) -> None: ...
 
     def skip(self, name: str, message: str, stacklevel: int = 3) -> None: ...
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable, Collection
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
@@ -26,15 +27,20 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_attnviz.capture.discover import AttentionSite
 from lightning_attnviz.capture.flex import FLEX_HOP
-from lightning_attnviz.capture.inputs import MHAInputs, SDPAInputs, SoftmaxOutput
+from lightning_attnviz.capture.inputs import SDPAInputs, SoftmaxOutput
 from lightning_attnviz.capture.kinds import WINDOW_READERS, folded_batch, folded_warning
+from lightning_attnviz.capture.mha import MHACall, MHAParams, project
 from lightning_attnviz.capture.probe import logit_max
 from lightning_attnviz.capture.readers import window_sdpa, window_softmax
 from lightning_attnviz.capture.recorder import Recorder
 
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _SOFTMAX_FUNCS = frozenset({torch.softmax, torch.Tensor.softmax, F.softmax, torch.special.softmax})
+_PRODUCT_FUNCS = frozenset(
+    {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm}
+)
 _MHA_FUNCTIONAL_SIG = inspect.signature(F.multi_head_attention_forward)
+_DROPOUT_SIG = inspect.signature(F.dropout)
 _MHA_FORWARD_SIG = inspect.signature(nn.MultiheadAttention.forward)
 _ENCODER_LAYER_SIG = inspect.signature(nn.TransformerEncoderLayer.forward)
 
@@ -73,11 +79,41 @@ class _Interceptor(TorchFunctionMode):
             self._softmax(cap, site, out, args, kwargs)
         elif func is F.multi_head_attention_forward:
             self._mha_functional(cap, site, args, kwargs, out)
+        elif func in _PRODUCT_FUNCS or func is F.dropout:
+            self._product(cap, site, func, args, kwargs, out)
         return out
 
-    def _sdpa(
-        self, cap: Recorder, site: AttentionSite, args: tuple, kwargs: dict, out: Any = None
+    def _product(
+        self, cap: Recorder, site: AttentionSite, func: Any, args: tuple, kwargs: dict, out: Any
     ) -> None:
+        """The first ``weights @ values`` after an eager softmax, in the same site: its operands and
+        result are the fidelity check's (a train-mode dropout in between makes it random: not checked)."""
+        shape = cap.held_shape(site.name)
+        weights = args[0] if args else kwargs.get("input")
+        if shape is None or not isinstance(weights, Tensor) or weights.numel() != shape.numel():
+            return
+        if weights.shape[-2:] != shape[-2:]:
+            return
+        if func is F.dropout:
+            b = _DROPOUT_SIG.bind(*args, **kwargs).arguments
+            if b.get("training", True) and b.get("p", 0.5) > 0:
+                cap.complete(None, None)
+            return
+        values = args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("mat2"))
+        compiling = torch.compiler.is_dynamo_compiling()  # a consumer of the product changes the fusion
+        if compiling or not isinstance(values, Tensor) or not isinstance(out, Tensor):
+            return cap.complete(None, None)
+        if values.dim() != weights.dim() or values.shape[-2] != shape[-1]:
+            return cap.complete(None, None)
+        s, heads = cap.samples, shape[1] if len(shape) == 4 else 1
+        four = (shape[0], heads, *values.shape[-2:]), (shape[0], heads, *out.shape[-2:])
+        try:
+            v, product = values.reshape(four[0])[:s], out.reshape(four[1])[:s]
+        except RuntimeError:  # not this attention's product
+            return cap.complete(None, None)
+        cap.complete(cap.keep(v.detach()), cap.keep(product.detach()))
+
+    def _sdpa(self, cap: Recorder, site: AttentionSite, args: tuple, kwargs: dict, out: Any = None) -> None:
         bound = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
         if site.layout.reader in WINDOW_READERS:
             return window_sdpa(cap, site, bound, out)
@@ -110,9 +146,7 @@ class _Interceptor(TorchFunctionMode):
             dropout_p=float(bound.get("dropout_p", 0.0)),
         )
 
-    def _softmax(
-        self, cap: Recorder, site: AttentionSite, out: Tensor, args: tuple, kwargs: dict
-    ) -> None:
+    def _softmax(self, cap: Recorder, site: AttentionSite, out: Tensor, args: tuple, kwargs: dict) -> None:
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         if not isinstance(out, Tensor) or dim not in (-1, out.dim() - 1):
             return
@@ -133,10 +167,10 @@ class _Interceptor(TorchFunctionMode):
         top = None  # the softmax's input is the logits: keep their max at finite positions, (s, H)
         if isinstance(logits, Tensor) and logits.numel() == out.numel():
             top = cap.keep(logit_max(logits.reshape(out.shape)[: cap.samples]))
-        cap.add(
+        cap.hold(  # recorded at the product that follows, or when the site returns without one
             site.name,
             SoftmaxOutput(kept, cap.keep(None if padded is None else padded[: cap.samples]), top),
-            path="eager_softmax",
+            out.shape,
             causal=None,
             masked=None,
             gqa_groups=1,
@@ -148,30 +182,17 @@ class _Interceptor(TorchFunctionMode):
         self, cap: Recorder, site: AttentionSite, args: tuple, kwargs: dict, out: Any = None
     ) -> None:
         b = _MHA_FUNCTIONAL_SIG.bind(*args, **kwargs).arguments
-        separate = b.get("use_separate_proj_weight", False)
-        record_mha(
-            cap,
-            site.name,
+        call = MHACall(
             b["query"],
             b["key"],
-            num_heads=b["num_heads"],
-            in_proj_weight=None if separate else b["in_proj_weight"],
-            in_proj_bias=b["in_proj_bias"],
-            q_proj_weight=b.get("q_proj_weight"),
-            k_proj_weight=b.get("k_proj_weight"),
-            bias_k=b["bias_k"],
-            add_zero_attn=b["add_zero_attn"],
+            b["value"],
             key_padding_mask=b.get("key_padding_mask"),
             attn_mask=b.get("attn_mask"),
             is_causal=b.get("is_causal", False),
-            dropout_p=float(b["dropout_p"]) if b.get("training", True) else 0.0,
-            value=b["value"],
-            v_proj_weight=b.get("v_proj_weight") if separate else None,
-            bias_v=b["bias_v"],
-            out_proj_weight=b["out_proj_weight"],
-            out_proj_bias=b["out_proj_bias"],
             output=out[0] if isinstance(out, tuple) and out else None,
         )
+        dropout = float(b["dropout_p"]) if b.get("training", True) else 0.0
+        record_mha(cap, site.name, MHAParams.functional(b), call, dropout)
 
 
 def _unnest(src: Tensor, samples: int, width: int | None) -> tuple[Tensor, Tensor]:
@@ -197,19 +218,17 @@ def mha_tap(
         bound = _MHA_FORWARD_SIG.bind(mha, *args, **kwargs).arguments
 
         def after(result: Any) -> None:
-            _record_module(
-                cap,
-                site.name,
-                mha,
+            call = MHACall(
                 bound["query"],
                 bound["key"],
+                bound["value"],
                 key_padding_mask=bound.get("key_padding_mask"),
                 attn_mask=bound.get("attn_mask"),
                 is_causal=bound.get("is_causal", False),
                 batch_first=mha.batch_first,
-                value=bound["value"],
                 output=result[0] if isinstance(result, tuple) and result else None,
             )
+            record_mha(cap, site.name, MHAParams.of(mha), call, mha.dropout if mha.training else 0.0)
 
         return after
 
@@ -223,25 +242,23 @@ def encoder_layer_tap(
         cap.entered.add(site.name)
         bound = _ENCODER_LAYER_SIG.bind(layer, *args, **kwargs).arguments
         src, padding = bound["src"], bound.get("src_key_padding_mask")
-        batch_first = layer.self_attn.batch_first
         if src.is_nested:  # nn.TransformerEncoder's fast path packed the padded batch
             src, padding = _unnest(src, cap.samples, cap.padded_width)
         if layer.norm_first:
             norm = layer.norm1
             src = F.layer_norm(src, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        _record_module(
-            cap,
-            site.name,
-            layer.self_attn,
+        mha = layer.self_attn
+        call = MHACall(
             src,
             src,
+            src,  # no output: the fused layer's output is not the attention's
             key_padding_mask=padding,
             attn_mask=bound.get("src_mask"),
             is_causal=bound.get("is_causal", False),
-            batch_first=batch_first,
+            batch_first=mha.batch_first,
             self_attention=True,
-            value=src,  # no output: the fused layer's output is not the attention's
         )
+        record_mha(cap, site.name, MHAParams.of(mha), call, mha.dropout if mha.training else 0.0)
 
     return before
 
@@ -256,118 +273,19 @@ def encoder_tap(cap: Recorder, encoder: nn.TransformerEncoder) -> Callable[[tupl
     return before
 
 
-def _record_module(
-    cap: Recorder, name: str, mha: nn.MultiheadAttention, query: Tensor, key: Tensor, **kw: Any
-) -> None:
-    """:func:`record_mha` with the parameters of an ``nn.MultiheadAttention`` instance."""
-    record_mha(
-        cap,
-        name,
-        query,
-        key,
-        num_heads=mha.num_heads,
-        in_proj_weight=mha.in_proj_weight if mha._qkv_same_embed_dim else None,
-        in_proj_bias=mha.in_proj_bias,
-        q_proj_weight=mha.q_proj_weight,
-        k_proj_weight=mha.k_proj_weight,
-        bias_k=mha.bias_k,
-        add_zero_attn=mha.add_zero_attn,
-        dropout_p=mha.dropout if mha.training else 0.0,
-        v_proj_weight=mha.v_proj_weight,
-        bias_v=mha.bias_v,
-        out_proj_weight=mha.out_proj.weight,
-        out_proj_bias=mha.out_proj.bias,
-        **kw,
-    )
-
-
-def record_mha(
-    cap: Recorder,
-    name: str,
-    query: Tensor,
-    key: Tensor,
-    *,
-    num_heads: int,
-    in_proj_weight: Tensor | None,
-    in_proj_bias: Tensor | None,
-    q_proj_weight: Tensor | None = None,
-    k_proj_weight: Tensor | None = None,
-    bias_k: Tensor | None = None,
-    add_zero_attn: bool = False,
-    key_padding_mask: Tensor | None = None,
-    attn_mask: Tensor | None = None,
-    is_causal: bool = False,
-    batch_first: bool = False,
-    dropout_p: float = 0.0,
-    self_attention: bool = False,
-    value: Tensor | None = None,
-    v_proj_weight: Tensor | None = None,
-    bias_v: Tensor | None = None,
-    out_proj_weight: Tensor | None = None,
-    out_proj_bias: Tensor | None = None,
-    output: Tensor | None = None,
-) -> None:
-    """Record multi-head attention from ``nn.MultiheadAttention``'s parameters (or
-    ``F.multi_head_attention_forward``'s arguments); with ``self_attention``, padded query rows
-    are hidden too. Separate q/k/v projections are used when ``in_proj_weight`` is ``None``. ``value``,
-    the value and output projections and the ``output`` are kept for the fidelity check."""
-    s = cap.samples
-    if isinstance(output, Tensor) and output.is_nested:
-        output = None
-    if query.dim() == 3:  # keep only the sampled rows
-        rows = (slice(None, s),) if batch_first else (slice(None), slice(None, s))
-        query, key = query[rows], key[rows]
-        value = None if value is None or value.is_nested else value[rows]
-        output = None if output is None or output.dim() != 3 else output[rows]
-        if key_padding_mask is not None:
-            key_padding_mask = key_padding_mask[:s]
-        if attn_mask is not None and attn_mask.dim() == 3:  # (N·H, L, S)
-            attn_mask = attn_mask[: s * num_heads]
-    embed = query.shape[-1] if in_proj_weight is None else in_proj_weight.shape[0] // 3
-    if in_proj_weight is None:
-        if q_proj_weight is None or k_proj_weight is None:  # as F.multi_head_attention_forward requires
-            raise ValueError("`q_proj_weight` and `k_proj_weight` are needed without `in_proj_weight`")
-        q_weight, k_weight, v_weight = q_proj_weight, k_proj_weight, v_proj_weight
-    else:
-        q_weight, k_weight = in_proj_weight[:embed], in_proj_weight[embed : 2 * embed]
-        v_weight = in_proj_weight[2 * embed :]
-    bias = in_proj_bias
-    keep = cap.keep
-    detach = _detached
-    inputs = MHAInputs(
-        query=keep(query),
-        key=keep(key),
-        num_heads=num_heads,
-        q_weight=keep(q_weight),
-        k_weight=keep(k_weight),
-        q_bias=keep(None if bias is None else bias[:embed]),
-        k_bias=keep(None if bias is None else bias[embed : 2 * embed]),
-        bias_k=keep(bias_k),
-        add_zero_attn=add_zero_attn,
-        key_padding_mask=keep(key_padding_mask),
-        attn_mask=keep(attn_mask),
-        is_causal=bool(is_causal),
-        batch_first=batch_first,
-        hide_padded_queries=self_attention,
-        value=keep(detach(value)),
-        v_weight=keep(detach(v_weight)) if value is not None else None,
-        v_bias=keep(detach(None if bias is None else bias[2 * embed :])) if value is not None else None,
-        bias_v=keep(detach(bias_v)) if value is not None else None,
-        out_weight=keep(detach(out_proj_weight)) if value is not None else None,
-        out_bias=keep(detach(out_proj_bias)) if value is not None else None,
-        output=keep(detach(output)),
-    )
+def record_mha(cap: Recorder, name: str, params: MHAParams, call: MHACall, dropout_p: float) -> None:
+    """Record one multi-head attention call: the sampled rows projected with ``params`` on the call's
+    device (never the projection weights), kept as the capture keeps everything."""
+    inputs = project(params, call, cap.samples)
+    tensors = {f.name: getattr(inputs, f.name) for f in fields(inputs)}
+    kept: dict[str, Any] = {name: cap.keep(t) for name, t in tensors.items() if isinstance(t, Tensor)}
     cap.add(
         name,
-        inputs,
+        replace(inputs, **kept),
         path="mha",
-        causal=bool(is_causal),
-        masked=key_padding_mask is not None or attn_mask is not None or bool(is_causal),
+        causal=bool(call.is_causal),
+        masked=call.key_padding_mask is not None or call.attn_mask is not None or bool(call.is_causal),
         gqa_groups=1,
-        scale=(q_weight.shape[0] // num_heads) ** -0.5,
+        scale=(inputs.q.shape[-1] // params.num_heads) ** -0.5,
         dropout_p=dropout_p,
     )
-
-
-def _detached(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.detach()

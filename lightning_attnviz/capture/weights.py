@@ -11,11 +11,10 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_attnviz.capture.heads import append_extra, batch_dims_to_heads
-from lightning_attnviz.capture.pooling import Computed, _Collector
+from lightning_attnviz.capture.heads import batch_dims_to_heads
+from lightning_attnviz.capture.pooling import EXACT, Computed, Storage, _Collector
 from lightning_attnviz.capture.probe import Probe
 
 # Scores alive at once while computing: samples·heads·rows·keys ≤ this many float32 values (4 MiB),
@@ -40,9 +39,7 @@ def sdpa_weights(
     scale: float | None = None,
     enable_gqa: bool = False,
     samples: int = 1,
-    max_tokens: int | None = None,
-    stats: bool = False,
-    sink_keys: int = 1,
+    storage: Storage = EXACT,
     probe: Probe | None = None,
 ) -> Computed:
     """The weights ``F.scaled_dot_product_attention`` applies, for the first ``samples`` batch rows.
@@ -75,9 +72,7 @@ def sdpa_weights(
             visible = mask
         else:
             bias = mask.float()
-    return _softmax_in_chunks(
-        q, k, scale, bias, visible, is_causal, None, max_tokens, stats, sink_keys, probe
-    )
+    return _softmax_in_chunks(q, k, scale, bias, visible, is_causal, None, storage, probe)
 
 
 def _softmax_in_chunks(
@@ -88,9 +83,7 @@ def _softmax_in_chunks(
     visible: Tensor | None,
     causal: bool = False,
     hidden_rows: Tensor | None = None,
-    max_tokens: int | None = None,
-    stats: bool = False,
-    sink_keys: int = 1,
+    storage: Storage = EXACT,
     probe: Probe | None = None,
 ) -> Computed:
     """softmax(q kᵀ · scale + bias) over keys, with ``visible``, ``causal`` and ``hidden_rows`` applied,
@@ -103,7 +96,7 @@ def _softmax_in_chunks(
     """
     samples, heads, length, _ = q.shape
     width = k.shape[-2]
-    collector = _Collector(samples, heads, length, width, max_tokens, stats, q.device, sink_keys)
+    collector = _Collector(samples, heads, length, width, storage, q.device)
     rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
     kt = k.float().transpose(-2, -1)
     cols = torch.arange(width, device=q.device)
@@ -167,13 +160,7 @@ def _full_visible(
     return out
 
 
-def scores_weights(
-    scores: Tensor,
-    max_tokens: int | None = None,
-    stats: bool = False,
-    sink_keys: int = 1,
-    probe: Probe | None = None,
-) -> Computed:
+def scores_weights(scores: Tensor, storage: Storage = EXACT, probe: Probe | None = None) -> Computed:
     """softmax over keys of scores a tap already finished (FlexAttention's post-``score_mod`` scores),
     a block of rows at a time; ``-inf`` marks a hidden key, and a row with no visible key gets zero.
 
@@ -181,15 +168,13 @@ def scores_weights(
         scores: ``(s, H, q, k)``.
     """
     rows = lambda start, stop: scores[..., start:stop, :]  # noqa: E731
-    return rows_softmax(rows, tuple(scores.shape), max_tokens, stats, sink_keys, probe)
+    return rows_softmax(rows, tuple(scores.shape), storage, probe)
 
 
 def rows_softmax(
     scores_of: Callable[[int, int], Tensor],
     shape: tuple[int, ...],
-    max_tokens: int | None = None,
-    stats: bool = False,
-    sink_keys: int = 1,
+    storage: Storage = EXACT,
     probe: Probe | None = None,
     product_of: Callable[[int, Tensor], Tensor] | None = None,
     counts_of: Callable[[int, int], Tensor] | None = None,
@@ -208,7 +193,7 @@ def rows_softmax(
             blocks may repeat a global or sliding one). The probe still reads the plain logits.
     """
     samples, heads, length, width = shape
-    collector = _Collector(samples, heads, length, width, max_tokens, stats, torch.device("cpu"), sink_keys)
+    collector = _Collector(samples, heads, length, width, storage, torch.device("cpu"))
     rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
     full = None if collector.pooled else torch.ones(shape, dtype=torch.bool)
     hidden = False
@@ -255,27 +240,29 @@ def hide_fully_masked_rows(weights: Tensor, padded_queries: Tensor | None) -> Te
 
 def collect_weights(
     weights: Tensor,
-    max_tokens: int | None = None,
-    stats: bool = False,
-    sink_keys: int = 1,
+    storage: Storage = EXACT,
     padded_queries: Tensor | None = None,
+    probe: Probe | None = None,
 ) -> Computed:
     """Pass weights a model computed itself (eager softmax) through the same pooling and statistics,
     a block of rows at a time. Exact zeros are taken as masked positions; rows spread uniformly over
-    fully masked keys are zeroed first (:func:`hide_fully_masked_rows`).
+    fully masked keys are zeroed first (:func:`hide_fully_masked_rows`). ``probe`` compares them, times
+    the values the model multiplied them with, with the product the model computed.
 
     Shape:
         weights: ``(s, H, q, k)``; padded_queries: ``(s, q)`` bool, True for padding.
     """
     weights = hide_fully_masked_rows(weights, padded_queries)
     samples, heads, length, width = weights.shape
-    collector = _Collector(samples, heads, length, width, max_tokens, stats, weights.device, sink_keys)
+    collector = _Collector(samples, heads, length, width, storage, weights.device)
     rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
     any_zero = False
     for start in range(0, length, rows):
         chunk = weights[..., start : start + rows, :].float()
         nonzero = chunk != 0
         any_zero = any_zero or not bool(nonzero.all())
+        if probe is not None:  # the logits are not seen here: fidelity and value norms only
+            probe.add(start, None, chunk)
         collector.add(start, chunk, nonzero)
     full = (weights != 0).cpu() if any_zero and not collector.pooled else None
     collector.masked = collector.masked and any_zero
@@ -285,96 +272,3 @@ def collect_weights(
 def _rows(mask: Tensor, start: int, stop: int) -> Tensor:
     """Rows ``start:stop`` of a mask whose query dim may be broadcast (size 1)."""
     return mask if mask.shape[-2] == 1 else mask[..., start:stop, :]
-
-
-def mha_weights(
-    query: Tensor,
-    key: Tensor,
-    *,
-    num_heads: int,
-    q_weight: Tensor,
-    k_weight: Tensor,
-    q_bias: Tensor | None,
-    k_bias: Tensor | None,
-    bias_k: Tensor | None = None,
-    add_zero_attn: bool = False,
-    key_padding_mask: Tensor | None = None,
-    attn_mask: Tensor | None = None,
-    is_causal: bool = False,
-    batch_first: bool = False,
-    samples: int = 1,
-    hide_padded_queries: bool = False,
-    max_tokens: int | None = None,
-    stats: bool = False,
-    sink_keys: int = 1,
-    probe: Probe | None = None,
-) -> Computed:
-    """The per-head weights of ``nn.MultiheadAttention``, recomputed from its projection weights.
-
-    Mirrors ``F.multi_head_attention_forward``: bool masks mean *masked* when True (the opposite of
-    SDPA), ``bias_k`` and ``add_zero_attn`` append one key each, a 3-D ``attn_mask`` is per
-    ``batch·head``. Only the first ``samples`` batch rows are projected. With ``hide_padded_queries``
-    (self-attention), rows of padded queries get no weight: on PyTorch's nested fast path they do not
-    exist.
-
-    Shape:
-        - query: ``(L, N, E)``, or ``(N, L, E)`` when ``batch_first``, or unbatched ``(L, E)``.
-        - weights: ``(samples, num_heads, L, S)``.
-    """
-    if query.dim() == 2:  # unbatched
-        query, key = query.unsqueeze(1), key.unsqueeze(1)
-        batch_first = False
-        if key_padding_mask is not None:
-            key_padding_mask = key_padding_mask.unsqueeze(0)
-    if not batch_first:
-        query, key = query.transpose(0, 1), key.transpose(0, 1)
-    batch = query.shape[0]
-    query, key = query[:samples].detach(), key[:samples].detach()
-    with torch.autocast(query.device.type, enabled=False):
-        q = F.linear(query.float(), q_weight.detach().float(), _maybe_float(q_bias))
-        k = F.linear(key.float(), k_weight.detach().float(), _maybe_float(k_bias))
-    s, length, embed = q.shape
-    head_dim = embed // num_heads
-
-    bias = _to_additive(attn_mask, masked_value=True)
-    if bias is not None and bias.dim() == 3:  # (N·H, L, S) -> (s, H, L, S)
-        bias = bias.view(batch, num_heads, *bias.shape[-2:])[:samples]
-    padding = _to_additive(key_padding_mask, masked_value=True)
-    k, extra = append_extra(k, bias_k, add_zero_attn)
-    if extra:
-        pad = (0, extra)
-        bias = F.pad(bias, pad) if bias is not None else None
-        padding = F.pad(padding, pad) if padding is not None else None
-    hidden_rows = None
-    if hide_padded_queries and key_padding_mask is not None:
-        hidden = _to_additive(key_padding_mask, masked_value=True)
-        hidden_rows = None if hidden is None else torch.isneginf(hidden[:samples])  # (s, L)
-    if padding is not None:
-        padding = padding[:samples, None, None, :]  # (s, 1, 1, S)
-        bias = padding if bias is None else bias + padding
-
-    q = q.view(s, length, num_heads, head_dim).transpose(1, 2)  # (s, H, L, hd)
-    k = k.view(s, k.shape[1], num_heads, head_dim).transpose(1, 2)  # (s, H, S, hd)
-    if bias is not None:
-        while bias.dim() < 4:
-            bias = bias.unsqueeze(0)
-    causal = is_causal and attn_mask is None  # with a mask, MHA treats is_causal as a hint only
-    scale = 1.0 / math.sqrt(head_dim)
-    return _softmax_in_chunks(
-        q, k, scale, bias, None, causal, hidden_rows, max_tokens, stats, sink_keys, probe
-    )
-
-
-def _maybe_float(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.detach().float()
-
-
-def _to_additive(mask: Tensor | None, masked_value: bool) -> Tensor | None:
-    """A float32 additive mask: bool entries equal to ``masked_value`` become -inf."""
-    if mask is None:
-        return None
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
-            mask == masked_value, float("-inf")
-        )
-    return mask.detach().float()

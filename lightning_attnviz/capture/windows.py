@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_attnviz.capture.pooling import Computed, _Collector
+from lightning_attnviz.capture.pooling import EXACT, Computed, Storage, _Collector
 from lightning_attnviz.capture.probe import Health, Probe, logit_max, sdpa_probe
 from lightning_attnviz.capture.weights import sdpa_weights
 
@@ -239,12 +239,13 @@ def window_inputs(
 
 
 def window_weights(
-    x: WindowInputs, max_tokens: int | None, stats: bool, sink_keys: int, dropout_p: float = 0.0
+    x: WindowInputs, storage: Storage, dropout_p: float = 0.0
 ) -> tuple[Computed, Health]:
     """The dense map of one windowed call: the window weights (the model's, or recomputed from its q, k
     and mask) placed on the stage's tokens, and the health read on the windows (max logit per image and
     head; fidelity to the kernel's output, window by window)."""
     count = x.tokens.shape[0]
+    sink_keys = storage.sink_keys
     if x.weights is not None:
         win = x.weights.float()
         health = Probe(sink_keys=sink_keys).result(x.max_logit)
@@ -261,7 +262,7 @@ def window_weights(
         top = top.reshape(samples, count, -1).amax(1)  # (s, H)
     # value norms and the sink share are per window (each window's first slot): not the image's
     health = replace(health, max_logit=top, value_norms=None, value_sink=None)
-    return place(win, x.tokens, x.visible, x.grid[0] * x.grid[1], max_tokens, stats, sink_keys), health
+    return place(win, x.tokens, x.visible, x.grid[0] * x.grid[1], storage), health
 
 
 def place(
@@ -269,9 +270,7 @@ def place(
     tokens: Tensor,
     visible: Tensor | None,
     length: int,
-    max_tokens: int | None = None,
-    stats: bool = False,
-    sink_keys: int = 1,
+    storage: Storage = EXACT,
 ) -> Computed:
     """Window weights placed on the stage's tokens: keys outside a query's window, and keys the shift
     mask hides, weigh 0 and are hidden; padding slots are dropped. Each window entry is scattered to
@@ -295,14 +294,14 @@ def place(
     ok, keys = keys_ok[window_of, row_of], tokens[window_of]  # (L, N): its window's keys
     rows = win[:, window_of, :, row_of, :].permute(1, 2, 0, 3)  # (s, H, L, N), query tokens in order
     rows = rows.float().masked_fill(~ok, 0.0)
-    collector = _Collector(samples, heads, length, length, max_tokens, stats, torch.device("cpu"), sink_keys)
+    collector = _Collector(samples, heads, length, length, storage, torch.device("cpu"))
     if collector.stats is not None:
         collector.stats.update(0, rows, ok[None, None], keys=torch.where(ok, keys, length))
     queries = torch.arange(length)[:, None].expand(length, size)
     collector.scatter(queries[ok], keys[ok], rows[..., ok])
     full = None
-    if not collector.pooled and not bool(ok.all()):
-        full = torch.zeros(length * length, dtype=torch.bool)
-        full[queries[ok] * length + keys[ok]] = True
-        full = full.view(1, 1, length, length)
+    if not collector.pooled:  # the exact map's mask: its windows' visible keys
+        seen = torch.zeros(length * length, dtype=torch.bool)
+        seen[queries[ok] * length + keys[ok]] = True
+        full = None if bool(seen.all()) else seen.view(1, 1, length, length)
     return collector.result(full)

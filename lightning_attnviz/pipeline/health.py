@@ -135,7 +135,9 @@ def max_logit_matrix(layers: Sequence[str], healths: Sequence[Health]) -> np.nda
 def fidelity_cell(health: Health | None, path: str) -> str:
     """The module table's fidelity column: max |error| and whether it is within the tolerance."""
     if health is None or health.error is None:
-        return "— (eager: the model's own weights)" if path == "eager_softmax" else "—"
+        if path == "eager_softmax":
+            return "not checked (no weights @ values product seen after the softmax)"
+        return "not checked (no output to compare: dropout, a fused layer or a compiled kernel)"
     rel = health.relative_error or 0.0
     verdict = "ok" if health.tolerance is None or rel <= health.tolerance else "MISMATCH"
     return f"{health.error:.1e} ({verdict})"
@@ -186,7 +188,7 @@ def max_logit_pictures(records: Sequence[AttentionMap], step: int) -> list[Pictu
 
 
 def value_weighted_pictures(
-    records: Sequence[AttentionMap], labels: list, max_tokens: int, step: int
+    records: Sequence[AttentionMap], labels: list, max_tokens: int, step: int, keep: int = 1
 ) -> list[Picture]:
     """Per sample and layer, every head's ``‖α_ij·f(v_j)‖`` (rows renormalised to 1, so the colour
     scale reads as for raw maps) and their mean, for maps captured exactly."""
@@ -203,7 +205,7 @@ def value_weighted_pictures(
             if h.projected
             else "‖α_ij · v_j‖ (no out_proj: not visible at SDPA)"
         )
-        for view in make_views([replace(r, weights=weighted)], labels, max_tokens):
+        for view in make_views([replace(r, weights=weighted)], labels, max_tokens, keep=keep):
             title = (f"{view.layer} · value-weighted", f"sample {view.sample} · step {step}")
             note = f"{f}, Kobayashi et al. 2020; rows renormalised" + (f"; {view.note}" if view.note else "")
             image = draw_head_grid(replace(view, note=note), title).image
@@ -255,19 +257,16 @@ def health_groups(
     labels: list,
     job: Any,
     max_tokens: int,
-    grid: PatchGrid | None,
     health: bool,
+    keep: int = 1,
 ) -> list[tuple[str, Callable[[], list[Picture]]]]:
-    """``(kind, draw)`` per health picture this capture asks for, each drawn (and failing) on its own."""
+    """``(kind, draw)`` per health picture this capture asks for, each drawn (and failing) on its own
+    (relevance is drawn with the pictures a saved capture can draw again: ``plan.view_groups``)."""
     groups: list[tuple[str, Callable[[], list[Picture]]]] = []
     if health and "stats" in plots:
         groups.append(("max_logit", lambda: max_logit_pictures(records, job.step)))
     if "value_weighted" in plots:
         groups.append(
-            ("value_weighted", lambda: value_weighted_pictures(records, labels, max_tokens, job.step))
-        )
-    if job.relevance:
-        groups.append(
-            ("relevance", lambda: relevance_pictures(job.relevance, labels, grid, job.images, job.step))
+            ("value_weighted", lambda: value_weighted_pictures(records, labels, max_tokens, job.step, keep))
         )
     return groups

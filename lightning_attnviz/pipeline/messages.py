@@ -24,6 +24,7 @@ from lightning_attnviz.capture.inputs import MHAInputs, Pending, ScoresInputs, S
 from lightning_attnviz.capture.relevance import RelevanceMap
 from lightning_attnviz.capture.windows import WindowInputs
 from lightning_attnviz.pipeline.settings import MonitorConfig
+from lightning_attnviz.render.plots import PictureSettings
 from lightning_attnviz.sinks.base import Outputs
 from lightning_attnviz.sinks.tags import Tags
 
@@ -37,6 +38,20 @@ class Setup:
     grid: PatchGrid | None
     tags: Tags
     log_dir: str | None  # where the saved captures go (None: not saved)
+
+    @property
+    def sink(self) -> int:
+        """Leading keys counted as the attention sink, and never pooled: ``sink_tokens``, else a ViT's
+        prefix tokens, else 1."""
+        prefix = self.grid.prefix_tokens if self.grid is not None else 0
+        return self.config.sink_tokens or prefix or 1
+
+    @property
+    def pictures(self) -> PictureSettings:
+        """What this fit's pictures are drawn with (saved with each capture for the CLI)."""
+        c = self.config
+        return PictureSettings(self.plots, c.max_tokens, self.sink, c.heads, c.top_k, self.grid,
+                               c.rollout_fusion, c.rollout_discard)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,31 @@
 """What one capture draws: the picture kinds as separate drawing steps, the image overlays, and the
-Attention tab's records. Plain functions of the fit's :class:`~lightning_attnviz.pipeline.messages.Setup`, the
-capture's :class:`~lightning_attnviz.pipeline.messages.Job` and what was computed from it; the
-:class:`~lightning_attnviz.pipeline.run.Pipeline` runs each step on its own and encodes the results."""
+Attention tab's records. Plain functions of the fit's :class:`~lightning_attnviz.pipeline.messages.Setup`,
+the capture's :class:`~lightning_attnviz.pipeline.messages.Job` and what was computed from it; the
+:class:`~lightning_attnviz.pipeline.run.Pipeline` runs each step on its own and encodes the results.
+
+:func:`view_groups` draws from what a saved capture holds (the stored maps, images, relevance and
+:class:`~lightning_attnviz.render.plots.PictureSettings`): the CLI draws through it too, so a picture
+drawn again from the file is the picture the monitor logged."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any, overload
 
 import numpy as np
 
 from lightning_attnviz.analysis.history import History
-from lightning_attnviz.analysis.views import AttentionView, LayerStats, make_views
+from lightning_attnviz.analysis.views import AttentionView, LayerStats, pool_view
 from lightning_attnviz.analysis.vision import cls_to_patches, mean_received, rollout
-from lightning_attnviz.capture.grid import PatchGrid
+from lightning_attnviz.capture.grid import PatchGrid, stage_grid
 from lightning_attnviz.capture.inputs import AttentionMap
-from lightning_attnviz.pipeline.health import health_groups
+from lightning_attnviz.capture.relevance import RelevanceMap
+from lightning_attnviz.pipeline.health import health_groups, relevance_pictures
 from lightning_attnviz.pipeline.messages import Job, Setup
 from lightning_attnviz.render.maps import Picture, render_views
 from lightning_attnviz.render.overlay import overlay, overlay_grid
-from lightning_attnviz.render.plots import IMAGE_PLOTS, TOKEN_PLOTS
+from lightning_attnviz.render.plots import IMAGE_PLOTS, TOKEN_PLOTS, PictureSettings
 from lightning_attnviz.render.stats import StatsPicture, render_stats
 from lightning_attnviz.sinks.tags import Tags
 from lightning_attnviz.tab import record
@@ -36,43 +42,80 @@ def picture_tag(tags: Tags, picture: Picture) -> str:
     return tags.picture(kind, picture.sample, picture.layer, picture.head)
 
 
+Groups = list[tuple[str, Callable[[], list[Picture]]]]
+
+
+def drawn_views(
+    s: PictureSettings, stored: Sequence[AttentionView], limit: int | None = None
+) -> list[AttentionView]:
+    """The stored maps as the token pictures draw them: pooled by the rule to ``max_tokens`` (or to
+    ``limit``, smaller: the history's :data:`~lightning_attnviz.analysis.history.HISTORY_TOKENS`)."""
+    limit = s.max_tokens if limit is None else min(limit, s.max_tokens)
+    return [pool_view(v, limit, s.grid, s.keep) for v in stored]
+
+
 def picture_groups(
     setup: Setup,
     history: History,
-    views: list[AttentionView],
+    stored: list[AttentionView],
+    drawn: list[AttentionView],
     records: list[AttentionMap],
     job: Job,
     stats: Sequence[LayerStats] = (),
     drift: Mapping[str, np.ndarray] | None = None,
     previous: PreviousStats | None = None,
-) -> list[tuple[str, Callable[[], list[Picture]]]]:
+    evolving: list[AttentionView] | None = None,
+) -> Groups:
     """``(kind, draw)`` per picture kind ``setup.plots`` asks for: each is drawn, and fails, on its own.
 
     Args:
+        stored, drawn: the maps as stored and as the token pictures draw them (:func:`drawn_views`).
+        evolving: the maps as the history keeps them, for the evolution strip (default ``drawn``).
         stats, drift: this capture's per-head scalars (in forward order) and drift, for ``"stats"``.
         previous: what the previous capture's stats pictures were drawn from, for their change panels.
     """
     c = setup.config
+    evolving = drawn if evolving is None else evolving
     strips = {}
     if "evolution" in setup.plots:
-        for v in views:
+        for v in evolving:
             strip = history.strip(v.sample, v.layer)
             if strip is not None:
                 strips[(v.sample, v.layer)] = strip
-    kinds = [k for k in setup.plots if k in TOKEN_PLOTS]
-    groups: list[tuple[str, Callable[[], list[Picture]]]] = [
-        (k, partial(render_views, views, job.step, [k], (), c.top_k, strips)) for k in kinds
-    ]
-    if c.heads:
-        groups.append(("head heatmaps", lambda: render_views(views, job.step, [], c.heads, c.top_k, strips)))
+    labels = [list(x) if x is not None else None for x in job.labels]
+    groups = view_groups(setup.pictures, stored, drawn, job.images, job.step, strips, job.relevance, labels)
+    if strips:  # the strip is drawn at the history's resolution
+        redrawn = ("evolution", lambda: render_views(evolving, job.step, ["evolution"], (), c.top_k, strips))
+        groups = [redrawn if k == "evolution" else (k, draw) for k, draw in groups]
     if "stats" in setup.plots and stats:
         groups.append(("stats", lambda: stats_pictures(setup, stats, drift, job, previous)))
-    if setup.grid is not None and job.images:
+    groups += health_groups(setup.plots, records, labels, job, c.max_tokens, c.health, setup.sink)
+    return groups
+
+
+def view_groups(
+    s: PictureSettings,
+    stored: Sequence[AttentionView],
+    drawn: Sequence[AttentionView],
+    images: Sequence[np.ndarray],
+    step: int,
+    strips: Mapping[tuple[int, str], Any] | None = None,
+    relevance: Sequence[RelevanceMap] = (),
+    labels: Sequence[Sequence[str] | None] = (),
+) -> Groups:
+    """``(kind, draw)`` per picture drawn from what a saved capture holds: the token pictures (from
+    ``drawn``), each head's own heatmap, the image overlays and rollout (from ``stored``, over
+    ``images``, float in [0, 1]) and relevance. The monitor and the CLI both draw through it."""
+    kinds = [k for k in s.plots if k in TOKEN_PLOTS]
+    groups: Groups = [(k, partial(render_views, drawn, step, [k], (), s.top_k, strips)) for k in kinds]
+    if s.heads:
+        groups.append(("head heatmaps", lambda: render_views(drawn, step, [], s.heads, s.top_k, strips)))
+    if s.grid is not None and images:
         for kind in IMAGE_PLOTS:
-            if kind in setup.plots:
-                groups.append((kind, partial(vision, setup, kind, records, job)))
-    labels = [list(x) if x is not None else None for x in job.labels]
-    groups += health_groups(setup.plots, records, labels, job, c.max_tokens, setup.grid, c.health)
+            if kind in s.plots:
+                groups.append((kind, partial(vision, s, kind, stored, images, step)))
+    if relevance:
+        groups.append(("relevance", lambda: relevance_pictures(relevance, labels, s.grid, images, step)))
     return groups
 
 
@@ -84,47 +127,47 @@ def stats_pictures(
     previous: PreviousStats | None,
 ) -> list[Picture]:
     """One layer × head matrix per metric, the sink keys and distance unit as this run counts them."""
-    grid, c = setup.grid, setup.config
-    sink = c.sink_tokens or (grid.prefix_tokens if grid is not None and grid.prefix_tokens else 1)
-    unit = "pixels" if grid is not None else "positions"
-    return list(render_stats(stats, drift, job.step, previous, sink, unit))
+    unit = "pixels" if setup.grid is not None else "positions"
+    return list(render_stats(stats, drift, job.step, previous, setup.sink, unit))
 
 
-def vision(setup: Setup, kind: str, records: list[AttentionMap], job: Job) -> list[Picture]:
+def vision(
+    s: PictureSettings, kind: str, views: Sequence[AttentionView], images: Sequence[np.ndarray], step: int
+) -> list[Picture]:
     """Attention over the image: CLS → patches (or the mean received) per layer, each over its own
-    stage's grid, and rollout where every layer lies on one grid."""
-    base = setup.grid
+    stage's grid, and rollout where every layer lies on one grid.
+
+    ``views``: the stored maps, in sample then forward order; a map pooled while capturing is drawn
+    over the image when its patches were pooled in squares (each patch showing its square's share,
+    spread evenly), and left out of rollout (which needs every layer's exact map).
+    """
+    base = s.grid
     if base is None:
         return []
-    on_grid = on_grids(records, base)
-    pools = [r for r in records if getattr(r, "layout", "token") == "pool" and r.block == (1, 1)]
     pictures = []
-    for sample, image in enumerate(job.images):
-        on_sample = [(r, g) for r, g in on_grid if sample < r.weights.shape[0]]
-        rows = [_pool_row(r, sample, base) for r in pools]
+    for sample, image in enumerate(images):
+        of_sample = [v for v in views if v.sample == sample]
+        on_grid = [(v, grid_of(v, base)) for v in of_sample if v.layout != "pool"]
+        heats = [(v, grid, patch_heats(v, grid)) for v, grid in on_grid]
+        rows = [(v, _pool_row(v, base)) for v in of_sample if v.layout == "pool"]
+        title = f"sample {sample} · step {step}"
         if kind == "rollout":
-            if on_sample and len({g for _, g in on_grid}) == 1:  # no patch merging between the layers
-                readout = next((row for row in rows if row is not None), None)
-                maps = [r for r, _ in on_sample]
-                pictures.append(_rollout(setup, on_sample[0][1], image, maps, sample, readout, job.step))
+            exact = [(v, grid) for v, grid, heat in heats if heat is not None and v.pooling is None]
+            if exact and len({grid for _, grid in exact}) == 1:  # no patch merging between the layers
+                readout = next((row for _, row in rows if row is not None), None)
+                maps = [v for v, _ in exact]
+                pictures.append(_rollout(s, exact[0][1], image, maps, sample, readout, step))
             continue
-        for r, grid in on_sample:
-            heat_of = cls_to_patches if grid.prefix_tokens else mean_received
-            what = "CLS → patches" if grid.prefix_tokens else "mean attention received"
-            if grid != base:
-                what += f"; stage grid {grid.rows}×{grid.cols}"
-            heats = heat_of(r.weights[sample], grid)  # (heads, rows, cols)
-            pictures.append(_over(kind, sample, image, heats, _title(r, sample, job), what, grid))
-        for r, row in zip(pools, rows, strict=True):
+        for v, grid, heat in heats:
+            if heat is not None:
+                what = _what(v, grid, base)
+                pictures.append(_over(kind, sample, image, heat, (v.layer, title), what, grid))
+        for v, row in rows:
             if row is not None:  # the latent → patches row the classifier reads
-                heats = row[:, base.prefix_tokens :].reshape(-1, base.rows, base.cols)
+                heat = row[:, base.prefix_tokens :].reshape(-1, base.rows, base.cols)
                 note = "attention pool → patches (what the classifier reads), mean over latents"
-                pictures.append(_over(kind, sample, image, heats, _title(r, sample, job), note, base))
+                pictures.append(_over(kind, sample, image, heat, (v.layer, title), note, base))
     return pictures
-
-
-def _title(record: AttentionMap, sample: int, job: Job) -> tuple[str, str]:
-    return record.key, f"sample {sample} · step {job.step}"
 
 
 def on_grids(records: list[AttentionMap], base: PatchGrid) -> list[tuple[AttentionMap, PatchGrid]]:
@@ -138,19 +181,58 @@ def on_grids(records: list[AttentionMap], base: PatchGrid) -> list[tuple[Attenti
     return found
 
 
-def tab_records(
-    setup: Setup, into: list[tuple[str, bytes]], records: list[AttentionMap], labels: list, job: Job
-) -> None:
-    """The Attention tab's records, appended to ``into``: maps pooled to ``dashboard_tokens`` (image
-    maps kept whole, so patches stay patches) and, for images, the picture itself."""
+@overload
+def grid_of(view: AttentionView, base: PatchGrid) -> PatchGrid: ...
+@overload
+def grid_of(view: AttentionView, base: PatchGrid | None) -> PatchGrid | None: ...
+def grid_of(view: AttentionView, base: PatchGrid | None) -> PatchGrid | None:
+    """The token grid a view's map lies on: its own stage's for a windowed map
+    (:attr:`AttentionView.stage`), else the model's patch grid."""
+    return stage_grid(base, view.stage) if view.stage is not None else base
+
+
+def _what(view: AttentionView, grid: PatchGrid, base: PatchGrid) -> str:
+    """What an overlay shows, said on the picture."""
+    what = "CLS → patches" if grid.prefix_tokens else "mean attention received"
+    if grid != base:
+        what += f"; stage grid {grid.rows}×{grid.cols}"
+    if view.pooling is not None:
+        what += f"; {view.note}; each patch: its square's share / size"
+    return what
+
+
+def patch_heats(view: AttentionView, grid: PatchGrid) -> np.ndarray | None:
+    """``(heads, rows, cols)``: CLS → patches, or without prefix tokens the mean attention each patch
+    receives; ``None`` when the map is not over ``grid``'s tokens. A map pooled in squares of patches
+    gives each patch its square's weight divided by the square's size (what is known, spread evenly)."""
+    p = grid.prefix_tokens
+    if view.pooling is None:
+        if view.weights.shape[-2:] != (grid.length, grid.length):
+            return None
+        return cls_to_patches(view.weights, grid) if p else mean_received(view.weights, grid)
+    q, k = view.pooling
+    if q.grid != grid or k.grid != grid:
+        return None
+    spread = np.eye(k.blocks)[k.group] / k.sizes[k.group][:, None]  # (tokens, blocks): evenly
+    keys = view.weights.astype(np.float64) @ spread.T  # (H, q blocks, tokens)
+    if p:
+        row = keys[:, q.group[0], p:]  # CLS is a block of its own
+    else:
+        counts = q.sizes.astype(np.float64)  # query rows per block: the mean over every query patch
+        row = (keys[..., p:] * counts[:, None]).sum(axis=-2) / counts.sum()
+    return row.reshape(-1, grid.rows, grid.cols)
+
+
+def tab_records(setup: Setup, into: list[tuple[str, bytes]], stored: list[AttentionView], job: Job) -> None:
+    """The Attention tab's records, appended to ``into``: the stored maps, pooled by the rule to
+    ``dashboard_tokens``, and for a map over the image's patches the picture itself (with the pooled
+    grid when its squares are whole)."""
     base, c = setup.grid, setup.config
-    limit = max(c.dashboard_tokens, base.length if base is not None else 0)
-    targets = [None if x is None else list(x) for x in job.target_labels]
-    stages = {r.key: base.stage(r.grid) for r in records if base is not None and r.grid is not None}
-    for view in make_views(records, labels, limit, targets, base.labels() if base is not None else None):
-        grid = stages.get(view.layer, base)
-        on_grid = grid is not None and not view.note and view.weights.shape[-1] == grid.length
-        image = job.images[view.sample] if on_grid and view.sample < len(job.images) else None
+    for view in stored:
+        grid = grid_of(view, base)
+        view = pool_view(view, c.dashboard_tokens, grid, setup.sink)
+        cells = _record_grid(view, grid if base is not None else None)
+        image = job.images[view.sample] if cells is not None and view.sample < len(job.images) else None
         blob = record.encode_map(
             layer=view.layer,
             sample=view.sample,
@@ -161,20 +243,32 @@ def tab_records(
             k_labels=view.k_labels,
             note=view.note,
             image=image,
-            grid=grid.grid if on_grid and grid is not None else None,
-            prefix_tokens=grid.prefix_tokens if on_grid and grid is not None else 0,
+            grid=cells.grid if image is not None and cells is not None else None,
+            prefix_tokens=cells.prefix_tokens if image is not None and cells is not None else 0,
             epoch=job.epoch,
         )
         into.append((setup.tags.tab(view.sample, view.layer), blob))
 
 
-def _pool_row(record: AttentionMap, sample: int, grid: PatchGrid) -> np.ndarray | None:
+def _record_grid(view: AttentionView, grid: PatchGrid | None) -> PatchGrid | None:
+    """The patch grid of a tab record's keys: the image's, or the pooled one when its squares are
+    whole (the tab draws a key over an equal share of the image); ``None`` otherwise."""
+    if grid is None:
+        return None
+    if view.pooling is None:
+        return grid if view.weights.shape[-1] == grid.length else None
+    keys = view.pooling[1]
+    whole = keys.grid == grid and grid.rows % keys.factor == 0 and grid.cols % keys.factor == 0
+    return keys.cells if whole else None
+
+
+def _pool_row(view: AttentionView, grid: PatchGrid) -> np.ndarray | None:
     """An attention pool's weights on the grid's tokens, ``(heads, grid.length)``, averaged over its
     latent queries (keys that are only the patches get zero prefix columns); ``None`` if its keys are
     not this grid's tokens."""
-    if sample >= record.weights.shape[0]:
+    if view.pooling is not None:
         return None
-    w = record.weights[sample].double().numpy().mean(axis=-2)  # (heads, keys)
+    w = view.weights.astype(np.float64).mean(axis=-2)  # (heads, keys)
     if w.shape[-1] == grid.length:
         return w
     if w.shape[-1] == grid.patches:
@@ -197,22 +291,19 @@ def _over(
 
 
 def _rollout(
-    setup: Setup,
+    s: PictureSettings,
     grid: PatchGrid,
     image: np.ndarray,
-    records: list[AttentionMap],
+    views: list[AttentionView],
     sample: int,
     readout: np.ndarray | None,
     step: int,
 ) -> Picture:
     """Attention rollout through the layers over the image, read out by the CLS token, the attention
     pool's row when the model has one, or the mean attention received."""
-    c = setup.config
-    rolled = rollout(
-        [r.weights[sample] for r in records], c.rollout_fusion, c.rollout_discard, grid.prefix_tokens
-    )
-    note = f"{len(records)} layers, {c.rollout_fusion} over heads"
-    note += f", {c.rollout_discard:.0%} discarded" if c.rollout_discard else ""
+    rolled = rollout([v.weights for v in views], s.rollout_fusion, s.rollout_discard, grid.prefix_tokens)
+    note = f"{len(views)} layers, {s.rollout_fusion} over heads"
+    note += f", {s.rollout_discard:.0%} discarded" if s.rollout_discard else ""
     if readout is not None:
         heat = (readout.mean(axis=0) @ rolled)[grid.prefix_tokens :].reshape(grid.rows, grid.cols)
         note += "; read out by the attention pool"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_attnviz.analysis.history import Diagnostics, History
+from lightning_attnviz.analysis.history import HISTORY_TOKENS, Diagnostics, History
 from lightning_attnviz.analysis.roles import RoleHistory, roles_note
 from lightning_attnviz.analysis.views import AttentionView, LayerStats, layer_stats, make_views
 from lightning_attnviz.capture.grid import PatchGrid
 from lightning_attnviz.capture.inputs import AttentionMap, Pending, compute
 from lightning_attnviz.pipeline.health import HealthWarnings, health_scalars, module_table
 from lightning_attnviz.pipeline.messages import Job, Setup
-from lightning_attnviz.pipeline.plan import PreviousStats, on_grids, picture_groups, picture_tag, tab_records
+from lightning_attnviz.pipeline.plan import (
+    PreviousStats,
+    drawn_views,
+    on_grids,
+    picture_groups,
+    picture_tag,
+    tab_records,
+)
 from lightning_attnviz.pipeline.roles import marker_texts, roles_step
 from lightning_attnviz.pipeline.tab_extras import add_markers, add_overview
 from lightning_attnviz.render.maps import Picture, encode_png
@@ -71,11 +79,11 @@ class Pipeline:
         """Outputs of one capture and the warnings it raised (each at most once per fit)."""
         self.messages = []
         c, tags = self.setup.config, self.setup.tags
+        # the images as the capture file keeps them (uint8), so that the CLI draws what is drawn here
+        job = replace(job, images=tuple(formats.stored_image(im) / 255.0 for im in job.images))
         out = Outputs(job.step, epoch=job.epoch)
-        sink = c.sink_tokens or (
-            self.setup.grid.prefix_tokens if self.setup.grid and self.setup.grid.prefix_tokens else 1
-        )
-        records = self._compute(job.pending, sink)
+        sink = self.setup.sink
+        records = self._compute(job.pending)
         records = self._select(records)
         self._check(records, job)
         if job.modules:
@@ -101,12 +109,15 @@ class Pipeline:
         if new_layers and c.stats:
             self.layers += new_layers
             out.layout = tags.layout(self.layers, c.head_stats)
-        labels, targets = _labels(job)
-        grid = self.setup.grid.labels() if self.setup.grid is not None else None
-        views = (
-            self._step("reduction", lambda: make_views(records, labels, c.max_tokens, targets, grid)) or []
+        stored: list[AttentionView] = self._step("reduction", lambda: self._stored(records, job)) or []
+        views = self._step("pooling for pictures", lambda: drawn_views(self.setup.pictures, stored)) or []
+        evolving: list[AttentionView] = (  # what the history keeps (the strips, the drift)
+            self._step(
+                "pooling for the history", lambda: drawn_views(self.setup.pictures, views, HISTORY_TOKENS)
+            )
+            or []
         )
-        drift = self._drift(views, job)
+        drift = self._drift(evolving, job)
         for st in stats:
             values = {m: getattr(st, m) for m in LayerStats.METRICS}
             if st.layer in drift:
@@ -115,19 +126,18 @@ class Pipeline:
                 _scalars(out.scalars, tags, metric, st.layer, per_head, c.head_stats)
         if c.histograms:
             self._step("histograms", lambda: _histograms(out.histograms, tags, records))
-        drawn = self._pictures(out, views, records, job, stats, drift)
+        drawn = self._pictures(out, stored, views, records, job, stats, drift, evolving)
         if stats:
             self.previous_stats = (job.step, stats, drift)
         if c.dashboard:
-            self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, records, labels, job))
+            self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, stored, job))
             self._step("Attention tab overview", lambda: add_overview(out, tags, drawn, job.epoch))
             markers = marker_texts(out.phase_changes)
             self._step("Attention tab markers", lambda: add_markers(out, tags, markers))
-        if c.save_captures and self.setup.log_dir is not None and views:
+        if c.save_captures and self.setup.log_dir is not None and stored:
             path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
-            images = list(job.images) if self.setup.grid is not None else []
             try:
-                formats.save_capture(path, views, job.step, job.epoch, self.setup.grid, images)
+                self._save(path, stored, job)
             except Exception as err:  # a full disk: told once with the sinks' failures (self.writes)
                 self.writes.add("the capture files", f"the capture file {path}", err)
         return out, self.messages
@@ -150,12 +160,32 @@ class Pipeline:
             self._warned.add(key)
             self.messages.append(message)
 
-    def _compute(self, pending: tuple[Pending, ...], sink: int) -> list[AttentionMap]:
+    def _stored(self, records: list[AttentionMap], job: Job) -> list[AttentionView]:
+        """The maps as stored (saved, sent to the tab, drawn over images): as computed, at float16."""
+        labels, targets = _labels(job)
+        return make_views(records, labels, None, targets, self.setup.grid, self.setup.sink)
+
+    def _save(self, path: Path, stored: list[AttentionView], job: Job) -> None:
+        """The capture file: the stored maps and all the pictures drawn from them need."""
+        images = list(job.images) if self.setup.grid is not None else []
+        formats.save_capture(
+            path,
+            stored,
+            job.step,
+            job.epoch,
+            self.setup.grid,
+            images,
+            pictures=self.setup.pictures,
+            labels=[None if x is None else list(x) for x in job.labels],
+            relevance=job.relevance,
+        )
+
+    def _compute(self, pending: tuple[Pending, ...]) -> list[AttentionMap]:
         c = self.setup.config
         records = []
         for p in pending:
             try:
-                records.append(compute(p, c.store_tokens, c.stats, sink))
+                records.append(compute(p, c.store_tokens, c.stats, self.setup.sink, self.setup.grid))
             except Exception as err:  # one step failing must never lose the others
                 self._warn_once(
                     f"compute:{p.module}",
@@ -220,12 +250,14 @@ class Pipeline:
                 "pooled",
                 f"AttentionMonitor: attention maps up to {longest} tokens long are "
                 f"block-pooled to at most store_tokens={c.store_tokens} per side while capturing, "
-                "to bound memory (query rows averaged, keys summed). Scalars still use every row; "
-                "pictures say how they were pooled"
+                "to bound memory (query rows averaged, keys summed; prefix and sink tokens kept alone, "
+                "image patches in squares, other tokens in contiguous blocks). Scalars still use every "
+                "row; pictures, the tab and the saved captures say how they were pooled."
                 + (
-                    f"; those on the image are not drawn over it (store_tokens={longest} would)."
-                    if grid is not None and any(r.grid is not None or grid.length in r.length for r in pooled)
-                    else "."
+                    " Attention rollout needs every layer's exact map and is not drawn: raise "
+                    f"`store_tokens` to {longest} to draw it."
+                    if grid is not None and "rollout" in self.setup.plots
+                    else ""
                 ),
             )
         for r in records:
@@ -279,17 +311,19 @@ class Pipeline:
     def _pictures(
         self,
         out: Outputs,
+        stored: list[AttentionView],
         views: list[AttentionView],
         records: list[AttentionMap],
         job: Job,
         stats: list[LayerStats],
         drift: dict[str, np.ndarray],
+        evolving: list[AttentionView],
     ) -> list[Picture]:
         """Draws and encodes every picture kind into ``out``; returns the pictures drawn."""
-        tags = self.setup.tags
+        tags, previous = self.setup.tags, self.previous_stats
         drawn: list[Picture] = []
         groups = picture_groups(
-            self.setup, self.history, views, records, job, stats, drift, self.previous_stats
+            self.setup, self.history, stored, views, records, job, stats, drift, previous, evolving
         )
         for kind, draw in groups:
             pictures = self._step(f"drawing the {kind} pictures", draw) or []

@@ -62,10 +62,13 @@ def draw_heatmap(
     k_labels: Sequence[str],
     title: layout.Title,
     note: str = "",
+    key_sizes: np.ndarray | None = None,
 ) -> Canvas:
     """:func:`heatmap` with its layout: ``boxes["map"]`` is the map area, one ``cell`` per token,
     and ``texts`` the strings as drawn."""
+    columns = np.shape(weights)[-1]
     weights, visible, q_labels, k_labels = _bounded(weights, visible, q_labels, k_labels)
+    key_sizes = _kept(key_sizes, columns, weights)
     q_len, k_len = weights.shape
     cell = int(np.clip(MAP_SIDE // max(q_len, k_len), 2, 24))
     every = layout.stride(cell)
@@ -74,11 +77,12 @@ def draw_heatmap(
     map_x = _PAD + caption + 4 + label_w + 4
     width = max(map_x + k_len * cell + 14 + layout.colorbar_width(TICKS) + _PAD, 360)
     top = layout.header_height(title, width)
-    foot, foot_h = layout.footer(f"{_notes(note, masked=visible is not None)}\n{SCALE_NOTE}", width)
+    note = _notes(note, PER_TOKEN if key_sizes is not None else "", masked=visible is not None)
+    foot, foot_h = layout.footer(f"{note}\n{SCALE_NOTE}", width)
     map_h, bar_h = q_len * cell, max(q_len * cell, 150)
     below = 4 + label_w + 4 + caption
     canvas = Canvas(top + max(map_h, bar_h) + below + foot_h, width)
-    canvas.paste(layout.scale_up(colorize(weights, visible), cell), map_x, top, "map")
+    canvas.paste(layout.scale_up(colorize(weights, visible, key_sizes), cell), map_x, top, "map")
     for i in range(0, q_len, every):
         canvas.text(q_labels[i], map_x - 4, top + (i + 0.5) * cell, _LABEL, anchor="rm")
     for j in range(0, k_len, every):
@@ -96,16 +100,28 @@ def heatmap(
     k_labels: Sequence[str],
     title: layout.Title,
     note: str = "",
+    key_sizes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Query rows × key columns of one map, labelled with the tokens, with a colorbar.
 
     Args:
         title: a string (wrapped) or one line per item (each shortened in the middle to fit).
+        key_sizes: tokens per key column of a pooled map (coloured per token, see ``scale.levels``).
 
     Shape:
         weights, visible: ``(q, k)``; returns ``(H, W, 3)`` uint8.
     """
-    return draw_heatmap(weights, visible, q_labels, k_labels, title, note).image
+    return draw_heatmap(weights, visible, q_labels, k_labels, title, note, key_sizes).image
+
+
+def _kept(sizes: np.ndarray | None, columns: int, weights: np.ndarray) -> np.ndarray | None:
+    """Key sizes for the columns drawn; ``None`` when the picture bound pooled the columns again."""
+    return sizes if sizes is not None and weights.shape[-1] == columns else None
+
+
+def _key_sizes(view: AttentionView) -> np.ndarray | None:
+    """Tokens per key column of a pooled view; ``None`` when each column is one token."""
+    return None if view.pooling is None or not view.pooling[1].pooled else view.pooling[1].sizes
 
 
 def _head_visible(view: AttentionView, head: int) -> np.ndarray | None:
@@ -124,7 +140,8 @@ def draw_head_grid(view: AttentionView, title: layout.Title) -> Canvas:
             [np.broadcast_to(view.visible, view.weights.shape), mean_visible[None]]),
         view.q_labels, view.k_labels, limit,
     )  # fmt: skip
-    tiles = list(colorize(weights, visible))
+    sizes = _kept(_key_sizes(view), view.weights.shape[-1], weights)
+    tiles = list(colorize(weights, visible, sizes))
     names = [[f"head {h}"] for h in range(view.heads)] + [["mean"]]
     # one row of up to 6 tiles, as wide as TensorBoard's cards; at least 2 px a cell, then fewer columns
     size = max(weights.shape[-2:])
@@ -132,7 +149,8 @@ def draw_head_grid(view: AttentionView, title: layout.Title) -> Canvas:
     cols = max(1, min(len(tiles), (GRID_WIDTH + 140) // (cell * size + 10)))
     smaller = size < max(view.weights.shape[-2:])
     pooled = f"tiles pooled to {size} cells a side for the page" if smaller else ""
-    note = _notes(view.note, pooled, SCALE_NOTE, masked=view.visible is not None)
+    per_token = PER_TOKEN if sizes is not None else ""
+    note = _notes(view.note, per_token, pooled, SCALE_NOTE, masked=view.visible is not None)
     return layout.grid(tiles, names, cols, title, note, cell, (), q_labels, k_labels, _BAR)
 
 
@@ -158,11 +176,13 @@ def draw_atlas(views: Sequence[AttentionView], title: layout.Title) -> Canvas:
     # pixels a tile gets: a row of heads fits a card's width, the column of layers its height
     side = int(np.clip(min(ATLAS_WIDTH // heads, ATLAS_HEIGHT // len(views)) - 10, 16, 64))
     tiles: list[np.ndarray | None] = []
-    pooled = False
+    pooled = per_token = False
     for view in views:
         weights, visible, _, _ = _bounded(view.weights, view.visible, view.q_labels, view.k_labels, side)
         pooled |= weights.shape[-1] < view.weights.shape[-1] or weights.shape[-2] < view.weights.shape[-2]
-        tiles += [*colorize(weights, visible), *[None] * (heads - view.heads)]
+        sizes = _kept(_key_sizes(view), view.weights.shape[-1], weights)
+        per_token |= sizes is not None
+        tiles += [*colorize(weights, visible, sizes), *[None] * (heads - view.heads)]
     size = max(t.shape[0] for t in tiles if t is not None)
     cell = int(np.clip(round(side / size), 1, 12))
     wide = cell * size + 8 >= layout.width(f"head {heads - 1}", _LABEL)
@@ -173,8 +193,8 @@ def draw_atlas(views: Sequence[AttentionView], title: layout.Title) -> Canvas:
     notes = sorted({v.note for v in views if v.note})
     masked = any(v.visible is not None for v in views)
     shown = f"tiles pooled to {side} cells a side for the page" if pooled else ""
-    note = _notes(f"layers {prefix}*" if prefix else "", "" if wide else "columns: heads", *notes, shown,
-                  SCALE_NOTE, masked=masked)  # fmt: skip
+    note = _notes(f"layers {prefix}*" if prefix else "", "" if wide else "columns: heads", *notes,
+                  PER_TOKEN if per_token else "", shown, SCALE_NOTE, masked=masked)  # fmt: skip
     return layout.grid(tiles, names, heads, title, note, cell, rows, bar=_BAR)
 
 
@@ -187,14 +207,20 @@ MAX_STRIP = 12  # panels drawn at most (the newest)
 STRIP_ROW = 5  # panels a row of the evolution strip holds: more wrap, so the strip reads on a card
 
 
-def draw_evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title, note: str = "") -> Canvas:
+def draw_evolution(
+    strip: Strip,
+    visible: np.ndarray | None,
+    title: layout.Title,
+    note: str = "",
+    key_sizes: np.ndarray | None = None,
+) -> Canvas:
     """:func:`evolution` with its layout; panel ``i`` at ``boxes[f"tile {i}"]``, the Δ last."""
     maps: list[np.ndarray] = list(strip.maps)[-MAX_STRIP:]
     steps, epochs = (list(x)[-MAX_STRIP:] for x in (strip.steps, strip.epochs))
     tiles, names = [], []
     for m, step, epoch in zip(maps, steps, epochs, strict=True):
         weights, shown, _, _ = _bounded(m, visible, [], [], STRIP_TILE)
-        tiles.append(colorize(weights, shown))
+        tiles.append(colorize(weights, shown, _kept(key_sizes, m.shape[-1], weights)))
         names.append([f"step {step}", f"ep {epoch}"])
     cell = int(np.clip(STRIP_TILE // max(tiles[0].shape[:2]), 1, 12))
     scale = SCALE_NOTE
@@ -207,17 +233,23 @@ def draw_evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title
         names.append(["Δ step", f"{steps[-2]}→{steps[-1]}"])
         scale += f"; Δ: red = more weight, blue = less (±{span:.2g})"
     names = [[layout.fit(n, _LABEL, len(tiles[0][0]) * cell + 8) for n in lines] for lines in names]
-    note = _notes(note, scale, masked=visible is not None)
+    note = _notes(note, PER_TOKEN if key_sizes is not None else "", scale, masked=visible is not None)
     return layout.grid(tiles, names, min(len(tiles), STRIP_ROW), title, note, cell, bar=_BAR)
 
 
-def evolution(strip: Strip, visible: np.ndarray | None, title: layout.Title, note: str = "") -> np.ndarray:
+def evolution(
+    strip: Strip,
+    visible: np.ndarray | None,
+    title: layout.Title,
+    note: str = "",
+    key_sizes: np.ndarray | None = None,
+) -> np.ndarray:
     """The same map at successive captures on one scale, then the change since the previous capture.
 
     Shape:
-        strip.maps: each ``(q, k)``; visible: ``(q, k)`` or ``None``.
+        strip.maps: each ``(q, k)``; visible: ``(q, k)`` or ``None``; key_sizes: ``(k,)``.
     """
-    return draw_evolution(strip, visible, title, note).image
+    return draw_evolution(strip, visible, title, note, key_sizes).image
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -241,6 +273,10 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 _PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# said in a pooled picture's note: a block's colour is its weight per token (see ``scale.levels``)
+PER_TOKEN = "a pooled key is coloured by its weight per token"
 
 
 @dataclass(frozen=True)
@@ -276,6 +312,7 @@ def render_views(
     pictures = []
     for view in views:
         mean, mean_visible = view.head_mean()
+        sizes = _key_sizes(view)
         where = f"sample {view.sample} · step {step}"
         if "heatmap" in plots:
             image = heatmap(
@@ -285,14 +322,14 @@ def render_views(
                 view.k_labels,
                 (view.layer, f"{where} · head mean"),
                 view.note,
+                sizes,
             )
             pictures.append(Picture("heatmap", view.sample, view.layer, image))
         for h in heads:
             if h < view.heads:
                 title = (view.layer, f"{where} · head {h}")
-                image = heatmap(
-                    view.weights[h], _head_visible(view, h), view.q_labels, view.k_labels, title, view.note
-                )
+                shown, labels = _head_visible(view, h), (view.q_labels, view.k_labels)
+                image = heatmap(view.weights[h], shown, *labels, title, view.note, sizes)
                 pictures.append(Picture("heatmap", view.sample, view.layer, image, head=h))
         if "heads" in plots:
             image = head_grid(view, (view.layer, f"{where} · {view.heads} heads and their mean"))
@@ -305,7 +342,7 @@ def render_views(
         strip = (strips or {}).get((view.sample, view.layer))
         if "evolution" in plots and strip is not None and len(strip.maps):
             title = (view.layer, f"sample {view.sample} · head mean over the last {len(strip.maps)} captures")
-            image = evolution(strip, mean_visible, title, view.note)
+            image = evolution(strip, mean_visible, title, view.note, sizes)
             pictures.append(Picture("evolution", view.sample, view.layer, image))
     if "atlas" in plots:
         for sample in sorted({v.sample for v in views}):

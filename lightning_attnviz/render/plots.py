@@ -1,6 +1,12 @@
-"""The plot kinds: one vocabulary for the callback's ``plots=``, the drawing plan and the CLI."""
+"""The plot kinds: one vocabulary for the callback's ``plots=``, the drawing plan and the CLI; and the
+settings every capture's pictures are drawn with."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightning_attnviz.analysis.vision import HeadFusion
+from lightning_attnviz.capture.grid import PatchGrid
 
 # Per sample and layer, drawn from the token maps (``render.maps``).
 TOKEN_PLOTS: tuple[str, ...] = ("heatmap", "heads", "arrows", "atlas", "evolution")
@@ -24,3 +30,28 @@ def default_plots(plots: tuple[str, ...] | None, vision: bool) -> tuple[str, ...
     if plots is not None:
         return plots
     return VISION_DEFAULT_PLOTS if vision else TEXT_DEFAULT_PLOTS
+
+
+@dataclass(frozen=True)
+class PictureSettings:
+    """What a capture's pictures are drawn with, beyond its maps and images. A saved capture carries
+    them, so that the CLI draws the monitor's pictures again by the same code.
+
+    Attributes:
+        plots: the picture kinds.
+        max_tokens: rows/columns a picture draws at most; longer maps are pooled by the rule.
+        keep: leading tokens never pooled (the sink tokens; a grid's prefix tokens always are).
+        heads: heads that also get a heatmap of their own.
+        top_k: keys per query in the arrow view.
+        grid: the image's patch grid (vision runs).
+        rollout_fusion, rollout_discard: how rollout fuses heads and what it discards.
+    """
+
+    plots: tuple[str, ...]
+    max_tokens: int = 128
+    keep: int = 1
+    heads: tuple[int, ...] = ()
+    top_k: int = 3
+    grid: PatchGrid | None = None
+    rollout_fusion: HeadFusion = "mean"
+    rollout_discard: float = 0.0

@@ -3,24 +3,25 @@
 A cell shows its share of the row's weight against uniform, ``1/n`` over the row's ``n`` visible keys,
 on a log scale with base ``n``: ``v = 1 + log(w) / log(n)`` is 1 for one-hot, 0 for uniform and -1 for
 ``1/n²``. Uniform sits at a fixed, calm colour (:data:`UNIFORM_RGB`), peaked rows turn yellow, ignored
-keys dark. Axes longer than :data:`MAX_CELLS` are block-pooled and labels cut to :data:`MAX_LABEL`
-characters before anything is drawn.
+keys dark. Axes longer than :data:`MAX_CELLS` are pooled by the one pooling rule and labels cut to
+:data:`MAX_LABEL` characters before anything is drawn.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
+import torch
 
+from lightning_attnviz.capture.blocks import PICTURE_CELLS, plan_axis, pool
 from lightning_attnviz.render import canvas as layout
 
 CMAP = "viridis"
 MASKED_RGB = (215, 215, 215)  # hidden positions (padding, causal future): light gray, not a weight
 UNIFORM_AT = 0.4  # where uniform sits on the colormap: a calm blue, clear of both ends
-MAX_CELLS = 128  # rows/columns drawn at most; longer axes are block-pooled for display
+MAX_CELLS = PICTURE_CELLS  # rows/columns drawn at most; longer axes are pooled by the rule first
 MAX_LABEL = 16  # characters of a token label drawn
 _LUT = (matplotlib.colormaps[CMAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 _DIFF_LUT = (matplotlib.colormaps["RdBu_r"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
@@ -33,17 +34,28 @@ _PAD, _LABEL = layout.PAD, layout.LABEL
 _BAR = (_LUT, TICKS)
 
 
-def levels(weights: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
+def levels(
+    weights: np.ndarray, visible: np.ndarray | None = None, sizes: np.ndarray | None = None
+) -> np.ndarray:
     """Position on the colormap, ``0..1``, of each weight; NaN where hidden or not finite.
 
+    ``sizes``: tokens per key column of a map whose keys were pooled (summed): a cell then shows its
+    share per token against ``1/n`` over the ``n`` visible tokens, so a token kept alone and a block
+    of four at the same weight per token look the same.
+
     Shape:
-        weights: ``(..., q, k)``; visible broadcastable to it.
+        weights: ``(..., q, k)``; visible broadcastable to it; sizes ``(k,)``.
     """
     w = np.asarray(weights, dtype=np.float64)
     hidden = ~np.isfinite(w) if visible is None else ~np.isfinite(w) | ~np.asarray(visible, dtype=bool)
     w = np.where(hidden, 0.0, np.maximum(w, 0.0))
-    n = (~hidden).sum(axis=-1, keepdims=True)
     total = w.sum(axis=-1, keepdims=True)
+    if sizes is None:
+        n = (~hidden).sum(axis=-1, keepdims=True)
+    else:
+        tokens = np.asarray(sizes, dtype=np.float64)
+        n = np.where(hidden, 0.0, tokens).sum(axis=-1, keepdims=True)
+        w = w / tokens
     with np.errstate(divide="ignore", invalid="ignore"):  # thread-local, unlike warnings filters
         share = np.where(total > 0, w / total, 0.0)
         v = np.where(n > 1, 1 + np.log(share) / np.log(np.maximum(n, 2)), np.where(share > 0, 1.0, -1.0))
@@ -51,13 +63,15 @@ def levels(weights: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray
     return np.where(hidden, np.nan, np.clip(t, 0.0, 1.0))
 
 
-def colorize(weights: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
+def colorize(
+    weights: np.ndarray, visible: np.ndarray | None = None, sizes: np.ndarray | None = None
+) -> np.ndarray:
     """Weights → RGB on the uniform-relative scale; hidden and non-finite cells :data:`MASKED_RGB`.
 
     Shape:
         weights: ``(..., q, k)``; returns ``(..., q, k, 3)`` uint8.
     """
-    t = levels(weights, visible)
+    t = levels(weights, visible, sizes)
     rgb = _LUT[np.nan_to_num(t * 255).round().astype(np.uint8)]
     rgb[np.isnan(t)] = MASKED_RGB
     return rgb
@@ -80,22 +94,21 @@ def _clean(label: str) -> str:
 def _bound(
     weights: np.ndarray, visible: np.ndarray | None, labels: Sequence[str], axis: int, limit: int = MAX_CELLS
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Block-pool ``axis`` (-2 queries: mean, -1 keys: sum, as ``reduce.pool_view``) to at most
-    :data:`MAX_CELLS`, so no input makes a picture unbounded; labels cleaned, one per kept block."""
+    """Pool ``axis`` (-2 queries, -1 keys) to at most ``limit`` (:data:`MAX_CELLS`) by the one pooling rule
+    (:func:`~lightning_attnviz.capture.pooling.plan_axis`: the first token alone, contiguous blocks),
+    so no input makes a picture unbounded; labels cleaned, one per kept block. Views arrive pooled
+    already (by the same rule, knowing their grid): this bounds what else is drawn."""
     size = weights.shape[axis]
     labels = list(labels) if len(labels) == size else [str(i) for i in range(size)]
-    block = math.ceil(size / limit)
-    if block > 1:
-
-        def pool(a: np.ndarray, reduce: Callable[..., np.ndarray]) -> np.ndarray:
-            a = np.moveaxis(a, axis, -1)
-            a = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, -size % block)])
-            return np.moveaxis(reduce(a.reshape(*a.shape[:-1], -1, block), axis=-1), -1, axis)
-
+    plan = plan_axis(size, limit)
+    if plan.pooled:
+        other = plan_axis(weights.shape[-1 if axis == -2 else -2], None)
+        q, k = (plan, other) if axis == -2 else (other, plan)
         if visible is not None:
-            visible = pool(np.broadcast_to(visible, weights.shape), np.any)
-        weights = pool(weights, np.mean if axis == -2 else np.sum)
-        labels = [f"{labels[i]}…" for i in range(0, size, block)]
+            shown = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(visible, weights.shape)))
+            visible = pool(shown, q, k).numpy()
+        weights = pool(torch.from_numpy(np.ascontiguousarray(weights)), q, k).numpy().astype(np.float32)
+        labels = plan.labels(labels)
     return weights, visible, [_clean(label) for label in labels]
 
 
