@@ -174,8 +174,9 @@ async function scenarioDefault(browser) {
   await slider.focus();
   await slider.press("Home");
   await until(async () => (await text(frame, "#attnviz-step-label")) !== summary.step_label);
-  summary.step_label_first = await text(frame, "#attnviz-step-label");
+  // the label names the step at once and its epoch when the step's record arrives: read it once drawn
   summary.canvas_changed = Boolean(await until(async () => (await pixels(frame)) !== before));
+  summary.step_label_first = await text(frame, "#attnviz-step-label");
   summary.cells_first = await probe(frame, checks.probe_cells_first);
   // the linear scale, chosen
   await frame.locator("#attnviz-scale").selectOption("linear");
