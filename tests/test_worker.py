@@ -107,6 +107,7 @@ class Idle(Callback):
         channels = shared_worker()._channels.values()
         while trainer.current_epoch in self.epochs and any(ch.jobs for ch in channels):
             assert time.monotonic() < deadline, "the drawing process did not catch up"
+            shared_worker().check()  # as each training step does: a process that died is replaced
             time.sleep(0.05)
 
 
