@@ -34,6 +34,13 @@ _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
 def build_config(**kwargs: Any) -> MonitorConfig:
     """Check every argument; raise ``TypeError``/``ValueError`` naming the first wrong one."""
     k = dict(kwargs)
+    for check in (_check_schedule, _check_diagnostics, _check_selection, _check_inputs):
+        check(k)  # each group in turn, so the first wrong argument is the one named
+    return MonitorConfig(**k)
+
+
+def _check_schedule(k: dict[str, Any]) -> None:
+    """When and how much to capture: the schedule, samples, map sizes (normalised in k)."""
     k["every_n_epochs"] = check_int("every_n_epochs", k["every_n_epochs"], minimum=0)
     k["every_n_steps"] = check_int("every_n_steps", k["every_n_steps"], minimum=1, optional=True)
     k["samples"] = check_int("samples", k["samples"], minimum=1)
@@ -52,6 +59,10 @@ def build_config(**kwargs: Any) -> MonitorConfig:
         )
     k["strip_length"] = check_int("strip_length", k["strip_length"], minimum=2)
     k["sink_tokens"] = check_int("sink_tokens", k["sink_tokens"], minimum=1, optional=True)
+
+
+def _check_diagnostics(k: dict[str, Any]) -> None:
+    """Switches, image grid, rollout, and the health and relevance thresholds (normalised in k)."""
     for name in ("log_sanity_check", "stats", "head_stats", "histograms", "save_captures", "dashboard"):
         check_bool(name, k[name])
     grid = k["image_grid"]
@@ -71,6 +82,10 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     check_callable("relevance_target", k["relevance_target"], "(output) -> Tensor")
     if k["relevance_target"] is not None and not k["relevance"]:
         raise ValueError("`relevance_target` is only used with `relevance=True`, got relevance=False")
+
+
+def _check_selection(k: dict[str, Any]) -> None:
+    """What is drawn: plot kinds, heads, layers, modules, the images' normalisation (normalised in k)."""
     k["plots"] = check_list(
         "plots", k["plots"], lambda p: isinstance(p, str), "plot kinds", optional=True, choices=ALL_PLOTS
     )
@@ -86,6 +101,10 @@ def build_config(**kwargs: Any) -> MonitorConfig:
             "`image_mean` and `image_std` undo the images' normalisation together: pass both or "
             f"neither, got image_mean={k['image_mean']!r} and image_std={k['image_std']!r}"
         )
+
+
+def _check_inputs(k: dict[str, Any]) -> None:
+    """What is read from the data: token labels, decoder target, sample input; the name (normalised in k)."""
     token_labeller(k["tokens"])  # raises TypeError for what cannot label tokens
     _check_target(k["target"])
     if k["sample_input"] is not None:
@@ -103,7 +122,6 @@ def build_config(**kwargs: Any) -> MonitorConfig:
     name = k["name"]
     if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
         raise ValueError(f"`name` must be None or 1-40 letters, digits, '_' or '-', got {name!r}")
-    return MonitorConfig(**k)
 
 
 def _check_target(target: Any) -> None:

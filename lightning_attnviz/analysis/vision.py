@@ -119,13 +119,30 @@ def rollout(
     Shape:
         maps: each ``(heads, L, L)``; returns ``(L, L)``.
     """
+    layers = _rollout_layers(maps, head_fusion, discard_ratio, prefix_tokens)
+    length = layers[0].shape[-1]
+    result = np.eye(length)
+    for a in layers:
+        fused = getattr(a, head_fusion)(axis=0)  # (L, L)
+        if discard_ratio > 0:
+            fused = _discard(fused, discard_ratio, prefix_tokens)
+        fused = fused + np.eye(length)  # the residual stream carries each token on
+        fused = fused / fused.sum(axis=-1, keepdims=True)  # rows, not columns
+        result = fused @ result
+    return result
+
+
+def _rollout_layers(
+    maps: Sequence[torch.Tensor | np.ndarray], head_fusion: str, discard_ratio: float, prefix_tokens: int
+) -> list[np.ndarray]:
+    """:func:`rollout`'s arguments checked, before any maths, and its maps as arrays."""
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"`head_fusion` must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
     if isinstance(discard_ratio, bool) or not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"`discard_ratio` must be a float in [0, 1), got {discard_ratio!r}")
     if len(maps) == 0:
         raise ValueError("`maps` must hold at least one layer's weights, got none")
-    layers = [_numpy(layer) for layer in maps]
+    layers = [_numpy(layer) for layer in maps]  # each (heads, L, L)
     length = layers[0].shape[-1]
     for index, a in enumerate(layers):
         if a.ndim != 3 or a.shape[-2:] != (length, length):
@@ -140,15 +157,7 @@ def rollout(
         or not 0 <= prefix_tokens <= length
     ):
         raise ValueError(f"`prefix_tokens` must be an int in [0, {length}], got {prefix_tokens!r}")
-    result = np.eye(length)
-    for a in layers:
-        fused = getattr(a, head_fusion)(axis=0)  # (L, L)
-        if discard_ratio > 0:
-            fused = _discard(fused, discard_ratio, prefix_tokens)
-        fused = fused + np.eye(length)  # the residual stream carries each token on
-        fused = fused / fused.sum(axis=-1, keepdims=True)  # rows, not columns
-        result = fused @ result
-    return result
+    return layers
 
 
 def mean_attention_distance(weights: torch.Tensor | np.ndarray, grid: PatchGrid) -> np.ndarray:

@@ -41,9 +41,9 @@ from lightning_attnviz.capture.inputs import (
     compute,
 )
 from lightning_attnviz.capture.kinds import WINDOW_READERS, CallInputs, read_call, unsupported_warning
-from lightning_attnviz.capture.readers import band_tap, block_sparse_taps
+from lightning_attnviz.capture.readers import band_tap, block_sparse_taps, host_tap, read_windows
 from lightning_attnviz.capture.taps import _Interceptor, encoder_layer_tap, encoder_tap, mha_tap
-from lightning_attnviz.capture.windows import WindowCall, window_call
+from lightning_attnviz.capture.windows import WindowCall
 from lightning_attnviz.util.checks import check_int
 
 __all__ = ["AttentionCapture", "AttentionMap", "capture_attention"]
@@ -189,31 +189,13 @@ class AttentionCapture:
                     self._wrap(encoder, encoder_tap(self, encoder))
         else:
             if site.layout.reader in WINDOW_READERS and site.layout.host not in (None, site.name):
-                self._wrap(named[site.layout.host], self._host_tap(site.name))
+                self._wrap(named[site.layout.host], host_tap(self._host_calls, site.name))
             self._wrap_scope(module, site)
 
-    def _host_tap(self, name: str) -> Callable[[tuple, dict], Callable[[Any], object]]:
-        """Keeps the call of a windowed site's block (its token grid) while the block runs."""
-
-        def before(args: tuple, kwargs: dict) -> Callable[[Any], object]:
-            self._host_calls[name] = (args, kwargs)
-            return lambda _: self._host_calls.pop(name, None)
-
-        return before
-
     def _read_windows(self, site: AttentionSite, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Where the windows of this call of ``site`` lie, or one warning that says why it is not drawn."""
-        layout = site.layout
-        host_call = (args, kwargs) if layout.host == site.name else self._host_calls.get(site.name)
-        host = self._by_module.get(layout.host or "", module)
-        found = "its block was not called" if host_call is None else window_call(
-            layout.reader or "", host, host_call, (args, kwargs)
-        )  # fmt: skip
-        if isinstance(found, WindowCall):
-            self.windows[site.name] = found
-        else:
-            message = f"Attention in {site.name!r} is not captured: {found}; no map is drawn."
-            self.skip(site.name, message, stacklevel=5)
+        host_call = (args, kwargs) if site.layout.host == site.name else self._host_calls.get(site.name)
+        host = self._by_module.get(site.layout.host or "", module)
+        read_windows(self, site, host, host_call, (args, kwargs))
 
     def _read_calls(self, model: nn.Module) -> None:
         """Read the batch size, attention mask and decoder inputs of each call of the model itself."""

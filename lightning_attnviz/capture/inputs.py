@@ -9,7 +9,7 @@ drawing process after a pickle round trip. Nothing here touches a module or a ho
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -108,6 +108,10 @@ class Pending:
     note: str | None = None
 
 
+# what a map keeps of its pending call: every field of Pending but the inputs it is computed from
+_PENDING_META = tuple(f.name for f in fields(Pending) if f.name != "inputs")
+
+
 @dataclass(frozen=True)
 class AttentionMap:
     """One attention computation seen during capture.
@@ -191,43 +195,14 @@ def compute(
     x = pending.inputs
     storage = Storage(max_tokens, stats, sink_keys, grid)
     with torch.inference_mode(False), torch.no_grad():
-        probe = _probe(pending, sink_keys)
-        health: Health | None = None
-        result: Computed
-        if isinstance(x, (WindowInputs, BandInputs, BlockSparseInputs)):
-            if isinstance(x, WindowInputs):  # a windowed map lies on its stage's grid: pooled in its squares
-                storage = replace(storage, grid=stage_grid(grid, x.grid))
-            result, health = _READ[type(x)](x, storage, pending.dropout_p)
-        elif isinstance(x, SDPAInputs):
-            samples = x.q.shape[0]
-            args = (x.q, x.k, x.mask, x.causal, x.scale, x.gqa, samples)
-            result = sdpa_weights(*args, storage, probe)
-        elif isinstance(x, MHAInputs):
-            result = mha_weights(x, storage, probe)
-        elif isinstance(x, ScoresInputs):
-            result = scores_weights(x.scores, storage, probe)
-        else:
-            result = collect_weights(x.weights, storage, x.padded_queries, probe)
-        if health is None:
-            health = probe.result(x.max_logit if isinstance(x, SoftmaxOutput) else None)
+        result, health = _weights(pending, storage)
     return AttentionMap(
-        key=pending.key,
-        module=pending.module,
-        call=pending.call,
+        **{name: getattr(pending, name) for name in _PENDING_META},
         weights=result.weights,
         visible=result.visible,
-        path=pending.path,
-        causal=pending.causal,
-        masked=pending.masked,
-        gqa_groups=pending.gqa_groups,
-        scale=pending.scale,
-        dropout_p=pending.dropout_p,
         length=result.length,
         block=result.block,
         stats=result.stats,
-        axes=pending.axes,
-        layout=pending.layout,
-        note=pending.note,
         health=health,
         grid=x.grid if isinstance(x, WindowInputs) else None,
         pooling=result.plans,
@@ -239,6 +214,26 @@ def compute(
 _READ: dict[type, Callable[..., tuple[Computed, Health]]] = {
     WindowInputs: window_weights, BandInputs: band_weights, BlockSparseInputs: block_sparse_weights
 }
+
+
+def _weights(pending: Pending, storage: Storage) -> tuple[Computed, Health]:
+    """The weights of each kind of inputs, made by the module that knows that kind, and their health."""
+    x = pending.inputs
+    if isinstance(x, (WindowInputs, BandInputs, BlockSparseInputs)):
+        if isinstance(x, WindowInputs):  # a windowed map lies on its stage's grid: pooled in its squares
+            storage = replace(storage, grid=stage_grid(storage.grid, x.grid))
+        return _READ[type(x)](x, storage, pending.dropout_p)
+    probe = _probe(pending, storage.sink_keys)
+    result: Computed
+    if isinstance(x, SDPAInputs):
+        result = sdpa_weights(x.q, x.k, x.mask, x.causal, x.scale, x.gqa, x.q.shape[0], storage, probe)
+    elif isinstance(x, MHAInputs):
+        result = mha_weights(x, storage, probe)
+    elif isinstance(x, ScoresInputs):
+        result = scores_weights(x.scores, storage, probe)
+    else:
+        result = collect_weights(x.weights, storage, x.padded_queries, probe)
+    return result, probe.result(x.max_logit if isinstance(x, SoftmaxOutput) else None)
 
 
 def _probe(pending: Pending, sink_keys: int) -> Probe:

@@ -19,12 +19,38 @@ from lightning_attnviz.capture.banded import BandInputs, trimmed
 from lightning_attnviz.capture.blocksparse import BlockSparseInputs
 from lightning_attnviz.capture.discover import AttentionSite
 from lightning_attnviz.capture.recorder import Recorder
-from lightning_attnviz.capture.windows import window_inputs
+from lightning_attnviz.capture.windows import WindowCall, window_call, window_inputs
 
 # transformers' LongformerSelfAttention or BigBirdBlockSparseAttention, read by attribute name (ints, a
 # float, linear layers, a staticmethod); transformers is optional so not imported, and nn.Module's typing
 # would call each of those attributes a Tensor or a Module
 LayoutModule = Any
+
+
+def host_tap(
+    calls: dict[str, tuple[tuple, dict]], name: str
+) -> Callable[[tuple, dict], Callable[[Any], object]]:
+    """Keeps the call of windowed site ``name``'s block (its token grid) in ``calls`` while the block runs."""
+
+    def before(args: tuple, kwargs: dict) -> Callable[[Any], object]:
+        calls[name] = (args, kwargs)
+        return lambda _: calls.pop(name, None)
+
+    return before
+
+
+def read_windows(
+    cap: Recorder, site: AttentionSite, host: nn.Module, host_call: tuple[tuple, dict] | None, call: tuple
+) -> None:
+    """Where the windows of this ``call`` of ``site`` lie, or one warning that says why it is not drawn
+    (``host_call``: the call of the block that holds the token grid, ``None`` if it did not run)."""
+    reader = site.layout.reader or ""
+    found = "its block was not called" if host_call is None else window_call(reader, host, host_call, call)
+    if isinstance(found, WindowCall):
+        cap.windows[site.name] = found
+    else:
+        message = f"Attention in {site.name!r} is not captured: {found}; no map is drawn."
+        cap.skip(site.name, message, stacklevel=6)
 
 
 def window_sdpa(cap: Recorder, site: AttentionSite, bound: dict, out: Any) -> None:

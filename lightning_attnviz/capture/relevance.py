@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from lightning_attnviz.capture.discover import AttentionSite, named_modules
 from lightning_attnviz.capture.forward import install_forward
+from lightning_attnviz.capture.function_mode import FunctionMode
 
 _SOFTMAX_FUNCS = frozenset({torch.softmax, torch.Tensor.softmax, F.softmax, torch.special.softmax})
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -78,7 +78,7 @@ def chefer_relevance(maps: list[Tensor], grads: list[Tensor]) -> Tensor:
     return r
 
 
-class _Mode(TorchFunctionMode):
+class _Mode(FunctionMode):
     """While a site's forward runs: SDPA computed eagerly with ``A`` in the graph, softmax outputs kept."""
 
     def __init__(self) -> None:
@@ -86,14 +86,7 @@ class _Mode(TorchFunctionMode):
         self.scope: list[AttentionSite] = []
         self.maps: list[tuple[str, Tensor, int]] = []  # (site, A as produced, heads to view it with)
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Collection[type],
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
+    def on_call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not self.scope:
             return func(*args, **kwargs)
         site = self.scope[-1]

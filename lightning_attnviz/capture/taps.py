@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from lightning_attnviz.capture.discover import AttentionSite
 from lightning_attnviz.capture.flex import FLEX_HOP
+from lightning_attnviz.capture.function_mode import FunctionMode
 from lightning_attnviz.capture.inputs import SDPAInputs, SoftmaxOutput
 from lightning_attnviz.capture.kinds import WINDOW_READERS, folded_batch, folded_warning
 from lightning_attnviz.capture.mha import MHACall, MHAParams, project
@@ -45,7 +45,7 @@ _MHA_FORWARD_SIG = inspect.signature(nn.MultiheadAttention.forward)
 _ENCODER_LAYER_SIG = inspect.signature(nn.TransformerEncoderLayer.forward)
 
 
-class _Interceptor(TorchFunctionMode):
+class _Interceptor(FunctionMode):
     """Sees the torch calls made inside function-tap sites; always calls the original function."""
 
     def __init__(self, capture: Recorder) -> None:
@@ -53,14 +53,7 @@ class _Interceptor(TorchFunctionMode):
         # A weak reference: a cycle would keep the captured maps alive until the next GC pass.
         self._capture = weakref.ref(capture)
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Collection[type],
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
+    def on_call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         out = func(*args, **kwargs)
         cap = self._capture()
         if cap is None or not cap.scope:
@@ -182,17 +175,24 @@ class _Interceptor(TorchFunctionMode):
         self, cap: Recorder, site: AttentionSite, args: tuple, kwargs: dict, out: Any = None
     ) -> None:
         b = _MHA_FUNCTIONAL_SIG.bind(*args, **kwargs).arguments
-        call = MHACall(
-            b["query"],
-            b["key"],
-            b["value"],
-            key_padding_mask=b.get("key_padding_mask"),
-            attn_mask=b.get("attn_mask"),
-            is_causal=b.get("is_causal", False),
-            output=out[0] if isinstance(out, tuple) and out else None,
-        )
+        call = _bound_call(b, out)
         dropout = float(b["dropout_p"]) if b.get("training", True) else 0.0
         record_mha(cap, site.name, MHAParams.functional(b), call, dropout)
+
+
+def _bound_call(bound: dict[str, Any], result: Any, batch_first: bool = False) -> MHACall:
+    """The call ``F.multi_head_attention_forward`` or ``nn.MultiheadAttention.forward`` was given (their
+    arguments share names), with the attention output: the first of the ``result`` they returned."""
+    return MHACall(
+        bound["query"],
+        bound["key"],
+        bound["value"],
+        key_padding_mask=bound.get("key_padding_mask"),
+        attn_mask=bound.get("attn_mask"),
+        is_causal=bound.get("is_causal", False),
+        batch_first=batch_first,
+        output=result[0] if isinstance(result, tuple) and result else None,
+    )
 
 
 def _unnest(src: Tensor, samples: int, width: int | None) -> tuple[Tensor, Tensor]:
@@ -218,16 +218,7 @@ def mha_tap(
         bound = _MHA_FORWARD_SIG.bind(mha, *args, **kwargs).arguments
 
         def after(result: Any) -> None:
-            call = MHACall(
-                bound["query"],
-                bound["key"],
-                bound["value"],
-                key_padding_mask=bound.get("key_padding_mask"),
-                attn_mask=bound.get("attn_mask"),
-                is_causal=bound.get("is_causal", False),
-                batch_first=mha.batch_first,
-                output=result[0] if isinstance(result, tuple) and result else None,
-            )
+            call = _bound_call(bound, result, batch_first=mha.batch_first)
             record_mha(cap, site.name, MHAParams.of(mha), call, mha.dropout if mha.training else 0.0)
 
         return after

@@ -99,27 +99,18 @@ def _softmax_in_chunks(
     collector = _Collector(samples, heads, length, width, storage, q.device)
     rows = max(1, _CHUNK_ELEMENTS // max(1, samples * heads * width))
     kt = k.float().transpose(-2, -1)
-    cols = torch.arange(width, device=q.device)
     masked = visible is not None or bias is not None or causal or hidden_rows is not None
     # causal alone never leaves a row without keys (row i sees keys 0..i); other masks may
     may_empty = visible is not None or bias is not None or hidden_rows is not None
     with torch.autocast(q.device.type, enabled=False):
         for start in range(0, length, rows):
             stop = min(length, start + rows)
-            keys = min(width, stop) if causal else width  # keys right of the last row are all masked
             # keys right of the block's last row are all masked under `causal`: computed as zeros later
+            keys = min(width, stop) if causal else width
             scores = (q[..., start:stop, :].float() * scale) @ kt[..., :keys]  # (s, H, rows, keys)
             if bias is not None:
                 scores += _rows(bias, start, stop)[..., :keys]
-            allowed = None  # structural masks, kept as small as broadcasting allows: (…, rows | 1, keys)
-            if visible is not None:
-                allowed = _rows(visible, start, stop)[..., :keys]
-            if causal:
-                tri = cols[None, :keys] <= torch.arange(start, stop, device=q.device)[:, None]
-                allowed = tri if allowed is None else allowed & tri
-            if hidden_rows is not None:
-                shown = ~hidden_rows[:, start:stop, None][:, None]  # (s, 1, rows, 1)
-                allowed = shown if allowed is None else allowed & shown
+            allowed = _allowed(visible, causal, hidden_rows, start, stop, keys, q.device)
             if allowed is not None:
                 scores.masked_fill_(~allowed, float("-inf"))
             if bias is not None:  # a float mask can hide positions too
@@ -135,6 +126,27 @@ def _softmax_in_chunks(
     if masked and not collector.pooled:
         full_visible = _full_visible(q, k, bias, visible, causal, hidden_rows)
     return collector.result(full_visible)
+
+
+def _allowed(
+    visible: Tensor | None,
+    causal: bool,
+    hidden_rows: Tensor | None,
+    start: int,
+    stop: int,
+    keys: int,
+    device: torch.device,
+) -> Tensor | None:
+    """The structural masks of query rows ``start:stop`` and the first ``keys`` keys, True where a key
+    is seen, kept as small as broadcasting allows, ``(…, rows | 1, keys)``; ``None``: nothing hidden."""
+    allowed = None if visible is None else _rows(visible, start, stop)[..., :keys]
+    if causal:
+        tri = torch.arange(keys, device=device)[None, :] <= torch.arange(start, stop, device=device)[:, None]
+        allowed = tri if allowed is None else allowed & tri
+    if hidden_rows is not None:
+        shown = ~hidden_rows[:, start:stop, None][:, None]  # (s, 1, rows, 1)
+        allowed = shown if allowed is None else allowed & shown
+    return allowed
 
 
 def _full_visible(
