@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lightning_attnviz.render import canvas as layout
-from lightning_attnviz.render.canvas import Canvas
+from lightning_attnviz.render import layout
+from lightning_attnviz.render.layout import Canvas
 from lightning_attnviz.render.scale import _LABEL, _PAD, UNIFORM_AT, _bounded, _notes, levels
 
 LINE_RGB = (31, 90, 170)

@@ -1,6 +1,6 @@
 """Draw attention views as ``uint8`` RGB arrays, shape ``(H, W, 3)`` (TensorBoard's ``HWC``).
 
-Pictures are composed as numpy arrays with :mod:`lightning_attnviz.render.canvas` (text rasterised once and
+Pictures are composed as numpy arrays with :mod:`lightning_attnviz.render.layout` (text rasterised once and
 cached, no matplotlib artists), so a 64-token heatmap costs milliseconds, not the 0.4 s matplotlib's
 per-label text draws took, and nothing global is touched: safe on any thread.
 
@@ -22,10 +22,10 @@ import numpy as np
 
 from lightning_attnviz.analysis.history import Strip
 from lightning_attnviz.analysis.views import AttentionView
-from lightning_attnviz.render import canvas as layout
+from lightning_attnviz.render import layout
 from lightning_attnviz.render.arrows import arrows
 from lightning_attnviz.render.arrows import draw_arrows as draw_arrows
-from lightning_attnviz.render.canvas import Canvas
+from lightning_attnviz.render.layout import Canvas
 from lightning_attnviz.render.plots import TOKEN_PLOTS
 from lightning_attnviz.render.scale import (
     _BAR,

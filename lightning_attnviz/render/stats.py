@@ -6,7 +6,7 @@ names shortened in the middle), columns the heads, and a last column the layer's
 value its ``attention_stats/<metric>/<layer>/mean`` curve shows). Values are written in the cells when
 the cells are large enough, colours follow a colorbar labelled in the metric's units, and gray means
 no value (e.g. a cross-attention layer has no distance). Beside it, the change since the previous
-capture on a diverging scale. Composed with :mod:`lightning_attnviz.render.canvas` (PIL text, numpy), so a
+capture on a diverging scale. Composed with :mod:`lightning_attnviz.render.layout` (PIL text, numpy), so a
 12 × 12 picture costs milliseconds and nothing global is touched.
 """
 
@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lightning_attnviz.analysis.views import LOGGED_METRICS, ROLES, LayerStats
-from lightning_attnviz.render import canvas as layout
-from lightning_attnviz.render import text as glyphs
-from lightning_attnviz.render.canvas import Canvas
+from lightning_attnviz.render import glyphs, layout
+from lightning_attnviz.render.layout import Canvas
 from lightning_attnviz.render.maps import Picture, _common_prefix
 from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, MASKED_RGB, _colorize_diff
 

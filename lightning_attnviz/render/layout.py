@@ -1,6 +1,6 @@
 """A small layout and text raster engine: every picture is a numpy RGB canvas with text pasted in.
 
-Text comes as cached alpha bitmaps from :mod:`lightning_attnviz.render.text` (rasterised once with FreeType,
+Text comes as cached alpha bitmaps from :mod:`lightning_attnviz.render.glyphs` (rasterised once with FreeType,
 not drawn as matplotlib artists) and is alpha-blended into the canvas. Nothing global is touched: the
 only shared object is that cache, behind a lock, so pictures can be drawn from any thread.
 
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_attnviz.render.text import bitmap, fit, line_height, width, wrap
-from lightning_attnviz.render.text import shorten as shorten
+from lightning_attnviz.render.glyphs import bitmap, fit, line_height, width, wrap
+from lightning_attnviz.render.glyphs import shorten as shorten
 
 INK = (30, 30, 30)
 GRAY = (100, 100, 100)
