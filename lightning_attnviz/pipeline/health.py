@@ -23,7 +23,7 @@ from lightning_attnviz.capture.relevance import RelevanceMap
 from lightning_attnviz.pipeline.settings import DIVERGED, LOSS_DEGRADES, MAX_LOGIT
 from lightning_attnviz.render.maps import Picture, draw_head_grid, heatmap
 from lightning_attnviz.render.overlay import overlay
-from lightning_attnviz.render.stats import Metric, matrix_picture
+from lightning_attnviz.render.stats import Metric, draw_stats, matrix_picture
 from lightning_attnviz.sinks.tags import Tags
 
 _LEVELS = {
@@ -184,7 +184,8 @@ def max_logit_pictures(records: Sequence[AttentionMap], step: int) -> list[Pictu
     if not np.isfinite(values).any():
         return []
     title = (MAX_LOGIT_METRIC.title, f"step {step} · {len(layers)} layers × {values.shape[1]} heads")
-    return [matrix_picture(values, layers, MAX_LOGIT_METRIC, title, change=False)]
+    image = draw_stats(values, layers, MAX_LOGIT_METRIC, title, change=False).image
+    return [matrix_picture(values, layers, MAX_LOGIT_METRIC, image)]
 
 
 def value_weighted_pictures(

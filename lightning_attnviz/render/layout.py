@@ -16,11 +16,11 @@ that the picture can be redrawn with its text as text and its lines as lines ove
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec
 
 import numpy as np
 
@@ -259,6 +259,20 @@ def keep_canvases() -> Iterator[list[Canvas]]:
         yield kept
     finally:
         _kept.reset(token)
+
+
+Args = ParamSpec("Args")
+
+
+def image_only(draw: Callable[Args, Canvas]) -> Callable[Args, np.ndarray]:
+    """A ``draw_*`` function that returns its ``(H, W, 3)`` uint8 picture alone: what the pipeline logs,
+    while tests and the vector figures read the layout of the canvas."""
+
+    def image(*args: Args.args, **kwargs: Args.kwargs) -> np.ndarray:
+        return draw(*args, **kwargs).image
+
+    image.__doc__ = draw.__doc__
+    return image
 
 
 def finish(canvas: Canvas, title: Title, foot: Sequence[str]) -> Canvas:
