@@ -32,7 +32,7 @@ from vision_demo import CLASSES, MEAN, SIZE, STD, clutter_data
 
 from lightning_attnviz import AttentionMonitor, capture_attention
 from lightning_attnviz.capture.samples import unnormalize
-from lightning_attnviz.render import canvas
+from lightning_attnviz.render import layout
 from lightning_attnviz.render.overlay import SCALE_NOTE, TICKS, blend
 from lightning_attnviz.render.scale import _LUT
 
@@ -97,7 +97,7 @@ def window_picture(model: LitSwin, image: torch.Tensor) -> np.ndarray:
         "each tile: one query patch's attention over the 8×8 patches (head mean); outside its window "
         f"the weight is 0; {SCALE_NOTE}"
     )
-    return canvas.grid(tiles, names, len(QUERIES), title, note, bar=(_LUT, TICKS)).image
+    return layout.grid(tiles, names, len(QUERIES), title, note, bar=(_LUT, TICKS)).image
 
 
 def _enlarge(rgb: np.ndarray, k: int) -> np.ndarray:

@@ -33,7 +33,7 @@ from lightning_attnviz.analysis.views import AttentionView
 from lightning_attnviz.capture.blocks import PICTURE_CELLS
 from lightning_attnviz.pipeline.plan import drawn_views, view_groups
 from lightning_attnviz.render import vector
-from lightning_attnviz.render.canvas import Canvas, keep_canvases
+from lightning_attnviz.render.layout import Canvas, keep_canvases
 from lightning_attnviz.render.maps import heatmap
 from lightning_attnviz.render.plots import ALL_PLOTS, IMAGE_PLOTS, PictureSettings, default_plots
 from lightning_attnviz.sinks.capture_file import CaptureFileError, SavedCapture, load_capture

@@ -27,6 +27,7 @@ from lightning_attnviz.render.plots import default_plots
 from lightning_attnviz.sinks.loggers import LoggerSinks
 from lightning_attnviz.sinks.tags import Tags
 from lightning_attnviz.util import lightning as lit
+from lightning_attnviz.util.once import Once
 
 
 class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
@@ -153,7 +154,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         self._setup: Setup | None = None
         self._last_step: int | None = None
         self._modules_due = True
-        self._warned: set[str] = set()
+        self._warned = Once()
 
     @property
     def state_key(self) -> str:
@@ -291,8 +292,7 @@ class AttentionMonitor(*lit.CALLBACKS):  # type: ignore[misc]
         drawing.submit(job)
 
     def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
+        if self._warned.first(key):
             warn(message)
 
     # -- state and cleanup ----------------------------------------------------------------------------

@@ -182,6 +182,21 @@ def test_fidelity_in_a_fit_and_on_a_wrong_model(tmp_path):
     assert "MISMATCH" in table
 
 
+def test_per_head_value_sink_scalars_are_the_heads_shares_whose_mean_the_layer_logs(tmp_path):
+    trainer = make_trainer(tmp_path, [AttentionMonitor(plots=["heatmap"], head_stats=True)])
+    trainer.fit(LitGPT(), token_loader(), token_loader(seed=1))
+    events = read_events(trainer.logger.log_dir)
+    for layer in ("model.h.0.attn", "model.h.1.attn"):
+        tag = f"attention_health/value_sink/{layer}"
+        layer_values = {e.step: e.value for e in events.Scalars(tag)}
+        heads = [{e.step: e.value for e in events.Scalars(f"{tag}/head_{h}")} for h in range(4)]
+        assert sorted(layer_values) == [2, 5]
+        for step, value in layer_values.items():
+            shares = [head[step] for head in heads]
+            assert all(0.0 <= share <= 1.0 for share in shares), shares  # a share of the output norm
+            assert math.isclose(sum(shares) / len(shares), value, rel_tol=1e-5)
+
+
 class KnownAttention(nn.Module):
     """One head, frozen q projection, keys and values the inputs: logits known from the weights."""
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from lightning_attnviz.analysis.views import AttentionView
-from lightning_attnviz.render import canvas as layout
+from lightning_attnviz.render import layout
 from lightning_attnviz.render.maps import (
     MASKED_RGB,
     TOP_RGB,

@@ -21,7 +21,7 @@ from test_attention_tab_browser import E2E, _browser_or_skip
 from test_tensorboard_server import _free_port
 
 from lightning_attnviz import AttentionMonitor
-from lightning_attnviz.render.canvas import LABEL
+from lightning_attnviz.render.layout import LABEL
 
 DOCS = Path(__file__).parent.parent / "docs"
 

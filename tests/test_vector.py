@@ -18,7 +18,7 @@ from lightning_attnviz.__main__ import main
 from lightning_attnviz.analysis.views import AttentionView
 from lightning_attnviz.capture.grid import PatchGrid
 from lightning_attnviz.render import vector
-from lightning_attnviz.render.canvas import keep_canvases
+from lightning_attnviz.render.layout import keep_canvases
 from lightning_attnviz.render.maps import draw_arrows, draw_heatmap
 from lightning_attnviz.sinks.capture_file import save_capture
 

@@ -13,8 +13,9 @@ from typing import Any
 from lightning_utilities.core.rank_zero import rank_zero_warn
 
 from lightning_attnviz.pipeline import spool
+from lightning_attnviz.pipeline.channel import next_job_id
 from lightning_attnviz.pipeline.messages import Draw, Job, Open, Setup
-from lightning_attnviz.pipeline.worker import next_job_id, shared_worker
+from lightning_attnviz.pipeline.worker import shared_worker
 from lightning_attnviz.sinks.base import Outputs
 
 MAX_IN_FLIGHT = 8  # step captures taken and not yet drawn; beyond this, step captures are skipped

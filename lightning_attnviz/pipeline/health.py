@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,10 @@ from lightning_attnviz.capture.relevance import RelevanceMap
 from lightning_attnviz.pipeline.settings import DIVERGED, LOSS_DEGRADES, MAX_LOGIT
 from lightning_attnviz.render.maps import Picture, draw_head_grid, heatmap
 from lightning_attnviz.render.overlay import overlay
-from lightning_attnviz.render.stats import Metric, matrix_picture
+from lightning_attnviz.render.stats import Metric, draw_stats, matrix_picture
+from lightning_attnviz.sinks.base import head_scalars
 from lightning_attnviz.sinks.tags import Tags
+from lightning_attnviz.util.once import Once
 
 _LEVELS = {
     LOSS_DEGRADES: "loss degrades from about 1e3 (Wortsman et al. 2023)",
@@ -39,7 +42,7 @@ class HealthWarnings:
     def __init__(self, max_logit: float, growth: float) -> None:
         self.max_logit, self.growth = max_logit, growth
         self.first: dict[str, float] = {}  # each layer's max logit at its first capture
-        self.warned: set[str] = set()
+        self.warned = Once()  # growth:<layer>, fidelity:<layer>, max:<layer>:<level>
 
     def check(self, layer: str, health: Health, step: int) -> list[str]:
         messages = []
@@ -48,34 +51,30 @@ class HealthWarnings:
             first = self.first.setdefault(layer, top)
             messages += self._levels(layer, top, step)
             grown = first > 0 and top >= self.growth * first and top > self.max_logit / 2
-            if grown and f"growth:{layer}" not in self.warned:
-                self.warned.add(f"growth:{layer}")
+            if grown and self.warned.first(f"growth:{layer}"):
                 messages.append(
                     f"AttentionMonitor: the largest attention logit of {layer!r} grew from {first:.1f} to "
                     f"{top:.1f} (×{top / first:.1f} ≥ logit_growth={self.growth:g}) by step {step}. "
                     "Attention logit growth precedes divergence (Dehghani et al. 2023; Wortsman et al. "
                     "2023); qk-layernorm or a lower learning rate are the usual remedies."
                 )
-        rel = health.relative_error
-        bad = rel is not None and health.tolerance is not None and rel > health.tolerance
-        if bad and f"fidelity:{layer}" not in self.warned:
-            self.warned.add(f"fidelity:{layer}")
-            messages.append(
-                f"AttentionMonitor: the captured weights of {layer!r} do not reproduce the model's "
-                f"attention output at step {step}: relative error {rel:.2g} > {health.tolerance:.2g} "
-                "(max |A·V − output| / max |output|). The maps drawn for it are not what the "
-                "kernel computed; please report the module."
-            )
+        rel, tolerance = health.relative_error, health.tolerance
+        if (
+            rel is not None
+            and tolerance is not None
+            and rel > tolerance
+            and self.warned.first(f"fidelity:{layer}")
+        ):
+            messages.append(_unfaithful(layer, rel, tolerance, step))
         return messages
 
     def _levels(self, layer: str, top: float, step: int) -> list[str]:
         """One warning per level passed for the first time: ``max_logit``, then 1e3 and 1e4 above it."""
         levels = {self.max_logit: "", **{v: why for v, why in _LEVELS.items() if v > self.max_logit}}
-        passed = [v for v in levels if top > v and f"max:{layer}:{v:g}" not in self.warned]
+        passed = [v for v in levels if top > v and self.warned.first(f"max:{layer}:{v:g}")]
         if not passed:
             return []
         level = max(passed)  # a jump past two levels at once says the higher one
-        self.warned.update(f"max:{layer}:{v:g}" for v in passed)
         where = f"{level:g}, where {levels[level]}" if levels[level] else f"max_logit={self.max_logit:g}"
         if level == self.max_logit == MAX_LOGIT:
             where += ", the cap Kimi K2's QK-Clip enforces"
@@ -87,11 +86,20 @@ class HealthWarnings:
         ]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"first": dict(self.first), "warned": sorted(self.warned)}
+        return {"first": dict(self.first), "warned": self.warned.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.first = {str(k): float(v) for k, v in state.get("first", {}).items()}
-        self.warned = set(state.get("warned", []))
+        self.warned = Once(state.get("warned", []))
+
+
+def _unfaithful(layer: str, rel: float, tolerance: float, step: int) -> str:
+    return (
+        f"AttentionMonitor: the captured weights of {layer!r} do not reproduce the model's "
+        f"attention output at step {step}: relative error {rel:.2g} > {tolerance:.2g} "
+        "(max |A·V − output| / max |output|). The maps drawn for it are not what the "
+        "kernel computed; please report the module."
+    )
 
 
 def _layer_max(max_logit: Tensor | None) -> float | None:
@@ -113,14 +121,9 @@ def health_scalars(into: dict[str, float], tags: Tags, layer: str, health: Healt
                     into[tags.health("max_logit", layer, h)] = value
     if health.error is not None and math.isfinite(health.error):
         into[tags.health("fidelity", layer)] = health.error
-    if health.value_sink is not None:
-        sinks = np.nanmean(health.value_sink.numpy(), axis=0) if health.value_sink.shape[0] else None
-        if sinks is not None and np.isfinite(sinks).any():
-            into[tags.health("value_sink", layer)] = float(np.nanmean(sinks))
-            if heads:
-                for h, value in enumerate(per_head):
-                    if np.isfinite(value):
-                        into[tags.health("value_sink", layer, h)] = float(value)
+    if health.value_sink is not None and health.value_sink.shape[0]:
+        sinks = np.nanmean(health.value_sink.numpy(), axis=0)  # (s, H) -> (H,)
+        head_scalars(into, partial(tags.health, "value_sink", layer), sinks, np.mean, heads)
 
 
 def max_logit_matrix(layers: Sequence[str], healths: Sequence[Health]) -> np.ndarray:
@@ -184,7 +187,8 @@ def max_logit_pictures(records: Sequence[AttentionMap], step: int) -> list[Pictu
     if not np.isfinite(values).any():
         return []
     title = (MAX_LOGIT_METRIC.title, f"step {step} · {len(layers)} layers × {values.shape[1]} heads")
-    return [matrix_picture(values, layers, MAX_LOGIT_METRIC, title, change=False)]
+    image = draw_stats(values, layers, MAX_LOGIT_METRIC, title, change=False).image
+    return [matrix_picture(values, layers, MAX_LOGIT_METRIC, image)]
 
 
 def value_weighted_pictures(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from lightning_attnviz.analysis.roles import ROLES, PhaseChange, RoleHistory, ro
 from lightning_attnviz.analysis.views import LayerStats
 from lightning_attnviz.capture.inputs import AttentionMap
 from lightning_attnviz.pipeline.messages import Job
-from lightning_attnviz.sinks.base import Outputs
+from lightning_attnviz.sinks.base import Outputs, head_scalars
 from lightning_attnviz.sinks.tags import Tags
 
 MAX_LISTED = 6  # heads named in one warning; the text tag lists them all
@@ -56,13 +57,7 @@ def role_scalars(
     for layer, per_role in scores.items():
         for role in ROLES:
             values = np.asarray(per_role.get(role, ()), dtype=np.float64)
-            finite = values[np.isfinite(values)]
-            if finite.size:
-                into[tags.role(role, layer)] = float(finite.max())
-            if heads:
-                for h, value in enumerate(values):
-                    if np.isfinite(value):
-                        into[tags.role(role, layer, h)] = float(value)
+            head_scalars(into, partial(tags.role, role, layer), values, np.max, heads)
     rate = sink_rate(list(scores.values()))
     if rate is not None:
         into[tags.sink_rate] = rate

@@ -39,10 +39,11 @@ from lightning_attnviz.pipeline.roles import marker_texts, roles_step
 from lightning_attnviz.pipeline.tab_extras import add_markers, add_overview
 from lightning_attnviz.render.maps import Picture, encode_png
 from lightning_attnviz.sinks import capture_file as formats
-from lightning_attnviz.sinks.base import EncodedPicture, Outputs
+from lightning_attnviz.sinks.base import EncodedPicture, Outputs, head_scalars
 from lightning_attnviz.sinks.failures import WriteFailures
 from lightning_attnviz.sinks.tags import Tags, clean
 from lightning_attnviz.util.checks import missing_heads_message
+from lightning_attnviz.util.once import Once
 
 
 class Pipeline:
@@ -57,7 +58,7 @@ class Pipeline:
         self.roles = RoleHistory()  # each head's role scores at the last captures, for phase changes
         self.layers: list[str] = []  # every layer logged so far, for the custom-scalars layout
         self.previous_stats: PreviousStats | None = None  # for the stats pictures' change panels
-        self._warned: set[str] = set()
+        self._warned = Once()
         self.messages: list[str] = []
         self.writes = WriteFailures()  # what could not be written; the caller words it after the sinks
 
@@ -82,29 +83,14 @@ class Pipeline:
         # the images as the capture file keeps them (uint8), so that the CLI draws what is drawn here
         job = replace(job, images=tuple(formats.stored_image(im) / 255.0 for im in job.images))
         out = Outputs(job.step, epoch=job.epoch)
-        sink = self.setup.sink
-        records = self._compute(job.pending)
-        records = self._select(records)
+        records = self._select(self._compute(job.pending))
         self._check(records, job)
         if job.modules:
             note = roles_note(records, job.token_ids) if c.stats else ""
             out.text[tags.modules] = module_table(job.modules, records) + note
         if c.health:
             self._step("attention health", lambda: self._health(out, records, job))
-        stats: list[LayerStats] = []
-        if c.stats:
-            stats = (
-                self._step("statistics", lambda: [layer_stats(r, sink, self.setup.grid) for r in records])
-                or []
-            )
-            if job.diagnose:
-                self.messages += self.diagnostics.check(stats, job.step)
-        if stats:
-            roles = self.roles, out, tags, c.head_stats, stats, records, job
-            scored = self._step("role scores", lambda: roles_step(*roles))
-            if scored is not None:
-                stats, said = scored
-                self.messages += said
+        stats = self._statistics(out, records, job) if c.stats else []
         new_layers = [r.key for r in records if r.key not in self.layers]
         if new_layers and c.stats:
             self.layers += new_layers
@@ -118,22 +104,14 @@ class Pipeline:
             or []
         )
         drift = self._drift(evolving, job)
-        for st in stats:
-            values = {m: getattr(st, m) for m in LayerStats.METRICS}
-            if st.layer in drift:
-                values["drift"] = drift[st.layer]
-            for metric, per_head in values.items():
-                _scalars(out.scalars, tags, metric, st.layer, per_head, c.head_stats)
+        _stat_scalars(out.scalars, tags, stats, drift, c.head_stats)
         if c.histograms:
             self._step("histograms", lambda: _histograms(out.histograms, tags, records))
         drawn = self._pictures(out, stored, views, records, job, stats, drift, evolving)
         if stats:
             self.previous_stats = (job.step, stats, drift)
         if c.dashboard:
-            self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, stored, job))
-            self._step("Attention tab overview", lambda: add_overview(out, tags, drawn, job.epoch))
-            markers = marker_texts(out.phase_changes)
-            self._step("Attention tab markers", lambda: add_markers(out, tags, markers))
+            self._tab(out, stored, drawn, job)
         if c.save_captures and self.setup.log_dir is not None and stored:
             path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
             try:
@@ -143,6 +121,28 @@ class Pipeline:
         return out, self.messages
 
     # -- steps ------------------------------------------------------------------------------------
+
+    def _statistics(self, out: Outputs, records: list[AttentionMap], job: Job) -> list[LayerStats]:
+        """Each layer's statistics, the diagnostics they raise, and the heads' role scores."""
+        sink, grid = self.setup.sink, self.setup.grid
+        stats = self._step("statistics", lambda: [layer_stats(r, sink, grid) for r in records]) or []
+        if job.diagnose:
+            self.messages += self.diagnostics.check(stats, job.step)
+        if stats:
+            roles = self.roles, out, self.setup.tags, self.setup.config.head_stats, stats, records, job
+            scored = self._step("role scores", lambda: roles_step(*roles))
+            if scored is not None:
+                stats, said = scored
+                self.messages += said
+        return stats
+
+    def _tab(self, out: Outputs, stored: list[AttentionView], drawn: list[Picture], job: Job) -> None:
+        """The Attention tab's records: the maps, the overview of every stats matrix drawn, markers."""
+        tags = self.setup.tags
+        self._step("Attention tab maps", lambda: tab_records(self.setup, out.tab, stored, job))
+        self._step("Attention tab overview", lambda: add_overview(out, tags, drawn, job.epoch))
+        markers = marker_texts(out.phase_changes)
+        self._step("Attention tab markers", lambda: add_markers(out, tags, markers))
 
     def _step(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -156,8 +156,7 @@ class Pipeline:
             return None
 
     def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
+        if self._warned.first(key):
             self.messages.append(message)
 
     def _stored(self, records: list[AttentionMap], job: Job) -> list[AttentionView]:
@@ -340,17 +339,16 @@ class Pipeline:
         return drawn
 
 
-def _scalars(
-    into: dict[str, float], tags: Tags, metric: str, layer: str, per_head: np.ndarray, heads: bool
+def _stat_scalars(
+    into: dict[str, float], tags: Tags, stats: list[LayerStats], drift: dict[str, np.ndarray], heads: bool
 ) -> None:
-    """The layer's mean over heads (and each head with ``head_stats``); NaN values are skipped."""
-    finite = per_head[np.isfinite(per_head)]
-    if finite.size:
-        into[tags.stat(metric, layer)] = float(finite.mean())
-    if heads:
-        for h, value in enumerate(per_head):
-            if np.isfinite(value):
-                into[tags.stat(metric, layer, h)] = float(value)
+    """``attention_stats/<metric>/<layer>/mean`` (and each head with ``head_stats``), drift included."""
+    for st in stats:
+        values = {m: getattr(st, m) for m in LayerStats.METRICS}
+        if st.layer in drift:
+            values["drift"] = drift[st.layer]
+        for metric, per_head in values.items():
+            head_scalars(into, partial(tags.stat, metric, st.layer), per_head, np.mean, heads)
 
 
 def _histograms(

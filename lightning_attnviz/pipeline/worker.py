@@ -6,7 +6,7 @@ child process (:mod:`lightning_attnviz.pipeline.child`), started on first use (:
 training process keeps every capture it hands over until its :class:`Done` arrives, and the
 pipeline's state after the last capture drawn. So when the drawing process ends (killed, crashed),
 a new one is started at the next training step, reopened from that state (the history goes on),
-and handed the captures again. A capture that was being drawn each of :data:`POISON` times the
+and handed the captures again. A capture that was being drawn each of :data:`~.channel.POISON` times the
 process ended is not drawn again (it may be what ends it; said once); after :data:`MAX_DEATHS` ends,
 or when no process can start, drawing goes on in a thread of the training process (said once).
 
@@ -15,7 +15,7 @@ captures wait is ended and replaced the same way. The end of a fit waits at most
 the captures and the close of the sinks, says what it waits for once it is long, then ends what is
 still drawing and names every capture that was not drawn, and why.
 
-Accounting is per monitor (:class:`Channel`): captures in flight (for back-pressure), warnings,
+Accounting is per monitor (:class:`~.channel.Channel`): captures in flight (for back-pressure), warnings,
 drawing seconds of recent captures, and the spool file of each capture a checkpoint listed.
 """
 
@@ -28,47 +28,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, cast
 
 from lightning_attnviz.pipeline import spool
+from lightning_attnviz.pipeline.channel import Channel, drop_poison
 from lightning_attnviz.pipeline.link import How, Link, default_how
 from lightning_attnviz.pipeline.messages import Close, Closed, Done, Draw, Hurry, Open, Ping, Pong, Spool
 
 STALL_SECONDS = 10.0  # no answer to a ping for this long while captures wait: the process is stuck
 PING_SECONDS = 1.0
 MAX_DEATHS = 5  # ends of the drawing process (in one Python process) before drawing moves to a thread
-POISON = 3  # a capture held at this many ends (the oldest each time) is not drawn again
 LONG_WAIT = 5.0  # the end of a fit says what it waits for once it has waited this long
 RESERVE = 3.0  # of a close's seconds, kept for ending a late process and hearing its last answers
-
-_job_ids = itertools.count(1)  # unique across drawing processes: a capture drawn again keeps its id
-
-
-def next_job_id() -> int:
-    return next(_job_ids)
-
-
-@dataclass
-class Channel:
-    """One monitor's view of the drawing side: the captures it holds until they are drawn."""
-
-    id: int
-    on_outputs: Callable[[Any], None] | None = None  # loggers in this process, on the delivery thread
-    opened: Open | None = None
-    jobs: dict[int, Draw] = field(default_factory=dict)  # handed over and not drawn, oldest first
-    since: dict[int, float] = field(default_factory=dict)  # when each was handed over (monotonic)
-    spools: dict[int, str] = field(default_factory=dict)  # the spool file of a capture, if any
-    attempts: dict[int, int] = field(default_factory=dict)  # ends of the process while it was held
-    state: Any = None  # the pipeline's state after the last capture drawn
-    seconds: list[float] = field(default_factory=list)  # CPU seconds of recent captures
-    walls: list[float] = field(default_factory=list)  # seconds from handing over to drawn
-    messages: list[str] = field(default_factory=list)
-    closed: dict[int, tuple[str, ...]] = field(default_factory=dict)
-    done: threading.Condition = field(default_factory=threading.Condition)
-
-    def steps(self) -> str:
-        return ", ".join(str(draw.job.step) for draw in self.jobs.values())
 
 
 class Worker:
@@ -195,7 +167,7 @@ class Worker:
         self._heard = time.monotonic()
         with self._lock:
             channels = [ch for ch in self._channels.values() if ch.opened is not None]
-        dropped = self._drop_poison(channels) if said else {}
+        dropped = drop_poison(channels) if said else {}
         cause = f"it {ended_by_us[0]}" if ended_by_us else f"exit code {old.exit_code}"
         for ch in channels:
             with ch.done:
@@ -205,24 +177,6 @@ class Worker:
                     self.link.send(replace(draw, spool=ch.spools.get(job_id)))
                 if said:
                     ch.messages.append(self._death_message(ch, cause, dropped.get(ch.id)))
-
-    def _drop_poison(self, channels: list[Channel]) -> dict[int, str]:
-        """The capture being drawn when the process ended (the oldest held), if that is the
-        :data:`POISON`-th time: drawing it again could end the next process too."""
-        held = [(job_id, ch) for ch in channels for job_id in ch.jobs]
-        if not held:
-            return {}
-        job_id, ch = min(held, key=lambda item: item[0])
-        with ch.done:
-            draw = ch.jobs[job_id]
-            ch.attempts[job_id] = ch.attempts.get(job_id, 0) + 1
-            if ch.attempts[job_id] < POISON:
-                return {}
-            del ch.jobs[job_id]
-            ch.since.pop(job_id, None)
-            ch.spools.pop(job_id, None)
-            ch.done.notify_all()
-        return {ch.id: f"the capture at step {draw.job.step}, held each time, is not drawn again"}
 
     def _death_message(self, ch: Channel, cause: str, dropped: str | None) -> str:
         held = f"; it held {len(ch.jobs)} capture(s) (step(s) {ch.steps()})" if ch.jobs else ""

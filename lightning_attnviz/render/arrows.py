@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lightning_attnviz.render import canvas as layout
-from lightning_attnviz.render.canvas import Canvas
+from lightning_attnviz.render import layout
+from lightning_attnviz.render.layout import Canvas, image_only
 from lightning_attnviz.render.scale import _LABEL, _PAD, UNIFORM_AT, _bounded, _notes, levels
 
 LINE_RGB = (31, 90, 170)
@@ -23,7 +23,13 @@ def draw_arrows(
     note: str = "",
     visible: np.ndarray | None = None,
 ) -> Canvas:
-    """:func:`arrows` with its layout (``boxes["lines"]`` is the band the lines cross)."""
+    """Which token attends to which: queries left, keys right, a line from each query to its
+    ``top_k`` keys, more opaque the more it exceeds uniform (bertviz's head view, as a static image);
+    in its layout ``boxes["lines"]`` is the band the lines cross.
+
+    Shape:
+        weights, visible: ``(q, k)``.
+    """
     weights, visible, q_labels, k_labels = _bounded(weights, visible, q_labels, k_labels)
     q_len, k_len = weights.shape
     row = int(np.clip(240 // max(q_len, k_len), 3, 18))
@@ -69,18 +75,4 @@ def draw_arrows(
     return layout.finish(canvas, title, foot)
 
 
-def arrows(
-    weights: np.ndarray,
-    q_labels: Sequence[str],
-    k_labels: Sequence[str],
-    title: layout.Title,
-    top_k: int = 3,
-    note: str = "",
-) -> np.ndarray:
-    """Which token attends to which: queries left, keys right, a line from each query to its
-    ``top_k`` keys, more opaque the more it exceeds uniform (bertviz's head view, as a static image).
-
-    Shape:
-        weights: ``(q, k)``.
-    """
-    return draw_arrows(weights, q_labels, k_labels, title, top_k, note).image
+arrows = image_only(draw_arrows)

@@ -1,6 +1,6 @@
 """Draw attention views as ``uint8`` RGB arrays, shape ``(H, W, 3)`` (TensorBoard's ``HWC``).
 
-Pictures are composed as numpy arrays with :mod:`lightning_attnviz.render.canvas` (text rasterised once and
+Pictures are composed as numpy arrays with :mod:`lightning_attnviz.render.layout` (text rasterised once and
 cached, no matplotlib artists), so a 64-token heatmap costs milliseconds, not the 0.4 s matplotlib's
 per-label text draws took, and nothing global is touched: safe on any thread.
 
@@ -22,10 +22,10 @@ import numpy as np
 
 from lightning_attnviz.analysis.history import Strip
 from lightning_attnviz.analysis.views import AttentionView
-from lightning_attnviz.render import canvas as layout
+from lightning_attnviz.render import layout
 from lightning_attnviz.render.arrows import arrows
 from lightning_attnviz.render.arrows import draw_arrows as draw_arrows
-from lightning_attnviz.render.canvas import Canvas
+from lightning_attnviz.render.layout import Canvas, image_only
 from lightning_attnviz.render.plots import TOKEN_PLOTS
 from lightning_attnviz.render.scale import (
     _BAR,
@@ -64,8 +64,16 @@ def draw_heatmap(
     note: str = "",
     key_sizes: np.ndarray | None = None,
 ) -> Canvas:
-    """:func:`heatmap` with its layout: ``boxes["map"]`` is the map area, one ``cell`` per token,
-    and ``texts`` the strings as drawn."""
+    """Query rows × key columns of one map, labelled with the tokens, with a colorbar; in its layout
+    ``boxes["map"]`` is the map area, one ``cell`` per token, and ``texts`` the strings as drawn.
+
+    Args:
+        title: a string (wrapped) or one line per item (each shortened in the middle to fit).
+        key_sizes: tokens per key column of a pooled map (coloured per token, see ``scale.levels``).
+
+    Shape:
+        weights, visible: ``(q, k)``.
+    """
     columns = np.shape(weights)[-1]
     weights, visible, q_labels, k_labels = _bounded(weights, visible, q_labels, k_labels)
     key_sizes = _kept(key_sizes, columns, weights)
@@ -93,25 +101,7 @@ def draw_heatmap(
     return layout.finish(canvas, title, foot)
 
 
-def heatmap(
-    weights: np.ndarray,
-    visible: np.ndarray | None,
-    q_labels: Sequence[str],
-    k_labels: Sequence[str],
-    title: layout.Title,
-    note: str = "",
-    key_sizes: np.ndarray | None = None,
-) -> np.ndarray:
-    """Query rows × key columns of one map, labelled with the tokens, with a colorbar.
-
-    Args:
-        title: a string (wrapped) or one line per item (each shortened in the middle to fit).
-        key_sizes: tokens per key column of a pooled map (coloured per token, see ``scale.levels``).
-
-    Shape:
-        weights, visible: ``(q, k)``; returns ``(H, W, 3)`` uint8.
-    """
-    return draw_heatmap(weights, visible, q_labels, k_labels, title, note, key_sizes).image
+heatmap = image_only(draw_heatmap)
 
 
 def _kept(sizes: np.ndarray | None, columns: int, weights: np.ndarray) -> np.ndarray | None:
@@ -131,7 +121,8 @@ def _head_visible(view: AttentionView, head: int) -> np.ndarray | None:
 
 
 def draw_head_grid(view: AttentionView, title: layout.Title) -> Canvas:
-    """:func:`head_grid` with its layout (``boxes[f"tile {h}"]``, the mean last)."""
+    """Every head of one layer plus the head mean, labelled, all on the one uniform-relative scale;
+    in its layout ``boxes[f"tile {h}"]``, the mean last."""
     mean, mean_visible = view.head_mean()
     limit = GRID_TILE if view.heads + 1 > 6 else MAX_CELLS  # many heads: tiles a card can hold
     weights, visible, q_labels, k_labels = _bounded(
@@ -154,9 +145,7 @@ def draw_head_grid(view: AttentionView, title: layout.Title) -> Canvas:
     return layout.grid(tiles, names, cols, title, note, cell, (), q_labels, k_labels, _BAR)
 
 
-def head_grid(view: AttentionView, title: layout.Title) -> np.ndarray:
-    """Every head of one layer plus the head mean, labelled, all on the one uniform-relative scale."""
-    return draw_head_grid(view, title).image
+head_grid = image_only(draw_head_grid)
 
 
 def _common_prefix(names: Sequence[str]) -> str:
@@ -171,7 +160,8 @@ def _common_prefix(names: Sequence[str]) -> str:
 
 
 def draw_atlas(views: Sequence[AttentionView], title: layout.Title) -> Canvas:
-    """:func:`atlas` with its layout; row names drop the layers' common dotted prefix."""
+    """Every layer (rows) × head (columns) of one sample, to see the whole model at a glance; row
+    names drop the layers' common dotted prefix."""
     heads = max(v.heads for v in views)
     # pixels a tile gets: a row of heads fits a card's width, the column of layers its height
     side = int(np.clip(min(ATLAS_WIDTH // heads, ATLAS_HEIGHT // len(views)) - 10, 16, 64))
@@ -198,9 +188,7 @@ def draw_atlas(views: Sequence[AttentionView], title: layout.Title) -> Canvas:
     return layout.grid(tiles, names, heads, title, note, cell, rows, bar=_BAR)
 
 
-def atlas(views: Sequence[AttentionView], title: layout.Title) -> np.ndarray:
-    """Every layer (rows) × head (columns) of one sample, to see the whole model at a glance."""
-    return draw_atlas(views, title).image
+atlas = image_only(draw_atlas)
 
 
 MAX_STRIP = 12  # panels drawn at most (the newest)
@@ -214,7 +202,12 @@ def draw_evolution(
     note: str = "",
     key_sizes: np.ndarray | None = None,
 ) -> Canvas:
-    """:func:`evolution` with its layout; panel ``i`` at ``boxes[f"tile {i}"]``, the Δ last."""
+    """The same map at successive captures on one scale, then the change since the previous capture;
+    in its layout panel ``i`` is at ``boxes[f"tile {i}"]``, the Δ last.
+
+    Shape:
+        strip.maps: each ``(q, k)``; visible: ``(q, k)`` or ``None``; key_sizes: ``(k,)``.
+    """
     maps: list[np.ndarray] = list(strip.maps)[-MAX_STRIP:]
     steps, epochs = (list(x)[-MAX_STRIP:] for x in (strip.steps, strip.epochs))
     tiles, names = [], []
@@ -237,19 +230,7 @@ def draw_evolution(
     return layout.grid(tiles, names, min(len(tiles), STRIP_ROW), title, note, cell, bar=_BAR)
 
 
-def evolution(
-    strip: Strip,
-    visible: np.ndarray | None,
-    title: layout.Title,
-    note: str = "",
-    key_sizes: np.ndarray | None = None,
-) -> np.ndarray:
-    """The same map at successive captures on one scale, then the change since the previous capture.
-
-    Shape:
-        strip.maps: each ``(q, k)``; visible: ``(q, k)`` or ``None``; key_sizes: ``(k,)``.
-    """
-    return draw_evolution(strip, visible, title, note, key_sizes).image
+evolution = image_only(draw_evolution)
 
 
 def encode_png(image: np.ndarray) -> bytes:

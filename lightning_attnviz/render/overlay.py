@@ -4,7 +4,7 @@ The heat is upsampled by whole patches (every patch tints exactly the pixels it 
 coloured on the scale of :mod:`lightning_attnviz.render.maps`: each patch's share of the heat against an even
 spread over the patches, on a log scale, so an evenly spread heat reads as "uniform" and one patch as
 "one-hot", and every head of a grid is on the same scale. Pictures are composed with
-:mod:`lightning_attnviz.render.canvas`: no matplotlib figure, nothing global touched.
+:mod:`lightning_attnviz.render.layout`: no matplotlib figure, nothing global touched.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from lightning_attnviz.render import canvas as layout
+from lightning_attnviz.render import layout
 from lightning_attnviz.render.scale import _LUT, UNIFORM_AT, levels
 
 ALPHA = 0.6  # opacity of the heat at its maximum; it fades with the weight so the image shows through

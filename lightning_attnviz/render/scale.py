@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lightning_attnviz.capture.blocks import PICTURE_CELLS, plan_axis, pool
-from lightning_attnviz.render import canvas as layout
+from lightning_attnviz.render import layout
 
 CMAP = "viridis"
 MASKED_RGB = (215, 215, 215)  # hidden positions (padding, causal future): light gray, not a weight

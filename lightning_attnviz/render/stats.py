@@ -6,7 +6,7 @@ names shortened in the middle), columns the heads, and a last column the layer's
 value its ``attention_stats/<metric>/<layer>/mean`` curve shows). Values are written in the cells when
 the cells are large enough, colours follow a colorbar labelled in the metric's units, and gray means
 no value (e.g. a cross-attention layer has no distance). Beside it, the change since the previous
-capture on a diverging scale. Composed with :mod:`lightning_attnviz.render.canvas` (PIL text, numpy), so a
+capture on a diverging scale. Composed with :mod:`lightning_attnviz.render.layout` (PIL text, numpy), so a
 12 × 12 picture costs milliseconds and nothing global is touched.
 """
 
@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lightning_attnviz.analysis.views import LOGGED_METRICS, ROLES, LayerStats
-from lightning_attnviz.render import canvas as layout
-from lightning_attnviz.render import text as glyphs
-from lightning_attnviz.render.canvas import Canvas
+from lightning_attnviz.render import glyphs, layout
+from lightning_attnviz.render.layout import Canvas
 from lightning_attnviz.render.maps import Picture, _common_prefix
 from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, MASKED_RGB, _colorize_diff
 
@@ -119,16 +118,10 @@ class StatsPicture(Picture):
 
 
 def matrix_picture(
-    values: np.ndarray,
-    layers: Sequence[str],
-    metric: Metric,
-    title: layout.Title,
-    previous: np.ndarray | None = None,
-    previous_step: int | None = None,
-    change: bool = True,
+    values: np.ndarray, layers: Sequence[str], metric: Metric, image: np.ndarray
 ) -> StatsPicture:
-    """:func:`stats_picture` as the ``attention/stats/<metric>`` picture, carrying the matrix it shows."""
-    image = stats_picture(values, layers, metric, title, previous, previous_step, change)
+    """``image`` (drawn by :func:`draw_stats`) as the ``attention/stats/<metric>`` picture, carrying the
+    matrix it shows."""
     return StatsPicture("stats", 0, None, image, metric=metric.name, values=values, layers=tuple(layers),
                         info=metric)  # fmt: skip
 
@@ -227,10 +220,17 @@ def draw_stats(
     previous_step: int | None = None,
     change: bool = True,
 ) -> Canvas:
-    """:func:`stats_picture` with its layout: ``boxes["matrix"]`` is the head columns of the first
-    panel (one ``cell_w × cell_h`` cell per layer and head), ``boxes["mean"]`` its mean column and
-    ``boxes["change"]`` the change panel's head columns, below it (stacked, so the picture stays
-    narrow enough to read on a TensorBoard card)."""
+    """Layer rows × head columns of one metric, coloured, with the values written in when they fit,
+    and (``change``) the difference from ``previous``, the same matrix one capture earlier.
+
+    The layout: ``boxes["matrix"]`` is the head columns of the first panel (one ``cell_w × cell_h``
+    cell per layer and head), ``boxes["mean"]`` its mean column and ``boxes["change"]`` the change
+    panel's head columns, below it (stacked, so the picture stays narrow enough to read on a
+    TensorBoard card).
+
+    Shape:
+        values: ``(layers, heads)``; previous: ``(layers, heads + 1)`` (the mean column last).
+    """
     n_layers, n_heads = values.shape
     means = _row_mean(values)
     panels = [_sequential(values, means, metric, "this capture")]
@@ -331,25 +331,6 @@ def _numbers(canvas: Canvas, panel: _Panel, x: int, mean_x: int, y: int, cell_w:
         canvas.ink(plane, x - margin, y - margin, color)
 
 
-def stats_picture(
-    values: np.ndarray,
-    layers: Sequence[str],
-    metric: Metric,
-    title: layout.Title,
-    previous: np.ndarray | None = None,
-    previous_step: int | None = None,
-    change: bool = True,
-) -> np.ndarray:
-    """Layer rows × head columns of one metric, coloured, with the values written in when they fit,
-    and (``change``) the difference from ``previous``, the same matrix one capture earlier.
-
-    Shape:
-        values: ``(layers, heads)``; previous: ``(layers, heads + 1)`` (the mean column last);
-        returns ``(H, W, 3)`` uint8.
-    """
-    return draw_stats(values, layers, metric, title, previous, previous_step, change).image
-
-
 def render_stats(
     stats: Sequence[LayerStats],
     drift: Mapping[str, np.ndarray] | None,
@@ -381,5 +362,6 @@ def render_stats(
                 before_step = previous[0]
         title = (shown[name].title, f"step {step} · {len(layers)} layers × {values.shape[1]} heads")
         change = name != "drift"  # drift is a change already
-        pictures.append(matrix_picture(values, layers, shown[name], title, before, before_step, change))
+        image = draw_stats(values, layers, shown[name], title, before, before_step, change).image
+        pictures.append(matrix_picture(values, layers, shown[name], image))
     return pictures

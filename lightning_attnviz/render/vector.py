@@ -1,7 +1,7 @@
 """Vector figures of the pictures, for papers: the same layout and colours as the PNG, drawn with
 matplotlib, text as text.
 
-A picture's :class:`~lightning_attnviz.render.canvas.Canvas` knows where each text went, in which size,
+A picture's :class:`~lightning_attnviz.render.layout.Canvas` knows where each text went, in which size,
 colour and direction, and which line segments it blended in. The figure is one point per canvas pixel:
 the canvas without its texts and lines (cells, colour bars, images) as one embedded raster, drawn
 unsampled so the cells stay sharp squares at any zoom; every line segment as a vector line; every text
@@ -28,8 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.text import Text
 
-from lightning_attnviz.render.canvas import Canvas, Placed
-from lightning_attnviz.render.text import BOLD, FONT, ascent
+from lightning_attnviz.render.glyphs import BOLD, FONT, ascent
+from lightning_attnviz.render.layout import Canvas, Placed
 
 POINT = 72  # dots per inch: one canvas pixel is one point, a font of n pixels is n points
 VectorFormat = Literal["svg", "pdf"]

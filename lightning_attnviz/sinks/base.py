@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +37,28 @@ class Outputs:
     tab_extra: list[tuple[str, str, bytes]] = field(default_factory=list)
     phase_changes: list[PhaseChange] = field(default_factory=list)  # for the tab's step-slider markers
     epoch: int | None = None  # the epoch of the capture, for loggers that keep it beside the step (CSV)
+
+
+def head_scalars(
+    into: dict[str, float],
+    tag: Callable[[int | None], str],
+    per_head: np.ndarray,
+    summary: Callable[[np.ndarray], float],
+    heads: bool,
+) -> None:
+    """``tag(None)``: the layer's ``summary`` of its heads; ``tag(h)``: each head, with ``heads``.
+    NaN heads are skipped, and a layer with none finite logs nothing.
+
+    Shape:
+        per_head: ``(H,)``.
+    """
+    finite = per_head[np.isfinite(per_head)]
+    if finite.size:
+        into[tag(None)] = float(summary(finite))
+    if heads:
+        for h, value in enumerate(per_head):
+            if np.isfinite(value):
+                into[tag(h)] = float(value)
 
 
 class Sink(Protocol):

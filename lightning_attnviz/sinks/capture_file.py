@@ -19,20 +19,18 @@ The monitor draws from exactly what is saved (float16 maps, uint8 images), so th
 the monitor's, pixel for pixel.
 
 Reading never trusts the file. Before any array is read, every member's own header (shape and dtype)
-is checked against what the archive says the member holds, against :data:`MAX_MEMBER_BYTES` and, all
-members together, against :data:`MAX_TOTAL_BYTES`; images are at most :data:`MAX_IMAGE_SIDE` pixels a
-side. The metadata is validated, and every problem is a :class:`CaptureFileError` naming the file, so
-no file makes a reader allocate more than these limits. Writing goes through a hidden temporary file
-(``.step_<step>.npz.partial``), removed if the write fails, so a full disk leaves nothing that looks
-like a capture.
+is checked against what the archive says the member holds, against the limits of
+:mod:`lightning_attnviz.sinks.archive` (one member, and all together); images are at most
+:data:`MAX_IMAGE_SIDE` pixels a side. The metadata is validated, and every problem is a
+:class:`CaptureFileError` naming the file, so no file makes a reader allocate more than these limits.
+Writing goes through a hidden temporary file (``.step_<step>.npz.partial``), removed if the write
+fails, so a full disk leaves nothing that looks like a capture.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast, get_args
@@ -46,30 +44,18 @@ from lightning_attnviz.capture.blocks import AxisPlan
 from lightning_attnviz.capture.grid import PatchGrid, stage_grid
 from lightning_attnviz.capture.relevance import RelevanceMap
 from lightning_attnviz.render.plots import PictureSettings
+from lightning_attnviz.sinks.archive import (
+    READ_ERRORS,
+    CaptureFileError,
+    Member,
+    check_sizes,
+    read_member,
+    read_members,
+)
 
 CAPTURE_FORMAT = "lightning_attnviz.capture/3"
 READABLE_FORMATS = ("lightning_attnviz.capture/1", "lightning_attnviz.capture/2", CAPTURE_FORMAT)
-MAX_MEMBER_BYTES = 256 << 20  # an uncompressed array larger than this is refused (zip bombs)
-MAX_TOTAL_BYTES = 512 << 20  # all arrays of one file together, as they decode (six members under the limit)
-MAX_META_BYTES = 16 << 20
 MAX_IMAGE_SIDE = 2048  # pixels (ViT inputs are 224 to 1024); drawing a 2048² overlay takes ~0.9 GB
-_READ_ERRORS = (
-    OSError,
-    EOFError,
-    zipfile.BadZipFile,
-    zlib.error,
-    ValueError,
-    KeyError,
-    TypeError,
-    RuntimeError,  # zipfile: encrypted members; json: nesting too deep
-    NotImplementedError,  # zipfile: a compression method it does not know
-)
-
-
-class CaptureFileError(ValueError):
-    """A saved capture that cannot be read; the message names the file and what is wrong."""
-
-
 @dataclass(frozen=True)
 class SavedCapture:
     """One saved capture. ``pictures`` is ``None`` for files older than format 3 (whose maps are the
@@ -134,7 +120,7 @@ def save_capture(
         arrays[f"img{s}"] = stored_image(image)
     for n, r in enumerate(relevance):
         arrays[f"rel{n}"] = np.asarray(r.matrix, dtype=np.float32)
-    _check_sizes(path, [(f"{name}.npy", a.nbytes) for name, a in arrays.items()])
+    check_sizes(path, [(f"{name}.npy", a.nbytes) for name, a in arrays.items()])
     for s in range(len(images)):
         _check_image(path, arrays[f"img{s}"].shape, s)
     if grid is not None:
@@ -175,15 +161,6 @@ def _pictures_meta(p: PictureSettings) -> dict[str, Any]:
             "rollout_discard": p.rollout_discard}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class _Member:
-    """One ``.npy`` member as its own header declares it, checked before it is read."""
-
-    info: zipfile.ZipInfo
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-
 def load_capture(path: str | Path) -> SavedCapture:
     """Read a file :func:`save_capture` wrote; what it holds is checked before it is read.
 
@@ -194,7 +171,7 @@ def load_capture(path: str | Path) -> SavedCapture:
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            members = _members(path, archive)
+            members = read_members(path, archive)
             meta = _meta(path, archive, members)
             grid = _grid(path, meta.get("grid"))
             views = [_view(path, archive, members, n, v, grid) for n, v in enumerate(meta["views"])]
@@ -205,47 +182,12 @@ def load_capture(path: str | Path) -> SavedCapture:
             relevance = _relevance(path, archive, members, meta.get("relevance", []))
     except CaptureFileError:
         raise
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise CaptureFileError(
             f"{path}: not a readable lightning_attnviz capture ({type(err).__name__}: {err})"
         ) from err
     step, epoch = int(meta["step"]), int(meta["epoch"])
     return SavedCapture(views, step, epoch, grid, tuple(images), pictures, labels, relevance)
-
-
-def _members(path: Path, archive: zipfile.ZipFile) -> dict[str, _Member]:
-    """Every ``.npy`` member by key, from the headers alone; refused when one member or all of them
-    together would decode to more than the limits."""
-    members: dict[str, _Member] = {}
-    _check_sizes(path, [(i.filename, i.file_size) for i in archive.infolist()])  # the archive's claim
-    for info in archive.infolist():
-        if not info.filename.endswith(".npy"):
-            continue
-        with archive.open(info) as f:
-            shape, dtype = _header(f)
-            start = f.tell()
-        size = math.prod(shape) * dtype.itemsize
-        if dtype.hasobject or start + size != info.file_size:
-            raise CaptureFileError(
-                f"{path}: member {info.filename!r} declares {dtype} {shape} ({size} bytes) but the "
-                f"archive holds {info.file_size - start} bytes of plain data"
-            )
-        members[info.filename[: -len(".npy")]] = _Member(info, shape, dtype)
-    return members
-
-
-def _check_sizes(path: Path, sizes: list[tuple[str, int]]) -> None:
-    """Refuse a member over its limit, or members over :data:`MAX_TOTAL_BYTES` together."""
-    for name, size in sizes:
-        limit = MAX_META_BYTES if name == "meta.npy" else MAX_MEMBER_BYTES
-        if size > limit:
-            raise CaptureFileError(f"{path}: member {name!r} expands to {size} bytes (limit {limit})")
-    total = sum(size for _, size in sizes)
-    if total > MAX_TOTAL_BYTES:
-        raise CaptureFileError(
-            f"{path}: its {len(sizes)} members expand to {total} bytes in all (limit {MAX_TOTAL_BYTES}); "
-            "refused unread"
-        )
 
 
 def _check_image(path: Path, shape: tuple[int, ...], s: int) -> None:
@@ -266,28 +208,11 @@ def _check_grid(path: Path, grid: PatchGrid) -> None:
         )
 
 
-def _header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from a ``.npy`` header (versions 1.0 and 2.0, the ones numpy writes here)."""
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise ValueError(f"npy format version {version} is not one this library writes")
-    return tuple(shape), dtype
-
-
-def _read(archive: zipfile.ZipFile, member: _Member) -> np.ndarray:
-    with archive.open(member.info) as f:
-        return np.lib.format.read_array(f, allow_pickle=False)
-
-
-def _meta(path: Path, archive: zipfile.ZipFile, members: dict[str, _Member]) -> dict[str, Any]:
+def _meta(path: Path, archive: zipfile.ZipFile, members: dict[str, Member]) -> dict[str, Any]:
     member = members.get("meta")
     if member is None or member.shape != () or member.dtype.kind != "U":
         raise CaptureFileError(f"{path}: no `meta` string; not a lightning_attnviz capture")
-    meta = json.loads(str(_read(archive, member)))
+    meta = json.loads(str(read_member(archive, member)))
     if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CaptureFileError(f"{path}: format must be one of {list(READABLE_FORMATS)}, got {found!r}")
@@ -300,7 +225,7 @@ def _meta(path: Path, archive: zipfile.ZipFile, members: dict[str, _Member]) -> 
 
 
 def _view(
-    path: Path, archive: zipfile.ZipFile, members: dict[str, _Member], n: int, v: Any, grid: PatchGrid | None
+    path: Path, archive: zipfile.ZipFile, members: dict[str, Member], n: int, v: Any, grid: PatchGrid | None
 ) -> AttentionView:
     """View ``n``: its shapes are checked from the headers, then its arrays are read."""
     if not isinstance(v, dict):
@@ -331,9 +256,9 @@ def _view(
         raise CaptureFileError(
             f"{path}: view {n} needs a string `layer`, an int `sample` >= 0 and strings `note` and `layout`"
         )
-    half = np.require(_read(archive, w), requirements="W")  # torch wants a writable array
+    half = np.require(read_member(archive, w), requirements="W")  # torch wants a writable array
     weights = torch.from_numpy(half).float().numpy()  # torch: fast on float16 subnormals
-    visible = None if vis is None else _read(archive, vis)
+    visible = None if vis is None else read_member(archive, vis)
     stage = _stage(path, n, v.get("stage"))
     on = stage_grid(grid, stage) if stage is not None else grid
     pooling = _pooling(path, archive, members, n, v.get("factor"), weights.shape[1:], on)
@@ -352,20 +277,20 @@ def _stage(path: Path, n: int, stage: Any) -> tuple[int, int] | None:
     return stage[0], stage[1]
 
 
-def _image(path: Path, archive: zipfile.ZipFile, member: _Member, s: int) -> np.ndarray:
+def _image(path: Path, archive: zipfile.ZipFile, member: Member, s: int) -> np.ndarray:
     """Image ``s``, ``(H, W, 3)`` uint8, at most :data:`MAX_IMAGE_SIDE` a side (checked unread)."""
     shape = member.shape
     if member.dtype != np.uint8 or len(shape) != 3 or shape[-1] != 3:
         raise CaptureFileError(f"{path}: img{s} is not a (H, W, 3) uint8 image, got {member.dtype} {shape}")
     _check_image(path, shape, s)
-    return _read(archive, member)
+    return read_member(archive, member)
 
 
 
 def _pooling(
     path: Path,
     archive: zipfile.ZipFile,
-    members: dict[str, _Member],
+    members: dict[str, Member],
     n: int,
     factor: Any,
     shape: tuple[int, ...],
@@ -377,7 +302,7 @@ def _pooling(
     factors = factor if isinstance(factor, list) and len(factor) == 2 else [1, 1]
     plans = []
     for axis, name, blocks in ((0, f"gq{n}", shape[0]), (1, f"gk{n}", shape[1])):
-        group = _read(archive, members[name]) if name in members else np.zeros(0, dtype=np.int32)
+        group = read_member(archive, members[name]) if name in members else np.zeros(0, dtype=np.int32)
         f = factors[axis]
         ok = group.ndim == 1 and np.issubdtype(group.dtype, np.integer) and isinstance(f, int) and f >= 1
         if not ok or not len(group) or group.min() < 0 or group.max() != blocks - 1:
@@ -425,13 +350,13 @@ def _sample_labels(path: Path, meta: dict[str, Any]) -> tuple[tuple[str, ...] | 
 
 
 def _relevance(
-    path: Path, archive: zipfile.ZipFile, members: dict[str, _Member], described: Any
+    path: Path, archive: zipfile.ZipFile, members: dict[str, Member], described: Any
 ) -> tuple[RelevanceMap, ...]:
     if not isinstance(described, list):
         raise CaptureFileError(f"{path}: `relevance` must be a list")
     maps = []
     for n, r in enumerate(described):
-        matrix = _read(archive, members[f"rel{n}"]) if f"rel{n}" in members else None
+        matrix = read_member(archive, members[f"rel{n}"]) if f"rel{n}" in members else None
         square = matrix is not None and matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]
         try:
             sample, row, layers, target = (

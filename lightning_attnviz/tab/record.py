@@ -115,15 +115,49 @@ def encode_map(
         weights: ``(heads, q, k)``. visible: broadcastable to it, ``(1 | heads, q, k)``.
         image: ``(height, width, 3)``.
     """
+    weights = _checked(weights, q_labels, k_labels)
+    heads, q, k = weights.shape
+    mask = _mask(visible, weights.shape)
+    cells, scales, floors = _cells(weights, mask)
+    header: dict[str, Any] = {
+        "format": FORMAT, "step": int(step), "epoch": None if epoch is None else int(epoch),
+        "layer": str(layer), "sample": int(sample), "heads": int(heads), "q": int(q), "k": int(k),
+        "scales": [float(s) for s in scales], "floors": [float(f) for f in floors],
+        "q_labels": [str(s) for s in q_labels], "k_labels": [str(s) for s in k_labels], "note": note,
+        "mask": None if mask is None else {"heads": int(mask.shape[0])}, "image": None,
+    }  # fmt: skip
+    payload = [cells.tobytes()]
+    if mask is not None:
+        payload.append(np.packbits(mask.ravel(), bitorder="little").tobytes())
+    if image is not None:
+        header["image"], rgb = _image(image, grid, prefix_tokens)
+        payload.append(rgb)
+    encoded = json.dumps(header, ensure_ascii=False).encode()
+    return len(encoded).to_bytes(_LENGTH, "little") + encoded + b"".join(payload)
+
+
+def _checked(weights: np.ndarray, q_labels: list[str], k_labels: list[str]) -> np.ndarray:
+    """``weights`` as float32, after checking it is ``(heads, q, k)`` with a label per row and column."""
     weights = np.asarray(weights, dtype=np.float32)
     if weights.ndim != 3:
         raise ValueError(f"`weights` must have shape (heads, q, k), got {weights.shape}")
-    heads, q, k = weights.shape
+    _, q, k = weights.shape
     if len(q_labels) != q or len(k_labels) != k:
         raise ValueError(
             f"`q_labels` and `k_labels` need {q} and {k} labels, got {len(q_labels)} and {len(k_labels)}"
         )
-    mask = _mask(visible, weights.shape)
+    return weights
+
+
+def _cells(weights: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cell bytes on each head's log scale, with that scale's top and floor per head: non-finite
+    cells are :data:`NOT_FINITE`, masked cells 0.
+
+    Shape:
+        weights: ``(heads, q, k)``; mask: ``(1 | heads, q, k)``; returns ``(heads, q, k)`` uint8 and
+        ``(heads,)`` twice.
+    """
+    heads, _, k = weights.shape
     finite = np.isfinite(weights)
     shown = finite if mask is None else finite & mask
     kept = np.where(shown, np.maximum(weights, 0.0), 0.0)
@@ -133,39 +167,19 @@ def encode_map(
     cells[~finite] = NOT_FINITE
     if mask is not None:
         cells[~np.broadcast_to(mask, cells.shape)] = 0  # masked wins: a fully masked row is NaN
-    header: dict[str, Any] = {
-        "format": FORMAT,
-        "step": int(step),
-        "epoch": None if epoch is None else int(epoch),
-        "layer": str(layer),
-        "sample": int(sample),
-        "heads": int(heads),
-        "q": int(q),
-        "k": int(k),
-        "scales": [float(s) for s in scales],
-        "floors": [float(f) for f in floors],
-        "q_labels": [str(s) for s in q_labels],
-        "k_labels": [str(s) for s in k_labels],
-        "note": note,
-        "mask": None if mask is None else {"heads": int(mask.shape[0])},
-        "image": None,
-    }
-    payload = [cells.tobytes()]
-    if mask is not None:
-        payload.append(np.packbits(mask.ravel(), bitorder="little").tobytes())
-    if image is not None:
-        if grid is None:
-            raise ValueError("`grid` (patch rows, cols) is required with `image`, got None")
-        rgb = _rgb(image)
-        header["image"] = {
-            "height": int(rgb.shape[0]),
-            "width": int(rgb.shape[1]),
-            "grid": [int(grid[0]), int(grid[1])],
-            "prefix": int(prefix_tokens),
-        }
-        payload.append(rgb.tobytes())
-    encoded = json.dumps(header, ensure_ascii=False).encode()
-    return len(encoded).to_bytes(_LENGTH, "little") + encoded + b"".join(payload)
+    return cells, scales, floors
+
+
+def _image(
+    image: np.ndarray, grid: tuple[int, int] | None, prefix_tokens: int
+) -> tuple[dict[str, Any], bytes]:
+    """The header's ``image`` entry and the RGB bytes of a vision sample, which needs its patch grid."""
+    if grid is None:
+        raise ValueError("`grid` (patch rows, cols) is required with `image`, got None")
+    rgb = _rgb(image)
+    entry = {"height": int(rgb.shape[0]), "width": int(rgb.shape[1]), "grid": [int(grid[0]), int(grid[1])],
+             "prefix": int(prefix_tokens)}  # fmt: skip
+    return entry, rgb.tobytes()
 
 
 def _log_bytes(kept: np.ndarray, scales: np.ndarray, floors: np.ndarray) -> np.ndarray:

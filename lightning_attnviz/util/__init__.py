@@ -1,1 +1,1 @@
-"""Helpers every floor may use: argument checks and the Lightning packages' classes."""
+"""Helpers every floor may use: argument checks, warn-once keys and the Lightning packages' classes."""

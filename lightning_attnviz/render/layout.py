@@ -1,6 +1,6 @@
 """A small layout and text raster engine: every picture is a numpy RGB canvas with text pasted in.
 
-Text comes as cached alpha bitmaps from :mod:`lightning_attnviz.render.text` (rasterised once with FreeType,
+Text comes as cached alpha bitmaps from :mod:`lightning_attnviz.render.glyphs` (rasterised once with FreeType,
 not drawn as matplotlib artists) and is alpha-blended into the canvas. Nothing global is touched: the
 only shared object is that cache, behind a lock, so pictures can be drawn from any thread.
 
@@ -16,16 +16,16 @@ that the picture can be redrawn with its text as text and its lines as lines ove
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec
 
 import numpy as np
 
-from lightning_attnviz.render.text import bitmap, fit, line_height, width, wrap
-from lightning_attnviz.render.text import shorten as shorten
+from lightning_attnviz.render.glyphs import bitmap, fit, line_height, width, wrap
+from lightning_attnviz.render.glyphs import shorten as shorten
 
 INK = (30, 30, 30)
 GRAY = (100, 100, 100)
@@ -259,6 +259,20 @@ def keep_canvases() -> Iterator[list[Canvas]]:
         yield kept
     finally:
         _kept.reset(token)
+
+
+Args = ParamSpec("Args")
+
+
+def image_only(draw: Callable[Args, Canvas]) -> Callable[Args, np.ndarray]:
+    """A ``draw_*`` function that returns its ``(H, W, 3)`` uint8 picture alone: what the pipeline logs,
+    while tests and the vector figures read the layout of the canvas."""
+
+    def image(*args: Args.args, **kwargs: Args.kwargs) -> np.ndarray:
+        return draw(*args, **kwargs).image
+
+    image.__doc__ = draw.__doc__
+    return image
 
 
 def finish(canvas: Canvas, title: Title, foot: Sequence[str]) -> Canvas:
