@@ -374,7 +374,7 @@ def capture_attention(
             it is computed, a block of query rows at a time, so memory stays O(samples·H·max_tokens²)
             however long the sequence (see :attr:`AttentionMap.block`).
         stats: also accumulate per-row statistics at full resolution (:attr:`AttentionMap.stats`).
-        defer: only keep detached CPU copies of the sampled rows' inputs (and projection weights) in
+        defer: only keep detached CPU copies of the sampled rows' inputs (their q/k and masks) in
             :attr:`AttentionCapture.pending`; :func:`~lightning_attnviz.capture.inputs.compute` makes the
             weights later, e.g. in another process while training goes on.
 

@@ -1,6 +1,6 @@
 """Attention weights A = softmax(QKᵀ·scale + mask), recomputed beside the user's own kernel.
 
-These functions never run the model's attention: they take the q/k (or the projection weights) the
+These functions never run the model's attention: they take the q/k (or the scores) the
 model used and compute A for the first few batch rows only, in float32, in chunks of query rows, so
 that memory stays O(samples·H·chunk·S) while computing and the user's fused kernel keeps running.
 """
