@@ -132,6 +132,33 @@ class LitNoAttention(LitGPT):
         return self.net(idx)
 
 
+
+class LitTimmViT(pl.LightningModule):
+    """A tiny timm ViT with random weights and 8-px patches classifying 3 classes; ``vit`` options
+    (``img_size``, ``reg_tokens``, ``global_pool``, ...) go to ``timm.create_model``."""
+
+    def __init__(self, lr: float = 0.5, adam: bool = False, **vit) -> None:
+        super().__init__()
+        import timm  # with tests/torchvision_standin installed first (conftest does)
+
+        options = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=3)
+        self.vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**options, **vit})
+        self.lr, self.adam = lr, adam
+
+    def forward(self, images):
+        return self.vit(images)
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW if self.adam else torch.optim.SGD
+        return optimizer(self.parameters(), lr=self.lr)
+
+
 def make_trainer(tmp_path, callbacks=(), logger=True, **kwargs) -> pl.Trainer:
     options = dict(
         max_epochs=2,

@@ -6,11 +6,7 @@ import io
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
-import timm
-import torch
-import torch.nn.functional as F
-from lightning_models import LitGPT, image_loader, make_trainer, read_events, token_loader
+from lightning_models import LitGPT, LitTimmViT, image_loader, make_trainer, read_events, token_loader
 from PIL import Image
 
 from lightning_attnviz import AttentionMonitor
@@ -20,29 +16,11 @@ from lightning_attnviz.sinks.capture_file import load_capture
 from lightning_attnviz.sinks.tags import Tags
 
 
-class LitVisionTransformer(pl.LightningModule):
-    """A small timm ViT on 64×64 images, 8-px patches: with a CLS token and two registers, or read
-    out by an attention pool (``global_pool="map"``) without one."""
-
-    def __init__(self, readout: str) -> None:
-        super().__init__()
-        extra = dict(reg_tokens=2) if readout == "cls" else dict(global_pool="map", class_token=False)
-        self.vit = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, img_size=64, patch_size=8, embed_dim=32, depth=2,
-            num_heads=4, num_classes=3, **extra,
-        )  # fmt: skip
-
-    def forward(self, x):
-        return self.vit(x)
-
-    def training_step(self, batch, _):
-        return F.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, _):
-        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.5)
+def _vit(readout: str) -> LitTimmViT:
+    """A 64-px timm ViT read out by its CLS token (with two registers beside it), or by an attention
+    pool (``global_pool="map"``) without one."""
+    extra = dict(reg_tokens=2) if readout == "cls" else dict(global_pool="map", class_token=False)
+    return LitTimmViT(img_size=64, **extra)
 
 
 PLOTS = ["heatmap", "heads", "atlas", "overlay", "overlay_heads", "rollout", "evolution", "stats"]
@@ -67,7 +45,7 @@ def _fit(tmp_path, readout: str, **kwargs):
     )
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     loader = image_loader(size=(64, 64))
-    trainer.fit(LitVisionTransformer(readout), loader, image_loader(size=(64, 64), seed=1))
+    trainer.fit(_vit(readout), loader, image_loader(size=(64, 64), seed=1))
     captures = sorted((tmp_path / "tb" / "version_0" / Tags().captures_dir).glob("step_*.npz"))
     return read_events(trainer.logger.log_dir), captures
 

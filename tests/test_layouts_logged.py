@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import timm
 import torch
 import torch.nn.functional as F
-from lightning_models import image_loader, make_trainer, read_events
+from lightning_models import LitTimmViT, image_loader, make_trainer, read_events
 from PIL import Image
 from torch import nn
 
@@ -19,33 +19,11 @@ from lightning_attnviz.sinks.tags import Tags
 from lightning_attnviz.tab.record import decode_map
 
 
-class LitPooled(pl.LightningModule):
-    """A timm ViT read out by an attention pool (``global_pool="map"``), no CLS token."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.vit = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=2,
-            num_heads=4, num_classes=3, global_pool="map", class_token=False,
-        )  # fmt: skip
-
-    def forward(self, x):
-        return self.vit(x)
-
-    def training_step(self, batch, _):
-        return F.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, _):
-        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=1e-3)
-
-
 def test_an_attention_pool_is_drawn_over_the_image(tmp_path):
     monitor = AttentionMonitor(plots=["overlay", "rollout"], image_grid=PatchGrid((4, 4), 0, (8, 8)))
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
-    trainer.fit(LitPooled(), image_loader(), image_loader(seed=1))
+    model = LitTimmViT(lr=1e-3, adam=True, global_pool="map", class_token=False)  # read out by a pool
+    trainer.fit(model, image_loader(), image_loader(seed=1))
     events = read_events(trainer.logger.log_dir)
     tags = set(events.Tags()["images"])
     assert "attention/sample_0/vit.attn_pool/overlay" in tags  # the latent → patches row the head reads

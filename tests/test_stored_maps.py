@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from lightning_models import make_trainer, read_events
+from lightning_models import LitTimmViT, make_trainer, read_events
 from models import timm_reference_weights
 
 from lightning_attnviz import AttentionMonitor
@@ -86,38 +85,6 @@ def test_text_keeps_the_sink_tokens_alone_and_blocks_even():
 # -- real fits: the maps stored and shown ------------------------------------------------------------
 
 
-class LitTimmViT(pl.LightningModule):
-    """A timm ViT of ``side`` px with 8-px patches: (side / 8)² patches after CLS and ``registers``."""
-
-    def __init__(self, side: int, registers: int = 0) -> None:
-        super().__init__()
-        import timm
-
-        self.vit = timm.create_model(
-            "vit_tiny_patch16_224",
-            pretrained=False,
-            img_size=side,
-            patch_size=8,
-            embed_dim=32,
-            depth=2,
-            num_heads=4,
-            num_classes=3,
-            reg_tokens=registers,
-        )
-
-    def forward(self, images):
-        return self.vit(images)
-
-    def training_step(self, batch, batch_idx):
-        return F.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.5)
-
-
 def _images(side: int, seed: int) -> torch.utils.data.DataLoader:
     g = torch.Generator().manual_seed(seed)
     images, labels = torch.randn(8, 3, side, side, generator=g), torch.randint(0, 3, (8,), generator=g)
@@ -127,7 +94,7 @@ def _images(side: int, seed: int) -> torch.utils.data.DataLoader:
 
 def _fit(tmp_path, side: int, registers: int = 0, **kwargs):
     pl.seed_everything(3, verbose=False)
-    model = LitTimmViT(side, registers)
+    model = LitTimmViT(img_size=side, reg_tokens=registers)  # (side / 8)² patches, CLS, registers
     monitor = AttentionMonitor(plots=["heatmap", "overlay"], histograms=False, **kwargs)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     trainer.fit(model, _images(side, 0), _images(side, 1))  # one capture, at the end of the fit
