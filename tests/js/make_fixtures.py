@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, _bounded, levels
+from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, levels
 from lightning_attnviz.tab.overview import MatrixMetric, encode_overview
 from lightning_attnviz.tab.record import decode_map, encode_map
 
@@ -92,14 +92,18 @@ def _version2() -> bytes:
     return len(encoded).to_bytes(4, "little") + encoded + bytes([254, 0, 127, 255])
 
 
-def _places(blob: bytes, pooled: bool = False) -> list:
-    """Where the pictures' scale places the decoded head mean (pooled as the pictures pool it)."""
+def _places(blob: bytes, block: int = 1) -> list:
+    """Where the pictures' scale places the decoded head mean, or (``block``) the mean pooled in
+    uniform ``block`` × ``block`` squares as the tab shows a map wider than its panel: query rows
+    averaged, keys summed, a cell visible where any of its block is."""
     record = decode_map(blob)
     mean = record.weights.mean(axis=0)
     visible = None if record.visible is None else record.visible.any(axis=0)
-    if pooled:
-        labels = [str(i) for i in range(mean.shape[0])]
-        mean, visible, _, _ = _bounded(mean, visible, labels, labels)
+    if block > 1:
+        q, k = mean.shape
+        mean = mean.reshape(q // block, block, k // block, block).sum(-1).mean(-2)
+        if visible is not None:
+            visible = visible.reshape(q // block, block, k // block, block).any(axis=(1, 3))
     t = levels(mean, visible)
     return [None if np.isnan(v) else float(v) for v in t.ravel()]
 
@@ -144,7 +148,7 @@ def main(out: Path) -> None:
     expected["rdbu"] = _DIFF_LUT.tolist()
     expected["viridis_matplotlib"] = [_rgb(matplotlib.colormaps["viridis"], i) for i in (0, 128, 255)]
     expected["places"] = {"causal": _places(records["causal"]), "long": _places(records["long"]),
-                          "long_pooled": _places(records["long"], pooled=True)}  # fmt: skip
+                          "long_pooled": _places(records["long"], block=2)}  # fmt: skip
     (out / "overview.json").write_bytes(_overview())
     (out / "expected.json").write_text(json.dumps(expected))
 

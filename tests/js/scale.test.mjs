@@ -45,8 +45,8 @@ test("places on the log scale match render/scale.py's levels, masked cells gray"
   }
 });
 
-test("a long map pooled for display is placed as the pictures place their pooled map", () => {
-  const matrix = matrixOf(decodeRecord(recordBytes("long")), "mean"); // 256 tokens: the pictures pool by 2
+test("a map wider than its panel, shown in 2 × 2 blocks, is placed as Python places those blocks", () => {
+  const matrix = matrixOf(decodeRecord(recordBytes("long")), "mean"); // 256 tokens, shown in 128 blocks
   const pooled = poolMatrix(matrix, 2);
   assertPlaces(places(pooled, "log", { q0: 0, q1: 128, k0: 0, k1: 128 }), want.places.long_pooled, "pooled");
 });
