@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from models import GPT, GPTConfig
+from timing import cpu_seconds
 
 from lightning_attnviz import capture_attention
 from lightning_attnviz.capture.discover import find_attention
@@ -23,15 +23,6 @@ from lightning_attnviz.capture.inputs import Pending, compute
 from lightning_attnviz.capture.pooling import Storage
 from lightning_attnviz.capture.relevance import relevance_pass
 from lightning_attnviz.capture.weights import sdpa_weights
-
-
-def cpu_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        best = min(best, time.process_time() - start)
-    return best
 
 
 def compute_costs(model: GPT, length: int) -> tuple[float, float, float]:

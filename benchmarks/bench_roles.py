@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from models import GPT, GPTConfig
+from timing import cpu_seconds
 
 from lightning_attnviz import AttentionMonitor, capture_attention
 from lightning_attnviz.analysis.views import LayerStats, layer_stats
@@ -33,15 +32,6 @@ from lightning_attnviz.render.maps import encode_png
 from lightning_attnviz.render.plots import default_plots
 from lightning_attnviz.render.stats import render_stats
 from lightning_attnviz.sinks.tags import Tags
-
-
-def cpu_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        best = min(best, time.process_time() - start)
-    return best
 
 
 def capture(model: GPT, length: int, step: int) -> Job:

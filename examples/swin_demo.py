@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
-from vision_demo import CLASSES, MEAN, SIZE, STD, clutter_data
+from vision_demo import CLASSES, MEAN, SIZE, STD, ImageClassifier, clutter_data
 
 from lightning_attnviz import AttentionMonitor, capture_attention
 from lightning_attnviz.capture.samples import unnormalize
@@ -40,7 +39,7 @@ PATCH, WINDOW = 4, 4  # an 8×8 grid of 4×4-pixel patches in 4×4 windows; 4×4
 QUERIES = ((0, 0), (3, 4), (5, 1), (7, 7))  # (row, col) of the patches whose windows are drawn
 
 
-class LitSwin(pl.LightningModule):
+class LitSwin(ImageClassifier):
     def __init__(self, lr: float = 1e-3) -> None:
         super().__init__()
         import transformers as tf
@@ -54,26 +53,6 @@ class LitSwin(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x).logits
-
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.log(f"{stage}/loss", loss, prog_bar=True)
-        self.log(f"{stage}/acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
-        return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._loss(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._loss(batch, "val")
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        steps = self.trainer.estimated_stepping_batches
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def window_picture(model: LitSwin, image: torch.Tensor) -> np.ndarray:

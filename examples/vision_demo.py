@@ -108,21 +108,9 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class TinyViT(pl.LightningModule):
-    def __init__(self, dim: int = 64, heads: int = 4, layers: int = 3, lr: float = 2e-3) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.patch_embed = nn.Conv2d(3, dim, kernel_size=PATCH, stride=PATCH)
-        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos = nn.Parameter(torch.randn(1, 1 + (SIZE // PATCH) ** 2, dim) * 0.02)
-        self.blocks = nn.Sequential(*(Block(dim, heads) for _ in range(layers)))
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, len(CLASSES))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, rows * cols, dim), row-major
-        tokens = torch.cat([self.cls.expand(len(x), -1, -1), patches], dim=1) + self.pos  # (B, 1 + N, dim)
-        return self.head(self.norm(self.blocks(tokens))[:, 0])  # the classifier reads only CLS
+class ImageClassifier(pl.LightningModule):
+    """Training shared by the image demos: cross-entropy over CLASSES, AdamW at ``hparams.lr`` with a
+    cosine decay; subclasses define ``forward``."""
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
@@ -144,6 +132,24 @@ class TinyViT(pl.LightningModule):
         steps = self.trainer.estimated_stepping_batches
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class TinyViT(ImageClassifier):
+    def __init__(self, dim: int = 64, heads: int = 4, layers: int = 3, lr: float = 2e-3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.patch_embed = nn.Conv2d(3, dim, kernel_size=PATCH, stride=PATCH)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 1 + (SIZE // PATCH) ** 2, dim) * 0.02)
+        self.blocks = nn.Sequential(*(Block(dim, heads) for _ in range(layers)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, len(CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, rows * cols, dim), row-major
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), patches], dim=1) + self.pos  # (B, 1 + N, dim)
+        return self.head(self.norm(self.blocks(tokens))[:, 0])  # the classifier reads only CLS
+
 
 
 def main() -> None:
