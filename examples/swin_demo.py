@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
-from vision_demo import CLASSES, MEAN, SIZE, STD, ImageClassifier, clutter_data
+from vision_demo import CLASSES, MEAN, SIZE, STD, ImageClassifier, clutter_data, say_where
 
 from lightning_attnviz import AttentionMonitor, capture_attention
 from lightning_attnviz.capture.samples import unnormalize
@@ -129,12 +128,7 @@ def main() -> None:
     trainer.fit(model, train, val)
     if args.docs is not None:
         write_docs(model, val, logger.log_dir, args.docs)
-    tensorboard = Path(sys.executable).parent / "tensorboard"
-    print(
-        f"\nValidation accuracy: {trainer.callback_metrics['val/acc']:.3f}\n"
-        f"TensorBoard logs: {logger.log_dir}\nOpen them with:\n"
-        f"  {tensorboard} --logdir {args.logdir} --samples_per_plugin images=1000,attnviz=1000\n"
-    )
+    say_where(trainer, logger.log_dir, args.logdir)
 
 
 if __name__ == "__main__":

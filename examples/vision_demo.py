@@ -180,11 +180,16 @@ def main() -> None:
         enable_model_summary=False,
     )
     trainer.fit(TinyViT(), train, val)
+    say_where(trainer, logger.log_dir, args.logdir)
+
+
+def say_where(trainer: pl.Trainer, log_dir: str, logdir: str) -> None:
+    """The accuracy reached, and how to open the logs."""
     tensorboard = Path(sys.executable).parent / "tensorboard"  # the one installed beside this Python
     print(
         f"\nValidation accuracy: {trainer.callback_metrics['val/acc']:.3f}\n"
-        f"TensorBoard logs: {logger.log_dir}\nOpen them with:\n"
-        f"  {tensorboard} --logdir {args.logdir} --samples_per_plugin images=1000,attnviz=1000\n"
+        f"TensorBoard logs: {log_dir}\nOpen them with:\n"
+        f"  {tensorboard} --logdir {logdir} --samples_per_plugin images=1000,attnviz=1000\n"
     )
 
 
