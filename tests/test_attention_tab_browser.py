@@ -17,11 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from test_tb_plugin import LAYERS, STEPS, _get, _tensorboard, _wait_for, write_demo_logs
 
+from lightning_attnviz.analysis.views import AttentionView
+from lightning_attnviz.capture.blocks import plan_axis, pool
+from lightning_attnviz.capture.grid import PatchGrid
+from lightning_attnviz.pipeline.plan import screen_blocks
 from lightning_attnviz.render.scale import _DIFF_LUT, _LUT, MASKED_RGB, colorize
 from lightning_attnviz.tab.record import decode_map, encode_map, tab_value
 
@@ -278,8 +283,10 @@ def test_a_2048_token_map_opens_downsampled_and_zooms_without_freezing(tmp_path,
     _wait_for(lambda: json.loads(_get(f"{base}/runs")[1]))
     record = decode_map(_get(f"{base}/map?run=long&tag=sample_0/gpt.h.0.attn&step=10")[1])
     cells = [[0, 1500, 1499], [0, 1500, 1510], [0, 1520, 1470], [0, 1530, 1529]]
+    pooled_cells = [[0, 0, 0], [0, 1, 0], [0, 1000, 0], [0, 1000, 996], [0, 2047, 1], [0, 2047, 2047]]
     checks = {"scenario": "large", "hash": "&p.attnviz.run=long", "hang_guard_ms": 60_000,
-              "drag": [[1460, 1460], [1540, 1540]], "probe_zoomed": cells}  # fmt: skip
+              "drag": [[1460, 1460], [1540, 1540]], "probe_zoomed": cells, "probe_pooled": pooled_cells,
+              "hover_pooled": [[1000, 0], [1000, 996]]}  # fmt: skip
     screenshot = tmp_path / "large.png"
     summary = _drive(base, screenshot, checks)
     assert summary["ok"], summary
@@ -287,8 +294,29 @@ def test_a_2048_token_map_opens_downsampled_and_zooms_without_freezing(tmp_path,
     record_property("first_picture_ms", summary["drawn_ms"])
     record_property("paint_ms", summary["paint_ms"])
     assert summary["drawn_ms"] < 60_000 and summary["answer_ms"] < 5_000  # a hang guard, not a benchmark
-    assert summary["block"] > 1 and "downsampled" in summary["zoom_info"], summary["zoom_info"]
-    assert summary["zoom_info"].startswith("all 2048 × 2048 cells")
+    # shown pooled by the pictures' rule: token 0 alone, the rest in even contiguous blocks, the same
+    # blocks plan_axis gives, said as the pictures say it
+    assert summary["pooled"] and summary["zoom_info"].startswith("all 2048 × 2048 cells"), summary
+    q_group = np.array([int(g) for g in summary["q_group"].split(",")])
+    plan = plan_axis(n, int(q_group.max()) + 1, keep=1)
+    assert plan.pooled and np.array_equal(q_group, plan.group) and plan.sizes[0] == 1
+    assert summary["k_group"] == summary["q_group"]
+    assert f"downsampled {plan.describe()} per side" in summary["zoom_info"], summary["zoom_info"]
+    pooled = pool(torch.from_numpy(_mean(record)[0]), plan, plan).numpy()
+    shown = pool(torch.from_numpy(record.visible.any(axis=0)), plan, plan).numpy()
+    pooled_colours = colorize(pooled, shown, plan.sizes)  # pooled keys per token, as the pictures
+    for key, rgb in summary["cells_pooled"].items():
+        _, r, c = map(int, key.split(","))
+        want = pooled_colours[plan.group[r], plan.group[c]]
+        assert rgb == GRAY if not shown[plan.group[r], plan.group[c]] else _close(rgb, want), (key, rgb, want)
+    hover = summary["hover_pooled"]
+    # hovering names a block's tokens as the pictures label them, and the first token by its own
+    first, last = (int(i) for i in np.flatnonzero(plan.group == plan.group[1000])[[0, -1]])
+    assert hover["1000,0"].startswith(f"queries \u2068{first}–{last}\u2069 → key 0 \u2068t0\u2069: "), hover
+    near = [plan.labels()[b] for b in range(plan.group[996] - 1, plan.group[996] + 2)]  # cells ~1.6 px wide
+    said = [f"queries \u2068{first}–{last}\u2069 → keys \u2068{keys}\u2069: " for keys in near]
+    assert any(hover["1000,996"].startswith(s) for s in said), hover
+    assert hover["1000,996"].endswith("(block: rows averaged, keys summed)"), hover
     zoomed = summary["zoomed"]
     assert int(zoomed["q0"]) <= 1460 and int(zoomed["k0"]) <= 1460
     assert "p.attnviz.zoom=" in summary["url_zoomed"]
@@ -300,8 +328,56 @@ def test_a_2048_token_map_opens_downsampled_and_zooms_without_freezing(tmp_path,
     for key, rgb in summary["cells_zoomed"].items():
         _, r, c = map(int, key.split(","))
         assert rgb == GRAY if c > r else _close(rgb, colours[r, c]), (key, rgb, colours[r, c])
-    assert summary["block_after_reset"] > 1
+    assert summary["pooled_after_reset"]
     _keep(tmp_path / "large-zoomed.png", "attention_tab_large.png")
+
+
+def test_an_image_map_larger_than_its_panel_keeps_cls_alone_and_pools_patches_in_squares(tmp_path):
+    """A ViT at 384 px (CLS + 24 × 24 patches) kept whole in the tab (dashboard_tokens ≥ 577): its
+    panel is 320 px high, so the tab pools it on screen, by the pictures' rule: CLS alone, patches in
+    2 × 2 squares, not uniform blocks that merge CLS with patches."""
+    _browser_or_skip()
+    grid = PatchGrid((24, 24), 1, 16)
+    n, rng = grid.length, np.random.default_rng(1)
+    weights = rng.random((2, n, n), dtype=np.float32) ** 6
+    weights[:, :, 0] += 0.5  # every query attends to CLS: merged with a patch it would read differently
+    weights /= weights.sum(-1, keepdims=True)
+    labels = grid.labels()
+    view = AttentionView("vit.blocks.0.attn", 0, weights, None, labels, labels)
+    blob = encode_map(layer=view.layer, sample=0, step=4, epoch=0, weights=weights, visible=None,
+                      q_labels=labels, k_labels=labels, image=rng.random((96, 96, 3)), grid=grid.grid,
+                      prefix_tokens=1, blocks=screen_blocks(view, grid, 1))  # fmt: skip
+    writer = EventFileWriter(str(tmp_path / "vit"))
+    value = tab_value(f"sample_0/{view.layer}", blob)
+    writer.add_event(Event(step=4, wall_time=time.time(), summary=Summary(value=[value])))
+    writer.close()
+    base = _tensorboard(tmp_path)
+    _wait_for(lambda: json.loads(_get(f"{base}/runs")[1]))
+    record = _record(base, "vit", f"sample_0/{view.layer}", 4)
+    cells = [[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 2], [0, 30, 0], [0, 100, 400], [0, 576, 576]]
+    checks = {"scenario": "large", "hash": "&p.attnviz.run=vit", "hang_guard_ms": 60_000,
+              "drag": [[200, 200], [260, 260]], "probe_zoomed": [[0, 230, 231]], "probe_pooled": cells,
+              "hover_pooled": [[300, 0], [300, 301]]}  # fmt: skip
+    summary = _drive(base, tmp_path / "vit.png", checks)
+    assert summary["ok"] and summary["pooled"], summary
+    q_group = np.array([int(g) for g in summary["q_group"].split(",")])
+    plan = plan_axis(n, int(q_group.max()) + 1, grid, keep=1)
+    assert np.array_equal(q_group, plan.group) and plan.sizes[0] == 1 and plan.factor >= 2
+    assert summary["k_group"] == summary["q_group"]
+    assert f"downsampled {plan.describe()} per side" in summary["zoom_info"], summary["zoom_info"]
+    assert "CLS kept alone, patches in" in summary["zoom_info"]
+    pooled = pool(torch.from_numpy(_mean(record)[0]), plan, plan).numpy()
+    colours = colorize(pooled, None, plan.sizes)
+    for key, rgb in summary["cells_pooled"].items():
+        _, r, c = map(int, key.split(","))
+        assert _close(rgb, colours[plan.group[r], plan.group[c]]), (key, rgb)
+    labels_of = plan.labels(labels)
+    square = labels_of[plan.group[300]]
+    assert square.startswith("r") and ",c" in square
+    said = f"queries \u2068{square}\u2069 → key 0 \u2068CLS\u2069: "
+    assert summary["hover_pooled"]["300,0"].startswith(said), summary["hover_pooled"]
+    assert summary["zoomed"]["pooled"] == "0", summary["zoomed"]  # a dragged region opens cell for cell
+    assert summary["pooled_after_reset"]
 
 
 def test_an_empty_logdir_says_no_data_yet(tmp_path):

@@ -342,6 +342,9 @@ def test_crafted_capture_files_are_one_error_line_at_bounded_memory(tmp_path, ma
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+_AXIS = {"alone": 1, "grid": None, "sizes": [1, 1], "factor": 1}  # a valid axis of 2 cells
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -350,10 +353,18 @@ def test_crafted_capture_files_are_one_error_line_at_bounded_memory(tmp_path, ma
         lambda h: h.update(mask={"rows": 1}),
         lambda h: h.pop("q_labels"),
         lambda h: h.update(scales=[1.0]),
+        lambda h: h.update(blocks={"q": {"alone": 1}, "k": None}),
+        lambda h: h.update(blocks={"q": _AXIS, "k": {**_AXIS, "sizes": [1, 1, 1]}}),
+        lambda h: h.update(blocks={"q": {**_AXIS, "grid": [2, 2, 1]}, "k": _AXIS}),
+        lambda h: h.update(blocks={"q": {**_AXIS, "alone": 3}, "k": _AXIS}),
     ],
-    ids=["heads-string", "negative-counts", "mask-without-heads", "no-labels", "too-few-scales"],
+    ids=[
+        "heads-string", "negative-counts", "mask-without-heads", "no-labels", "too-few-scales",
+        "blocks-incomplete", "blocks-sizes", "blocks-grid", "blocks-alone",
+    ],
 )
 def test_the_tab_record_decoder_refuses_malformed_headers_with_a_value_error(change):
+    """Each crafted header is one ValueError (the tab's record.js refuses the same; tests/js)."""
     blob = encode_map(
         layer="l",
         sample=0,

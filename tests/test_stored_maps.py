@@ -16,7 +16,7 @@ from lightning_attnviz.analysis.views import AttentionView, pool_view
 from lightning_attnviz.capture.blocks import plan_axis
 from lightning_attnviz.capture.grid import PatchGrid
 from lightning_attnviz.sinks.capture_file import load_capture
-from lightning_attnviz.tab.record import decode_map
+from lightning_attnviz.tab.record import AxisBlocks, decode_map
 
 # -- the rule, against loops written out here -------------------------------------------------------
 
@@ -121,6 +121,8 @@ def test_vit_maps_are_stored_whole_in_the_file_and_the_tab(tmp_path, side):
         record = _tab(trainer, layer)
         assert (record.q, record.k) == (length, length) and not record.note
         assert record.grid == (side // 8, side // 8) and record.prefix_tokens == 1
+        # what the tab pools by when the map is wider than its panel: CLS alone, the patch grid
+        assert record.blocks == (AxisBlocks(1, (side // 8, side // 8, 1)),) * 2
         cls = reference[0][:, 0, 0].numpy()  # CLS → CLS, exact, per head
         step = (2 * record.k**2) ** (1 / 253) - 1  # one step of the tab's log-spaced bytes (tab.record)
         np.testing.assert_allclose(record.weights[:, 0, 0], cls, rtol=step, atol=1e-6)
@@ -141,4 +143,6 @@ def test_prefix_tokens_stay_alone_in_maps_pooled_while_capturing(tmp_path):
     record = _tab(trainer, "vit.blocks.1.attn")
     assert list(record.k_labels) == labels and record.note == view.note
     assert record.grid == (4, 4) and record.prefix_tokens == 5  # the pooled grid: whole squares
+    # pooled further on screen: the prefix cells alone, the squares a 4×4 grid of 2×2 patches each
+    assert record.blocks == (AxisBlocks(5, (4, 4, 5), (1,) * 5 + (4,) * 16, 2),) * 2
     np.testing.assert_allclose(record.weights[:, :5, :5], exact[1][0][:, :5, :5], atol=record.scales[0] / 127)

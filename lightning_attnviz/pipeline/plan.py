@@ -18,6 +18,7 @@ import numpy as np
 from lightning_attnviz.analysis.history import History
 from lightning_attnviz.analysis.views import AttentionView, LayerStats, pool_view
 from lightning_attnviz.analysis.vision import cls_to_patches, mean_received, rollout
+from lightning_attnviz.capture.blocks import plan_axis
 from lightning_attnviz.capture.grid import PatchGrid, stage_grid
 from lightning_attnviz.capture.inputs import AttentionMap
 from lightning_attnviz.capture.relevance import RelevanceMap
@@ -246,8 +247,27 @@ def tab_records(setup: Setup, into: list[tuple[str, bytes]], stored: list[Attent
             grid=cells.grid if image is not None and cells is not None else None,
             prefix_tokens=cells.prefix_tokens if image is not None and cells is not None else 0,
             epoch=job.epoch,
+            blocks=screen_blocks(view, grid, setup.sink),
         )
         into.append((setup.tags.tab(view.sample, view.layer), blob))
+
+
+def screen_blocks(
+    view: AttentionView, grid: PatchGrid | None, keep: int
+) -> tuple[record.AxisBlocks, record.AxisBlocks]:
+    """How the tab pools a record's axes on screen: by the rule, as :func:`pool_view` would pool the
+    view further (its prefix and sink tokens alone, its patches, pooled or not, in squares)."""
+    plans = view.pooling or tuple(plan_axis(n, None, grid) for n in view.weights.shape[-2:])
+    out = []
+    for plan in plans:
+        cells = plan.cells
+        on = None if cells is None else (cells.rows, cells.cols, cells.prefix_tokens)
+        if plan.pooled:
+            out.append(record.AxisBlocks(plan.alone, on, tuple(int(n) for n in plan.sizes), plan.factor))
+        else:
+            alone = max(keep, cells.prefix_tokens if cells is not None else 0)
+            out.append(record.AxisBlocks(min(plan.length, alone), on))
+    return out[0], out[1]
 
 
 def _record_grid(view: AttentionView, grid: PatchGrid | None) -> PatchGrid | None:

@@ -17,9 +17,12 @@ Map format ``attnviz/3`` (``attnviz/2`` is still decoded), little-endian::
 
 Header: ``{"format", "step", "epoch", "layer", "sample", "heads", "q", "k", "scales", "floors", "q_labels",
 "k_labels", "note", "mask": null | {"heads"}, "image": null | {"height", "width", "grid": [rows, cols],
-"prefix"}}``. Byte ``b`` of head ``h`` is the weight ``floors[h] · (scales[h] / floors[h]) ^ ((b - 1) / 253)``
-for ``b`` in 1..254, and 0 for 0 (a weight below the floor, or masked). ``attnviz/2`` had no epoch and no
-floors, and stored ``round(w / scales[h] · 254)``.
+"prefix"}, "blocks": null | {"q": axis, "k": axis}}``, an axis ``{"alone", "grid": null | [rows, cols,
+prefix], "sizes": null | [tokens per cell], "factor"}`` (:class:`AxisBlocks`: how the tab pools the record
+on screen by the pictures' rule). Byte ``b`` of head ``h`` is the weight
+``floors[h] · (scales[h] / floors[h]) ^ ((b - 1) / 253)`` for ``b`` in 1..254, and 0 for 0 (a weight below
+the floor, or masked). ``attnviz/2`` had no epoch and no floors, and stored
+``round(w / scales[h] · 254)``; records of earlier versions have no ``blocks``.
 
 Why these choices: one byte per cell keeps a 512-token, 8-head map at 2 MiB. The tab colours a cell by
 its share of the row against uniform on a log scale, as the PNGs do; linear bytes left everything below
@@ -55,6 +58,30 @@ _LENGTH = 4  # bytes of the header length
 
 
 @dataclass(frozen=True)
+class AxisBlocks:
+    """What the tab needs to pool one axis of a record on screen by the rule the pictures and captures
+    follow (``capture/blocks.py``), when a map has more cells than its panel has pixels.
+
+    Attributes:
+        alone: leading cells never pooled (prefix and sink tokens).
+        grid: ``(rows, cols, prefix)`` when the cells are an image's patch grid (pooled in squares).
+        sizes: tokens per cell when the record is pooled already (its query rows are weighted by them);
+            ``None``: one token each.
+        factor: side of the squares the record's patches were pooled in (1: not pooled).
+    """
+
+    alone: int
+    grid: tuple[int, int, int] | None = None
+    sizes: tuple[int, ...] | None = None
+    factor: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"alone": int(self.alone), "grid": None if self.grid is None else [int(g) for g in self.grid],
+                "sizes": None if self.sizes is None else [int(n) for n in self.sizes],
+                "factor": int(self.factor)}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class DecodedMap:
     """A record read back. Arrays are read-only.
 
@@ -80,6 +107,7 @@ class DecodedMap:
     image: np.ndarray | None
     grid: tuple[int, int] | None
     prefix_tokens: int
+    blocks: tuple[AxisBlocks, AxisBlocks] | None = None  # None: a record written before they were
 
 
 def encode_map(
@@ -96,6 +124,7 @@ def encode_map(
     grid: tuple[int, int] | None = None,
     prefix_tokens: int = 0,
     epoch: int | None = None,
+    blocks: tuple[AxisBlocks, AxisBlocks] | None = None,
 ) -> bytes:
     """One step of one sample and layer for the Attention tab (format in the module docstring).
 
@@ -107,6 +136,8 @@ def encode_map(
         image: the vision sample, float in [0, 1] (or uint8), with ``grid``.
         grid: the patch grid ``(rows, cols)``; the patches are keys ``prefix_tokens`` onwards.
         epoch: the training epoch of ``step``, shown beside it.
+        blocks: how the tab may pool the query and key axes on screen (``None``: it keeps the first
+            token alone and pools an image's patch grid in squares).
 
     Raises:
         ValueError: a shape or label count does not match ``weights``, or ``image`` comes without ``grid``.
@@ -117,6 +148,9 @@ def encode_map(
     """
     weights = _checked(weights, q_labels, k_labels)
     heads, q, k = weights.shape
+    for axis, n in zip(blocks or (), (q, k), strict=False):
+        if axis.sizes is not None and len(axis.sizes) != n:
+            raise ValueError(f"`blocks` needs {n} sizes for an axis of {n} cells, got {len(axis.sizes)}")
     mask = _mask(visible, weights.shape)
     cells, scales, floors = _cells(weights, mask)
     header: dict[str, Any] = {
@@ -125,6 +159,7 @@ def encode_map(
         "scales": [float(s) for s in scales], "floors": [float(f) for f in floors],
         "q_labels": [str(s) for s in q_labels], "k_labels": [str(s) for s in k_labels], "note": note,
         "mask": None if mask is None else {"heads": int(mask.shape[0])}, "image": None,
+        "blocks": None if blocks is None else {"q": blocks[0].to_json(), "k": blocks[1].to_json()},
     }  # fmt: skip
     payload = [cells.tobytes()]
     if mask is not None:
@@ -262,7 +297,33 @@ def decode_map(blob: bytes) -> DecodedMap:
         image=image,
         grid=tuple(info["grid"]) if info else None,
         prefix_tokens=info["prefix"] if info else 0,
+        blocks=_blocks(header.get("blocks"), q, k),
     )
+
+
+def _blocks(told: Any, q: int, k: int) -> tuple[AxisBlocks, AxisBlocks] | None:
+    """The header's ``blocks``, checked to describe axes of ``q`` and ``k`` cells (as record.js does)."""
+    if not told:
+        return None
+    try:
+        axes = []
+        for axis, n in ((told["q"], q), (told["k"], k)):
+            grid, sizes = axis["grid"], axis["sizes"]
+            blocks = AxisBlocks(
+                _count(axis["alone"]),
+                None if grid is None else (_count(grid[0]), _count(grid[1]), _count(grid[2])),
+                None if sizes is None else tuple(map(_count, sizes)),
+                _count(axis["factor"]),
+            )
+            if blocks.alone > n or (blocks.sizes is not None and len(blocks.sizes) != n):
+                given = len(blocks.sizes or ())
+                raise ValueError(f"`blocks` of {blocks.alone} cells alone or {given} sizes for {n} cells")
+            if blocks.grid is not None and blocks.grid[2] + blocks.grid[0] * blocks.grid[1] != n:
+                raise ValueError(f"a `blocks` grid {blocks.grid} for {n} cells")
+            axes.append(blocks)
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"malformed `blocks` in an attnviz record header ({type(err).__name__})") from err
+    return axes[0], axes[1]
 
 
 def _count(value: Any) -> int:

@@ -110,8 +110,11 @@ function cellColor(frame, panel, row, col) {
       const px = Number(d.left) + (n % Number(d.perRow)) * Number(d.stepX);
       const py = Number(d.top) + Math.floor(n / Number(d.perRow)) * Number(d.stepY);
       const cell = Number(d.cell);
-      const x = Math.floor((px + ((c - Number(d.k0)) / Number(d.block) + 0.5) * cell) * ratio);
-      const y = Math.floor((py + ((r - Number(d.q0)) / Number(d.block) + 0.5) * cell) * ratio);
+      // map cell (r, c) is displayed block (qGroup[r] - row0, kGroup[c] - col0): the tab's own plans
+      const i = Number(d.qGroup.split(",")[r]) - Number(d.row0);
+      const j = Number(d.kGroup.split(",")[c]) - Number(d.col0);
+      const x = Math.floor((px + (j + 0.5) * cell) * ratio);
+      const y = Math.floor((py + (i + 0.5) * cell) * ratio);
       return [...canvas.getContext("2d").getImageData(x, y, 1, 1).data.slice(0, 3)];
     },
     [panel, row, col],
@@ -129,8 +132,10 @@ async function probe(frame, cells) {
 async function pointAt(page, frame, panel, row, col) {
   const box = await frame.locator("#attnviz-map").boundingBox();
   const d = await frame.locator("#attnviz-map").evaluate((canvas) => ({ ...canvas.dataset }));
-  const x = box.x + Number(d.left) + (panel % Number(d.perRow)) * Number(d.stepX) + ((col - Number(d.k0)) / Number(d.block) + 0.5) * Number(d.cell);
-  const y = box.y + Number(d.top) + Math.floor(panel / Number(d.perRow)) * Number(d.stepY) + ((row - Number(d.q0)) / Number(d.block) + 0.5) * Number(d.cell);
+  const i = Number(d.qGroup.split(",")[row]) - Number(d.row0);
+  const j = Number(d.kGroup.split(",")[col]) - Number(d.col0);
+  const x = box.x + Number(d.left) + (panel % Number(d.perRow)) * Number(d.stepX) + (j + 0.5) * Number(d.cell);
+  const y = box.y + Number(d.top) + Math.floor(panel / Number(d.perRow)) * Number(d.stepY) + (i + 0.5) * Number(d.cell);
   return { x, y };
 }
 
@@ -307,10 +312,21 @@ async function scenarioLarge(browser) {
   summary.wall_ms_to_picture = Date.now() - started;
   summary.drawn_ms = Number(drawn.drawnMs);
   summary.paint_ms = Number(drawn.paintMs);
-  summary.block = Number(drawn.block);
+  summary.pooled = drawn.pooled === "1";
+  summary.q_group = drawn.qGroup;
+  summary.k_group = drawn.kGroup;
   summary.zoom_info = await text(frame, "#attnviz-zoom-info");
   await page.screenshot({ path: screenshotPath, fullPage: true });
   summary.screenshot = screenshotPath;
+  // the pooled view's cells, read back, and what hovering them says
+  summary.cells_pooled = await probe(frame, checks.probe_pooled);
+  summary.hover_pooled = {};
+  for (const [r, c] of checks.hover_pooled || []) {
+    const at = await pointAt(page, frame, 0, r, c);
+    await page.mouse.move(at.x, at.y);
+    await until(async () => (await text(frame, "#attnviz-cell")).includes("→"));
+    summary.hover_pooled[`${r},${c}`] = await text(frame, "#attnviz-cell");
+  }
   // the page answers while the map is shown (a frozen page would time out here)
   const t0 = Date.now();
   await frame.evaluate(() => 1);
@@ -324,15 +340,15 @@ async function scenarioLarge(browser) {
   await page.mouse.move((a.x + b.x) / 2, (a.y + b.y) / 2, { steps: 4 });
   await page.mouse.move(b.x, b.y, { steps: 4 });
   await page.mouse.up();
-  await until(async () => (await frame.locator("#attnviz-map").getAttribute("data-block")) === "1", TIMEOUT_MS);
+  await until(async () => (await frame.locator("#attnviz-map").getAttribute("data-pooled")) === "0", TIMEOUT_MS);
   summary.zoomed = await frame.locator("#attnviz-map").evaluate((c) => ({ ...c.dataset }));
   summary.zoom_info_zoomed = await text(frame, "#attnviz-zoom-info");
   summary.url_zoomed = page.url();
   summary.cells_zoomed = await probe(frame, checks.probe_zoomed);
   await shot(page, "zoomed");
   await frame.locator("#attnviz-zoom-reset").click();
-  await until(async () => (await frame.locator("#attnviz-map").getAttribute("data-block")) !== "1");
-  summary.block_after_reset = Number(await frame.locator("#attnviz-map").getAttribute("data-block"));
+  await until(async () => (await frame.locator("#attnviz-map").getAttribute("data-pooled")) === "1");
+  summary.pooled_after_reset = (await frame.locator("#attnviz-map").getAttribute("data-pooled")) === "1";
 }
 
 async function scenarioEmpty(browser) {

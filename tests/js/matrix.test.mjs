@@ -5,6 +5,7 @@ import { expected, recordBytes, STATIC } from "./helpers.mjs";
 
 const { decodeRecord } = await import(new URL("record.js", STATIC).href);
 const { matrixOf, topKeys, meanReceived, patchRow, poolMatrix, rowStats } = await import(new URL("matrix.js", STATIC).href);
+const { planAxis } = await import(new URL("blocks.js", STATIC).href);
 const want = expected();
 
 test("the head mean is the mean of the decoded heads; masked cells are hidden", () => {
@@ -55,20 +56,32 @@ test("patch rows and the mean attention received", () => {
   for (let p = 0; p < 4; p++) assert.ok(Math.abs(received[p] - column(p)) < 1e-12);
 });
 
-test("block pooling: rows averaged, keys summed, a block visible if any cell is; partial blocks too", () => {
+test("pooling by plans: rows averaged, keys summed, a block visible if any cell is; unequal blocks too", () => {
   const values = Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]); // 5 rows × 3 keys
   const hidden = new Uint8Array(15);
-  hidden[0] = hidden[1] = hidden[3] = hidden[4] = 1; // the first 2×2 block is all hidden
+  hidden[3] = hidden[4] = hidden[6] = hidden[7] = 1; // rows 1 and 2's first two keys
   const matrix = { values, hidden, max: 15, q: 5, k: 3 };
-  const pooled = poolMatrix(matrix, 2);
-  assert.deepEqual([pooled.q, pooled.k, pooled.block], [3, 2, 2]);
-  assert.deepEqual([...pooled.values], [(1 + 2 + 4 + 5) / 2, (3 + 6) / 2, (7 + 8 + 10 + 11) / 2, (9 + 12) / 2, 13 + 14, 15]);
-  assert.deepEqual([...pooled.hidden], [1, 0, 0, 0, 0, 0]);
-  assert.equal(poolMatrix(matrix, 2), pooled, "cached");
-  assert.equal(poolMatrix(matrix, 1), matrix);
+  const text = { alone: 1, grid: null, sizes: null, factor: 1 };
+  const q = planAxis(5, 3, text); // row 0 alone, rows 1–2, rows 3–4
+  const k = planAxis(3, 2, text); // key 0 alone, keys 1–2
+  assert.deepEqual([...q.group, ...k.group], [0, 1, 1, 2, 2, 0, 1, 1]);
+  const pooled = poolMatrix(matrix, q, k);
+  assert.deepEqual([pooled.q, pooled.k], [3, 2]);
+  const want = [1, 2 + 3, (4 + 7) / 2, (5 + 6 + 8 + 9) / 2, (10 + 13) / 2, (11 + 12 + 14 + 15) / 2];
+  assert.deepEqual([...pooled.values], want);
+  assert.deepEqual([...pooled.hidden], [0, 0, 1, 0, 0, 0]);
+  assert.equal(poolMatrix(matrix, q, k), pooled, "cached");
+  assert.equal(poolMatrix(matrix, planAxis(5, null, text), planAxis(3, null, text)), matrix);
+  assert.deepEqual([...pooled.keyTokens], [1, 2]);
   const rows = rowStats(matrix); // hidden and non-finite keys do not count
-  assert.deepEqual([...rows.counts], [1, 1, 3, 3, 3]);
-  assert.deepEqual([...rows.totals], [3, 6, 24, 33, 42]);
+  assert.deepEqual([...rows.counts], [3, 1, 1, 3, 3]);
+  assert.deepEqual([...rows.totals], [6, 6, 9, 33, 42]);
+  // a record pooled already: row 1 stands for three tokens, key 2 for four
+  const told = { ...matrix, rowTokens: [1, 3, 1, 1, 1], keyTokens: [1, 1, 4], rows: undefined, pooled: undefined };
+  const weighted = poolMatrix(told, q, k);
+  assert.equal(weighted.values[2], (3 * 4 + 7) / 4);
+  assert.deepEqual([...weighted.keyTokens], [1, 5]);
+  assert.deepEqual([...rowStats(told).counts], [6, 4, 4, 6, 6]);
 });
 
 test("top keys of a long row: one pass, the same as a full sort", () => {

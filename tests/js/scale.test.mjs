@@ -5,6 +5,7 @@ import { expected, recordBytes, STATIC } from "./helpers.mjs";
 
 const { decodeRecord } = await import(new URL("record.js", STATIC).href);
 const { matrixOf, poolMatrix } = await import(new URL("matrix.js", STATIC).href);
+const { axisInfo, planAxis } = await import(new URL("blocks.js", STATIC).href);
 const { SCALES, changePlaces, entry, logPlace, places, rgba } = await import(new URL("scale.js", STATIC).href);
 const { VIRIDIS } = await import(new URL("viridis.js", STATIC).href);
 const { RDBU } = await import(new URL("rdbu.js", STATIC).href);
@@ -45,10 +46,29 @@ test("places on the log scale match render/scale.py's levels, masked cells gray"
   }
 });
 
-test("a map wider than its panel, shown in 2 × 2 blocks, is placed as Python places those blocks", () => {
-  const matrix = matrixOf(decodeRecord(recordBytes("long")), "mean"); // 256 tokens, shown in 128 blocks
-  const pooled = poolMatrix(matrix, 2);
-  assertPlaces(places(pooled, "log", { q0: 0, q1: 128, k0: 0, k1: 128 }), want.places.long_pooled, "pooled");
+test("a map wider than its panel is pooled by the pictures' rule and placed as Python places those blocks", () => {
+  const matrix = matrixOf(decodeRecord(recordBytes("long")), "mean"); // 256 tokens, shown in 86 blocks
+  const info = axisInfo(decodeRecord(recordBytes("long")).header, "q");
+  const plan = planAxis(256, 100, info);
+  assert.equal(plan.sizes[0], 1, "token 0 alone");
+  const pooled = poolMatrix(matrix, plan, plan);
+  const all = { q0: 0, q1: plan.blocks, k0: 0, k1: plan.blocks };
+  assertPlaces(places(pooled, "log", all), want.places.long_pooled, "pooled");
+});
+
+test("a record pooled already is pooled further with its rows weighted by the tokens they stand for", () => {
+  const record = decodeRecord(recordBytes("pooled_text")); // 300 tokens pooled to 100 cells by the pipeline
+  const matrix = matrixOf(record, "mean");
+  const [qInfo, kInfo] = [axisInfo(record.header, "q"), axisInfo(record.header, "k")];
+  assert.equal(qInfo.alone, 2, "the two sink tokens the pipeline kept alone");
+  const q = planAxis(record.header.q, 40, qInfo);
+  const k = planAxis(record.header.k, 40, kInfo);
+  const exact = { q0: 0, q1: matrix.q, k0: 0, k1: matrix.k };
+  assertPlaces(places(matrix, "log", exact), want.places.pooled_text, "as the pipeline pooled it, per token");
+  const pooled = poolMatrix(matrix, q, k);
+  const all = { q0: 0, q1: q.blocks, k0: 0, k1: k.blocks };
+  assertPlaces(places(pooled, "log", all), want.places.pooled_text_pooled, "pooled twice");
+  assert.equal(poolMatrix(matrix, q, k), pooled, "cached");
 });
 
 test("a zoomed region keeps each cell's place in its whole row", () => {

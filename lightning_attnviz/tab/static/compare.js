@@ -1,8 +1,10 @@
 // What the heatmap view shows side by side: one map; two steps and their change; two runs and their
 // change; every head of the layer. Each panel is painted once per selection, one pixel per displayed
-// cell, on the one colour scale chosen; a map too large for its room is shown block-pooled as the
-// pictures pool it (queries averaged, keys summed), and a zoomed region at full resolution.
+// cell, on the one colour scale chosen; a map too large for its room is shown pooled by the pictures'
+// rule (blocks.js: first tokens alone, squares of patches, contiguous blocks; queries averaged, keys
+// summed), and a zoomed region at full resolution once it fits.
 
+import { axisInfo, blockRange, planAxis } from "./blocks.js";
 import { matrixOf, poolMatrix } from "./matrix.js";
 import { SCALES, changePlaces, places, rgba } from "./scale.js";
 import { paintPixels } from "./views.js";
@@ -72,28 +74,30 @@ export function planPanels(view, a, b) {
 }
 
 /**
- * The displayed grid: the zoomed region (or the whole map), pooled by the smallest block that gives
- * each displayed cell at least a CSS pixel of `room` per panel.
- * @param {{q: number, k: number}} size  the map's rows and keys
+ * The displayed grid: the zoomed region (or the whole map) of the map pooled by the pictures' rule
+ * (blocks.js) to about one CSS pixel of `panelRoom` per displayed cell at least: the whole map is
+ * pooled, so a cell's colour keeps its place in its whole row, and the blocks that show the region are
+ * displayed.
+ * @param {import("./record.js").Header} header
  * @param {Region | null} zoom
  * @param {{width: number, height: number}} panelRoom  CSS px for one panel
- * @returns {import("./views.js").Grid & {region: Region}}
+ * @returns {import("./views.js").Grid}
  */
-export function gridFor(size, zoom, panelRoom) {
-  const region = clipRegion(zoom, size);
-  const rows = region.q1 - region.q0;
-  const cols = region.k1 - region.k0;
-  const block = Math.max(1, Math.ceil(Math.max(rows / Math.max(panelRoom.height, 1), cols / Math.max(panelRoom.width, 1))));
-  const q0 = Math.floor(region.q0 / block) * block;
-  const k0 = Math.floor(region.k0 / block) * block;
-  return {
-    q0,
-    k0,
-    rows: Math.ceil((region.q1 - q0) / block),
-    cols: Math.ceil((region.k1 - k0) / block),
-    block,
-    region,
-  };
+export function gridFor(header, zoom, panelRoom) {
+  const region = clipRegion(zoom, header);
+  const reduce = Math.max(
+    (region.q1 - region.q0) / Math.max(panelRoom.height, 1),
+    (region.k1 - region.k0) / Math.max(panelRoom.width, 1),
+  );
+  const limit = (/** @type {number} */ n) => (reduce > 1 ? Math.max(1, Math.floor(n / reduce)) : null);
+  const qInfo = axisInfo(header, "q");
+  const kInfo = axisInfo(header, "k");
+  const q = planAxis(header.q, limit(header.q), qInfo);
+  const k = planAxis(header.k, limit(header.k), kInfo);
+  const [row0, row1] = blockRange(q, region.q0, region.q1);
+  const [col0, col1] = blockRange(k, region.k0, region.k1);
+  const pooled = q.pooled || k.pooled;
+  return { q, k, qInfo, kInfo, row0, col0, rows: row1 - row0, cols: col1 - col0, pooled, region };
 }
 
 /**
@@ -110,16 +114,14 @@ export function clipRegion(zoom, size) {
 }
 
 /**
- * The matrix a panel shows at the grid's block, and the grid's region in its cells.
+ * The matrix a panel shows (pooled by the grid's plans), and the grid's displayed blocks in its cells.
  * @param {Matrix} matrix
  * @param {import("./views.js").Grid} grid
  * @returns {{shown: Matrix, region: Region}}
  */
 export function shownMatrix(matrix, grid) {
-  const shown = poolMatrix(matrix, grid.block);
-  const q0 = grid.q0 / grid.block;
-  const k0 = grid.k0 / grid.block;
-  return { shown, region: { q0, q1: q0 + grid.rows, k0, k1: k0 + grid.cols } };
+  const shown = poolMatrix(matrix, grid.q, grid.k);
+  return { shown, region: { q0: grid.row0, q1: grid.row0 + grid.rows, k0: grid.col0, k1: grid.col0 + grid.cols } };
 }
 
 /**

@@ -185,21 +185,22 @@ function bindCanvas(tab) {
 }
 
 /**
- * Zooms to the map region between two cells (each a block when the view is pooled).
+ * Zooms to the map region between two displayed cells: every map cell of the blocks between them.
  * @param {import("./tab.js").AttentionTab} tab
- * @param {{row: number, col: number}} a
- * @param {{row: number, col: number}} b
+ * @param {{i: number, j: number}} a
+ * @param {{i: number, j: number}} b
  */
 function zoomTo(tab, a, b) {
-  const block = tab.painted ? tab.painted.grid.block : 1;
-  const header = /** @type {import("./record.js").AttnRecord} */ (tab.record).header;
-  const zoom = {
-    q0: Math.min(a.row, b.row),
-    q1: Math.min(header.q, Math.max(a.row, b.row) + block),
-    k0: Math.min(a.col, b.col),
-    k1: Math.min(header.k, Math.max(a.col, b.col) + block),
+  if (!tab.painted) return;
+  const { q, k } = tab.painted.grid;
+  const cells = (/** @type {import("./blocks.js").AxisPlan} */ plan, /** @type {number} */ x, /** @type {number} */ y) => {
+    let [lo, hi] = [Infinity, -Infinity];
+    for (let n = Math.min(x, y); n <= Math.max(x, y); n++) [lo, hi] = [Math.min(lo, plan.first[n]), Math.max(hi, plan.last[n])];
+    return [lo, hi + 1];
   };
-  redraw(tab, { zoom });
+  const [q0, q1] = cells(q, a.i, b.i);
+  const [k0, k1] = cells(k, a.j, b.j);
+  redraw(tab, { zoom: { q0, q1, k0, k1 } });
 }
 
 /**

@@ -2,6 +2,7 @@
 // the colour scale card, the overview card, and the address. `draw` runs when the selection or the
 // size changes; `drawInteractive` when only the hovered or pinned query does.
 
+import { blockLabels, poolingNote } from "./blocks.js";
 import { gridFor, paintPanels, planPanels } from "./compare.js";
 import { setOptions, setTicks } from "./dom.js";
 import { formatWeight, isolate } from "./labels.js";
@@ -148,21 +149,20 @@ export function drawInteractive(tab) {
 }
 
 /**
- * What the plot shows of the map: all of it or a region, exact or pooled, and how to zoom.
+ * What the plot shows of the map: all of it or a region, every cell or pooled by the rule, and how to
+ * zoom.
  * @param {import("./record.js").Header} header
- * @param {import("./views.js").Grid & {region: import("./state.js").Region}} grid
+ * @param {import("./views.js").Grid} grid
  * @param {string} notice
  */
 export function zoomText(header, grid, notice) {
-  const { region, block } = grid;
+  const { region } = grid;
   const whole = region.q0 === 0 && region.k0 === 0 && region.q1 === header.q && region.k1 === header.k;
   const part = whole
     ? `all ${header.q} × ${header.k} cells`
     : `queries ${region.q0}–${region.q1 - 1} × keys ${region.k0}–${region.k1 - 1} of ${header.q} × ${header.k}`;
-  const pooled = block > 1
-    ? ` · downsampled: each square is a ${block} × ${block} block (queries averaged, keys summed, as the pictures pool)`
-    : "";
-  const hint = block > 1 || !whole || header.q > 32 ? " · drag over the map to zoom" : "";
+  const pooled = grid.pooled ? ` · ${poolingNote(grid.q, grid.k, grid.qInfo, grid.kInfo)}` : "";
+  const hint = grid.pooled || !whole || header.q > 32 ? " · drag over the map to zoom" : "";
   return [`${part}${pooled}${hint}`, notice].filter(Boolean).join(" · ");
 }
 
@@ -189,9 +189,10 @@ export function showCellHint(tab) {
 }
 
 /**
- * The text under the plot for a hovered cell of panel `n`.
+ * The text under the plot for a hovered cell of panel `n`: its query and key (a pooled block: the
+ * tokens it holds, named as the pictures name them) and its weight or change.
  * @param {Tab} tab
- * @param {{panel: number, row: number, col: number}} hit
+ * @param {{panel: number, row: number, col: number, i: number, j: number}} hit
  */
 export function cellText(tab, hit) {
   const painted = tab.painted;
@@ -199,18 +200,23 @@ export function cellText(tab, hit) {
   if (!painted) return "";
   const { grid, panels } = painted;
   const panel = panels[hit.panel];
-  const index = ((hit.row - grid.q0) / grid.block) * grid.cols + (hit.col - grid.k0) / grid.block;
-  const where =
-    grid.block > 1
-      ? `queries ${hit.row}–${Math.min(header.q, hit.row + grid.block) - 1} → keys ${hit.col}–${Math.min(header.k, hit.col + grid.block) - 1}`
-      : `query ${hit.row} ${isolate(header.q_labels[hit.row])} → key ${hit.col} ${isolate(header.k_labels[hit.col])}`;
+  grid.labels ||= {
+    q: grid.q.pooled ? blockLabels(grid.q, header.q_labels, grid.qInfo) : header.q_labels,
+    k: grid.k.pooled ? blockLabels(grid.k, header.k_labels, grid.kInfo) : header.k_labels,
+  };
+  const one = (/** @type {import("./blocks.js").AxisPlan} */ plan, /** @type {number} */ b) =>
+    !plan.pooled || (b < plan.alone && plan.sizes[b] === 1);
+  const query = one(grid.q, hit.i) ? `query ${hit.row} ${isolate(header.q_labels[hit.row])}` : `queries ${isolate(grid.labels.q[hit.i])}`;
+  const key = one(grid.k, hit.j) ? `key ${hit.col} ${isolate(header.k_labels[hit.col])}` : `keys ${isolate(grid.labels.k[hit.j])}`;
+  const index = (hit.i - grid.row0) * grid.cols + (hit.j - grid.col0);
   const m = panel.matrix;
-  const at = ((hit.row / grid.block) | 0) * m.k + ((hit.col / grid.block) | 0);
+  const at = hit.i * m.k + hit.j;
   let value;
   if (panel.deltas) value = Number.isFinite(panel.deltas[index]) ? `change ${formatSigned(panel.deltas[index])}` : "masked";
   else value = m.hidden[at] ? "masked" : formatWeight(m.values[at]);
   const title = panel.title ? `${panel.title}: ` : "";
-  return `${title}${where}: ${value}${grid.block > 1 && !panel.deltas ? " (block: rows averaged, keys summed)" : ""}`;
+  const block = grid.pooled && !panel.deltas && !(one(grid.q, hit.i) && one(grid.k, hit.j));
+  return `${title}${query} → ${key}: ${value}${block ? " (block: rows averaged, keys summed)" : ""}`;
 }
 
 /** @param {number} value */

@@ -47,7 +47,8 @@ export function drawLines(canvas, matrix, header, active, theme, room) {
     const { totals, counts } = rowStats(matrix);
     for (let i = 0; i < q; i++) {
       for (const { key, weight } of topKeys(matrix, i, LINES_TOP_K)) {
-        const above = (logPlace(weight, totals[i], counts[i]) - UNIFORM_AT) / (1 - UNIFORM_AT);
+        const perToken = matrix.keyTokens ? weight / matrix.keyTokens[key] : weight; // as the heatmap colours it
+        const above = (logPlace(perToken, totals[i], counts[i]) - UNIFORM_AT) / (1 - UNIFORM_AT);
         if (above > 0.02) matrix.lines.push([i, key, above]);
       }
     }

@@ -1,4 +1,4 @@
-// Matrix maths on a decoded record: one head or the head mean, row totals, block pooling, top keys,
+// Matrix maths on a decoded record: one head or the head mean, row totals, pooling by the rule, top keys,
 // patch rows. Pure: no DOM, so node's test runner imports it (tests/js).
 
 /**
@@ -8,13 +8,16 @@
  * @property {number} max  largest finite visible weight
  * @property {number} q
  * @property {number} k
- * @property {number} [block]  pooled: cells per block along each axis (1 or absent: exact)
- * @property {{totals: Float64Array, counts: Int32Array}} [rows]  cached by rowStats
- * @property {Map<number, Matrix>} [pooled]  cached by poolMatrix
+ * @property {ArrayLike<number> | null} [rowTokens]  tokens per query row of a pooled map (null: one each)
+ * @property {ArrayLike<number> | null} [keyTokens]  tokens per key column of a pooled map: coloured per
+ *   token, as the pictures colour pooled keys (render/scale.py's `levels` with `sizes`)
+ * @property {{totals: Float64Array, counts: Float64Array}} [rows]  cached by rowStats
+ * @property {Map<string, Matrix>} [pooled]  cached by poolMatrix, per pair of plans
  * @property {Array<[number, number, number]>} [lines]  cached by the lines view
  */
 
 const HEAD_CACHE = 3; // matrices kept per record: a 2,048-token head is 16 MiB of float32
+const POOLED_CACHE = 4; // pooled matrices kept per matrix (zoom levels)
 
 /**
  * The (q, k) weights of one head, or their mean over heads ("mean"), cached on the record.
@@ -49,30 +52,31 @@ export function matrixOf(record, head) {
   if (chosen.length > 1) for (let i = 0; i < size; i++) values[i] /= chosen.length;
   let max = 0;
   for (let i = 0; i < size; i++) if (!hidden[i] && values[i] > max) max = values[i];
-  const matrix = { values, hidden, max, q, k };
+  const told = record.header.blocks;
+  const matrix = { values, hidden, max, q, k, rowTokens: told?.q.sizes ?? null, keyTokens: told?.k.sizes ?? null };
   record.matrices.set(head, matrix);
   if (record.matrices.size > HEAD_CACHE) record.matrices.delete(record.matrices.keys().next().value);
   return matrix;
 }
 
 /**
- * Each row's total weight and number of keys that count for the colour scale (visible and finite),
- * as render/scale.py's `levels` counts them. Cached on the matrix.
+ * Each row's total weight and number of tokens among its keys that count for the colour scale (visible
+ * and finite; a pooled key counts its tokens), as render/scale.py's `levels` counts them. Cached.
  * @param {Matrix} matrix
- * @returns {{totals: Float64Array, counts: Int32Array}}
+ * @returns {{totals: Float64Array, counts: Float64Array}}
  */
 export function rowStats(matrix) {
   if (matrix.rows) return matrix.rows;
-  const { q, k, values, hidden } = matrix;
+  const { q, k, values, hidden, keyTokens } = matrix;
   const totals = new Float64Array(q);
-  const counts = new Int32Array(q);
+  const counts = new Float64Array(q);
   for (let i = 0; i < q; i++) {
     let total = 0;
     let count = 0;
-    for (let j = i * k, end = j + k; j < end; j++) {
-      const w = values[j];
-      if (hidden[j] || !Number.isFinite(w)) continue;
-      count += 1;
+    for (let j = 0; j < k; j++) {
+      const w = values[i * k + j];
+      if (hidden[i * k + j] || !Number.isFinite(w)) continue;
+      count += keyTokens ? keyTokens[j] : 1;
       if (w > 0) total += w;
     }
     totals[i] = total;
@@ -83,35 +87,45 @@ export function rowStats(matrix) {
 }
 
 /**
- * The matrix block-pooled by `block` along both axes, as render/scale.py's `_bound` pools a long map:
- * query rows averaged, keys summed, a block visible if any of its cells is. A partial last block is
- * averaged over the rows it has. Cached on the matrix.
+ * The matrix pooled by the plans (blocks.js: the pictures' rule) as capture/blocks.py's `pool` pools a
+ * map: keys summed, query rows averaged over the tokens they stand for, a block visible if any of its
+ * cells is; each block knows its tokens (for the colour scale). Cached on the matrix.
  * @param {Matrix} matrix
- * @param {number} block
+ * @param {import("./blocks.js").AxisPlan} qPlan
+ * @param {import("./blocks.js").AxisPlan} kPlan
  * @returns {Matrix}
  */
-export function poolMatrix(matrix, block) {
-  if (block <= 1) return matrix;
+export function poolMatrix(matrix, qPlan, kPlan) {
+  if (!qPlan.pooled && !kPlan.pooled) return matrix;
   matrix.pooled ||= new Map();
-  const known = matrix.pooled.get(block);
+  const id = `${qPlan.key}|${kPlan.key}`;
+  const known = matrix.pooled.get(id);
   if (known) return known;
-  const q = Math.ceil(matrix.q / block);
-  const k = Math.ceil(matrix.k / block);
-  const values = new Float32Array(q * k);
+  const q = qPlan.blocks;
+  const k = kPlan.blocks;
+  const tokens = (/** @type {ArrayLike<number> | null | undefined} */ per, /** @type {number} */ i) => (per ? per[i] : 1);
+  const rowTokens = new Float64Array(q);
+  for (let i = 0; i < matrix.q; i++) rowTokens[qPlan.group[i]] += tokens(matrix.rowTokens, i);
+  const keyTokens = new Float64Array(k);
+  for (let j = 0; j < matrix.k; j++) keyTokens[kPlan.group[j]] += tokens(matrix.keyTokens, j);
+  const values = new Float64Array(q * k);
   const hidden = new Uint8Array(q * k).fill(1);
   for (let i = 0; i < matrix.q; i++) {
-    const pi = Math.floor(i / block);
-    const rows = Math.min(block, matrix.q - pi * block);
+    const bi = qPlan.group[i];
+    const w = tokens(matrix.rowTokens, i) / rowTokens[bi];
+    const from = i * matrix.k;
+    const to = bi * k;
     for (let j = 0; j < matrix.k; j++) {
-      const at = pi * k + Math.floor(j / block);
-      values[at] += matrix.values[i * matrix.k + j] / rows;
-      if (!matrix.hidden[i * matrix.k + j]) hidden[at] = 0;
+      const at = to + kPlan.group[j];
+      values[at] += matrix.values[from + j] * w;
+      if (!matrix.hidden[from + j]) hidden[at] = 0;
     }
   }
   let max = 0;
   for (let i = 0; i < q * k; i++) if (!hidden[i] && values[i] > max) max = values[i];
-  const pooled = { values, hidden, max, q, k, block };
-  matrix.pooled.set(block, pooled);
+  const pooled = { values: Float32Array.from(values), hidden, max, q, k, rowTokens, keyTokens };
+  matrix.pooled.set(id, pooled);
+  if (matrix.pooled.size > POOLED_CACHE) matrix.pooled.delete(matrix.pooled.keys().next().value);
   return pooled;
 }
 

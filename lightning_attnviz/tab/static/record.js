@@ -38,6 +38,14 @@ export const NOT_FINITE = 255;
  * @property {string} note
  * @property {{heads: number} | null} mask
  * @property {ImageInfo | null} image
+ * @property {{q: BlocksInfo, k: BlocksInfo} | null} [blocks]  how the tab pools each axis on screen (absent
+ *   in records of earlier versions)
+ *
+ * @typedef {object} BlocksInfo  one axis (tab/record.py's AxisBlocks)
+ * @property {number} alone  leading cells never pooled
+ * @property {[number, number, number] | null} grid  patch rows, cols and prefix cells, when a patch grid
+ * @property {number[] | null} sizes  tokens per cell (null: one each)
+ * @property {number} factor  side of the squares the record's patches were pooled in
  *
  * @typedef {object} AttnRecord
  * @property {Header} header
@@ -96,6 +104,7 @@ export function decodeRecord(buffer) {
   if (header.scales.length !== heads || !floorsOk || header.q_labels.length !== q || header.k_labels.length !== k) {
     throw new Error("record: scale, floor or label counts do not match heads, q and k");
   }
+  if (header.blocks) checkBlocks(header.blocks, q, k);
   let offset = 4 + n;
   const cells = new Uint8Array(buffer, offset, cellBytes);
   offset += cellBytes;
@@ -103,6 +112,25 @@ export function decodeRecord(buffer) {
   offset += maskBytes;
   const image = header.image ? new Uint8Array(buffer, offset, imageBytes) : null;
   return { header, cells, tables: byteTables(header), visible, maskHeads, image, bytes: buffer.byteLength };
+}
+
+/**
+ * Throws unless `blocks` describes axes of q and k cells: counts, a grid that is its cells, sizes per cell.
+ * @param {any} blocks
+ * @param {number} q
+ * @param {number} k
+ */
+function checkBlocks(blocks, q, k) {
+  const count = (/** @type {any} */ v) => Number.isInteger(v) && v >= 0;
+  for (const [axis, n] of /** @type {Array<["q" | "k", number]>} */ ([["q", q], ["k", k]])) {
+    const b = blocks[axis];
+    const grid = b && b.grid;
+    const ok =
+      b && count(b.alone) && b.alone <= n && count(b.factor) &&
+      (grid === null || (Array.isArray(grid) && grid.length === 3 && grid.every(count) && grid[2] + grid[0] * grid[1] === n)) &&
+      (b.sizes === null || (Array.isArray(b.sizes) && b.sizes.length === n && b.sizes.every((s) => count(s) && s > 0)));
+    if (!ok) throw new Error(`record: the pooling facts of the ${axis === "q" ? "query" : "key"} axis do not describe its ${n} cells`);
+  }
 }
 
 /**

@@ -3,7 +3,8 @@
 //
 //   log      the default, the PNGs' scale: the cell's share of its row's weight against uniform 1/n (n:
 //            the row's visible keys) on a log scale with base n; 1/n² and below at 0, uniform at 0.4,
-//            one-hot at 1. No free parameter: the same colour means the same thing at every step.
+//            one-hot at 1. No free parameter: the same colour means the same thing at every step. A
+//            pooled key shows its share per token against n visible tokens, as the pictures do.
 //   linear   the weight itself, 0 to 1, fixed: a chosen view, not a per-step stretch.
 //   change   a difference of weights on a diverging table, white at 0, ±span at the ends.
 //
@@ -84,13 +85,14 @@ export function places(matrix, scale, region) {
   const width = k1 - k0;
   const out = new Float32Array((q1 - q0) * width);
   const rows = scale === "log" ? rowStats(matrix) : null;
+  const tokens = matrix.keyTokens; // a pooled key: its share per token, as the pictures colour it
   for (let i = q0; i < q1; i++) {
     const base = (i - q0) * width;
     for (let j = k0; j < k1; j++) {
       const at = i * matrix.k + j;
       const w = matrix.values[at];
       if (matrix.hidden[at] || !Number.isFinite(w)) out[base + j - k0] = Number.NaN;
-      else if (rows) out[base + j - k0] = logPlace(w, rows.totals[i], rows.counts[i]);
+      else if (rows) out[base + j - k0] = logPlace(tokens ? w / tokens[j] : w, rows.totals[i], rows.counts[i]);
       else out[base + j - k0] = Math.min(1, Math.max(0, w));
     }
   }

@@ -84,13 +84,20 @@ export function fitLabel(ctx, text, maxWidth) {
  * @property {string} title  "" for none
  * @property {boolean} [selected]  outlined (the head a small multiple stands for)
  *
- * @typedef {object} Grid  what is displayed: `rows` × `cols` cells of `block` × `block` map cells each,
- *   from map row `q0` and key `k0`
- * @property {number} q0
- * @property {number} k0
+ * @typedef {object} Grid  what is displayed: `rows` × `cols` blocks of the map pooled by the plans
+ *   (blocks.js; every block one cell when not pooled), from block `row0` and `col0`
+ * @property {import("./blocks.js").AxisPlan} q
+ * @property {import("./blocks.js").AxisPlan} k
+ * @property {import("./blocks.js").AxisInfo} qInfo
+ * @property {import("./blocks.js").AxisInfo} kInfo
+ * @property {number} row0
+ * @property {number} col0
  * @property {number} rows
  * @property {number} cols
- * @property {number} block
+ * @property {boolean} pooled
+ * @property {{q0: number, q1: number, k0: number, k1: number}} region  the map cells asked for
+ * @property {{q: string, k: string}} [groups]  the plans' groups as text, for the page's inspectors
+ * @property {{q: string[], k: string[]}} [labels]  per block, as the pictures label it (cached on hover)
  *
  * @typedef {object} PanelsLayout
  * @property {"heatmap"} kind
@@ -121,9 +128,9 @@ export function drawPanels(canvas, panels, { grid, perRow, header, active, theme
   const titleH = titled ? TITLE_H : 0;
   const across = perRow * grid.cols + (perRow - 1) * (GAP / LABEL_MIN_CELL);
   const guess = Math.min(MAX_CELL, room.width / across, room.height / (rowsOfPanels * grid.rows));
-  const labelled = grid.block === 1 && guess >= LABEL_MIN_CELL;
-  const qLabels = header.q_labels.slice(grid.q0, grid.q0 + grid.rows);
-  const kLabels = header.k_labels.slice(grid.k0, grid.k0 + grid.cols);
+  const labelled = !grid.pooled && guess >= LABEL_MIN_CELL;
+  const qLabels = header.q_labels.slice(grid.row0, grid.row0 + grid.rows);
+  const kLabels = header.k_labels.slice(grid.col0, grid.col0 + grid.cols);
   const widest = (/** @type {string[]} */ labels) => Math.max(0, ...labels.map((s) => measure.measureText(s).width));
   const left = labelled ? Math.min(110, widest(qLabels) + 12) : 40;
   const upright = widest(kLabels) <= guess - 2; // else turned to read upwards
@@ -156,10 +163,13 @@ export function drawPanels(canvas, panels, { grid, perRow, header, active, theme
     drawAxes(ctx, x, y, cell, grid, labels, theme);
     drawActive(ctx, x, y, cell, grid, active, theme);
   });
-  // the geometry, also for whoever inspects the page (the browser test probes cells with it)
+  // the geometry, also for whoever inspects the page (the browser test probes cells with it): map cell
+  // (r, c) is displayed block (qGroup[r] - row0, kGroup[c] - col0)
+  grid.groups ||= { q: grid.q.group.join(","), k: grid.k.group.join(",") };
   Object.assign(canvas.dataset, {
     left: String(left), top: String(top), cell: String(cell), stepX: String(stepX), stepY: String(stepY),
-    perRow: String(perRow), q0: String(grid.q0), k0: String(grid.k0), block: String(grid.block),
+    perRow: String(perRow), q0: String(grid.region.q0), k0: String(grid.region.k0), row0: String(grid.row0),
+    col0: String(grid.col0), pooled: grid.pooled ? "1" : "0", qGroup: grid.groups.q, kGroup: grid.groups.k,
     titles: JSON.stringify(panels.map((p) => p.title)),
   });
   return { kind: "heatmap", left, top, cell, perRow, stepX, stepY, count: panels.length, grid };
@@ -201,12 +211,12 @@ function drawAxes(ctx, x, y, cell, grid, { labelled, upright, qLabels, kLabels, 
   ctx.textBaseline = "middle";
   if (rowLabels) {
     const every = tickStep(grid.rows, cell * grid.rows);
-    for (let i = 0; i < grid.rows; i += every) ctx.fillText(String(grid.q0 + i * grid.block), x - 4, y + (i + 0.5) * cell);
+    for (let i = 0; i < grid.rows; i += every) ctx.fillText(String(grid.q.first[grid.row0 + i]), x - 4, y + (i + 0.5) * cell);
   }
   ctx.textAlign = "center";
   ctx.textBaseline = "bottom";
   const everyK = tickStep(grid.cols, cell * grid.cols);
-  for (let j = 0; j < grid.cols; j += everyK) ctx.fillText(String(grid.k0 + j * grid.block), x + (j + 0.5) * cell, y - 4);
+  for (let j = 0; j < grid.cols; j += everyK) ctx.fillText(String(grid.k.first[grid.col0 + j]), x + (j + 0.5) * cell, y - 4);
 }
 
 /**
@@ -221,7 +231,8 @@ function drawAxes(ctx, x, y, cell, grid, { labelled, upright, qLabels, kLabels, 
  */
 function drawActive(ctx, x, y, cell, grid, active, theme) {
   if (active === null) return;
-  const row = Math.floor((active - grid.q0) / grid.block);
+  if (active < 0 || active >= grid.q.group.length) return;
+  const row = grid.q.group[active] - grid.row0;
   if (row < 0 || row >= grid.rows) return;
   const top = y + row * cell;
   const h = Math.max(cell, 2);
@@ -242,7 +253,8 @@ function drawActive(ctx, x, y, cell, grid, active, theme) {
  * @param {PanelsLayout} layout
  * @param {number} x
  * @param {number} y
- * @returns {{panel: number, row: number, col: number} | null}  row and col: map positions
+ * @returns {{panel: number, row: number, col: number, i: number, j: number} | null}  row and col: the
+ *   first map cell of the displayed block i, j (the cell itself when not pooled)
  */
 export function hitPanels(layout, x, y) {
   const { left, top, cell, perRow, stepX, stepY, count, grid } = layout;
@@ -253,7 +265,9 @@ export function hitPanels(layout, x, y) {
   const col = Math.floor((x - left - px * stepX) / cell);
   const row = Math.floor((y - top - py * stepY) / cell);
   if (row < 0 || row >= grid.rows || col < 0 || col >= grid.cols) return null;
-  return { panel, row: grid.q0 + row * grid.block, col: grid.k0 + col * grid.block };
+  const i = grid.row0 + row;
+  const j = grid.col0 + col;
+  return { panel, row: grid.q.first[i], col: grid.k.first[j], i, j };
 }
 
 /**
