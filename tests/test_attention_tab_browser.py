@@ -329,6 +329,7 @@ def test_a_2048_token_map_opens_downsampled_and_zooms_without_freezing(tmp_path,
         _, r, c = map(int, key.split(","))
         assert rgb == GRAY if c > r else _close(rgb, colours[r, c]), (key, rgb, colours[r, c])
     assert summary["pooled_after_reset"]
+    _keep(screenshot, "attention_tab_large_pooled.png")
     _keep(tmp_path / "large-zoomed.png", "attention_tab_large.png")
 
 
