@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -52,11 +53,12 @@ class AxisPlan:
     def length(self) -> int:
         return len(self.group)
 
-    @property
+    # Derived once per plan (a plan never changes): views, pictures and records ask for them often.
+    @cached_property
     def blocks(self) -> int:
         return int(self.group.max()) + 1 if len(self.group) else 0
 
-    @property
+    @cached_property
     def sizes(self) -> np.ndarray:
         """Tokens per block, ``(blocks,)``."""
         return np.bincount(self.group, minlength=self.blocks)
@@ -65,14 +67,12 @@ class AxisPlan:
     def pooled(self) -> bool:
         return self.blocks < self.length
 
-    @property
+    @cached_property
     def alone(self) -> int:
         """Leading tokens that are blocks of their own (prefix and sink tokens)."""
-        sizes, first = self.sizes, self.group[: self.blocks]
-        n = 0
-        while n < min(self.blocks, self.length) and first[n] == n and sizes[n] == 1:
-            n += 1
-        return n
+        n = min(self.blocks, self.length)
+        own = (self.group[:n] == np.arange(n)) & (self.sizes[:n] == 1)
+        return n if own.all() else int(np.argmin(own))
 
     @property
     def cells(self) -> PatchGrid | None:

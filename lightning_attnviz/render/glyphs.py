@@ -59,8 +59,7 @@ def bitmap(text: str, size: int, rotate: bool = False, bold: bool = False) -> np
             return hit
         font = _font(size, bold)
         ascent, descent = font.getmetrics()
-        width = max(1, math.ceil(font.getlength(key[0])) + 1)
-        image = Image.new("L", (width, ascent + descent))
+        image = Image.new("L", (_width(font, key[0]), ascent + descent))
         ImageDraw.Draw(image).text((0, 0), key[0], font=font, fill=255)
         mask = np.asarray(image)
         mask = np.ascontiguousarray(np.rot90(mask)) if rotate else mask.copy()
@@ -71,8 +70,16 @@ def bitmap(text: str, size: int, rotate: bool = False, bold: bool = False) -> np
         return mask
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
 def width(text: str, size: int, bold: bool = False) -> int:
-    return bitmap(text, size, bold=bold).shape[1]
+    """The width of :func:`bitmap`'s mask of ``text``, measured without rasterising it (wrapping and
+    fitting measure many candidate lines that are never drawn)."""
+    with _lock:
+        return _width(_font(size, bold), text[:MAX_TEXT])
+
+
+def _width(font: ImageFont.FreeTypeFont, text: str) -> int:
+    return max(1, math.ceil(font.getlength(text)) + 1)
 
 
 def shorten(text: str, chars: int) -> str:
