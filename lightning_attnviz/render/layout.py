@@ -159,12 +159,12 @@ class Canvas:
         ye, xe = min(h, self.height - y), min(w, self.width - x)
         if ye <= ys or xe <= xs:
             return
-        alpha = mask[ys:ye, xs:xe]
+        a = mask[ys:ye, xs:xe, None].astype(np.uint16)  # 255·255 + 127 fits: no wider type needed
         region = self.image[y + ys : y + ye, x + xs : x + xe]
-        where = np.nonzero(alpha)  # only inked pixels: most of a text or line mask is empty
-        a = alpha[where][:, None].astype(np.uint32)
-        ink = np.asarray(color, dtype=np.uint32)
-        region[where] = ((region[where] * (255 - a) + ink * a + 127) // 255).astype(np.uint8)
+        ink = np.asarray(color, dtype=np.uint16)
+        # every pixel of the box at once (an empty one, a = 0, keeps its value exactly): faster than
+        # picking the inked pixels out first
+        region[...] = ((region * (255 - a) + ink * a + 127) // 255).astype(np.uint8)
 
     def paste(self, rgb: np.ndarray, x: int, y: int, name: str | None = None) -> Box:
         """Copy an RGB array in pixel for pixel (clipped); ``name`` records its box in ``boxes``."""
