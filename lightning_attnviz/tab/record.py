@@ -47,6 +47,9 @@ from typing import Any
 
 import numpy as np
 
+from lightning_attnviz.tab.blocks import AxisBlocks, read_blocks
+from lightning_attnviz.tab.blocks import count as _count
+
 PLUGIN_NAME = "attnviz"  # the TensorBoard plugin (tab/plugin.py) lists summaries written under this name
 FORMAT = "attnviz/3"
 READABLE = ("attnviz/2", FORMAT)
@@ -55,30 +58,6 @@ NOT_FINITE = 255
 KINDS = ("map", "overview", "markers")  # what a tag holds, said in its summary metadata
 MARKERS_FORMAT = "attnviz-markers/1"
 _LENGTH = 4  # bytes of the header length
-
-
-@dataclass(frozen=True)
-class AxisBlocks:
-    """What the tab needs to pool one axis of a record on screen by the rule the pictures and captures
-    follow (``capture/blocks.py``), when a map has more cells than its panel has pixels.
-
-    Attributes:
-        alone: leading cells never pooled (prefix and sink tokens).
-        grid: ``(rows, cols, prefix)`` when the cells are an image's patch grid (pooled in squares).
-        sizes: tokens per cell when the record is pooled already (its query rows are weighted by them);
-            ``None``: one token each.
-        factor: side of the squares the record's patches were pooled in (1: not pooled).
-    """
-
-    alone: int
-    grid: tuple[int, int, int] | None = None
-    sizes: tuple[int, ...] | None = None
-    factor: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {"alone": int(self.alone), "grid": None if self.grid is None else [int(g) for g in self.grid],
-                "sizes": None if self.sizes is None else [int(n) for n in self.sizes],
-                "factor": int(self.factor)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -149,8 +128,7 @@ def encode_map(
     weights = _checked(weights, q_labels, k_labels)
     heads, q, k = weights.shape
     for axis, n in zip(blocks or (), (q, k), strict=False):
-        if axis.sizes is not None and len(axis.sizes) != n:
-            raise ValueError(f"`blocks` needs {n} sizes for an axis of {n} cells, got {len(axis.sizes)}")
+        axis.check(n)
     mask = _mask(visible, weights.shape)
     cells, scales, floors = _cells(weights, mask)
     header: dict[str, Any] = {
@@ -297,39 +275,8 @@ def decode_map(blob: bytes) -> DecodedMap:
         image=image,
         grid=tuple(info["grid"]) if info else None,
         prefix_tokens=info["prefix"] if info else 0,
-        blocks=_blocks(header.get("blocks"), q, k),
+        blocks=read_blocks(header.get("blocks"), q, k),
     )
-
-
-def _blocks(told: Any, q: int, k: int) -> tuple[AxisBlocks, AxisBlocks] | None:
-    """The header's ``blocks``, checked to describe axes of ``q`` and ``k`` cells (as record.js does)."""
-    if not told:
-        return None
-    try:
-        axes = []
-        for axis, n in ((told["q"], q), (told["k"], k)):
-            grid, sizes = axis["grid"], axis["sizes"]
-            blocks = AxisBlocks(
-                _count(axis["alone"]),
-                None if grid is None else (_count(grid[0]), _count(grid[1]), _count(grid[2])),
-                None if sizes is None else tuple(map(_count, sizes)),
-                _count(axis["factor"]),
-            )
-            if blocks.alone > n or (blocks.sizes is not None and len(blocks.sizes) != n):
-                given = len(blocks.sizes or ())
-                raise ValueError(f"`blocks` of {blocks.alone} cells alone or {given} sizes for {n} cells")
-            if blocks.grid is not None and blocks.grid[2] + blocks.grid[0] * blocks.grid[1] != n:
-                raise ValueError(f"a `blocks` grid {blocks.grid} for {n} cells")
-            axes.append(blocks)
-    except (KeyError, TypeError, IndexError) as err:
-        raise ValueError(f"malformed `blocks` in an attnviz record header ({type(err).__name__})") from err
-    return axes[0], axes[1]
-
-
-def _count(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"a count in an attnviz record header must be an int >= 0, got {value!r}")
-    return value
 
 
 def _header(blob: bytes, formats: Sequence[str]) -> tuple[dict[str, Any], int]:
