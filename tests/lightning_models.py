@@ -133,20 +133,12 @@ class LitNoAttention(LitGPT):
 
 
 
-class LitTimmViT(pl.LightningModule):
-    """A tiny timm ViT with random weights and 8-px patches classifying 3 classes; ``vit`` options
-    (``img_size``, ``reg_tokens``, ``global_pool``, ...) go to ``timm.create_model``."""
+class LitImageClassifier(pl.LightningModule):
+    """Cross-entropy on (images, labels) batches, SGD or AdamW at ``lr``; subclasses give ``forward``."""
 
-    def __init__(self, lr: float = 0.5, adam: bool = False, **vit) -> None:
+    def __init__(self, lr: float, adam: bool) -> None:
         super().__init__()
-        import timm  # with tests/torchvision_standin installed first (conftest does)
-
-        options = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=3)
-        self.vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**options, **vit})
         self.lr, self.adam = lr, adam
-
-    def forward(self, images):
-        return self.vit(images)
 
     def training_step(self, batch, batch_idx):
         return F.cross_entropy(self(batch[0]), batch[1])
@@ -157,6 +149,21 @@ class LitTimmViT(pl.LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW if self.adam else torch.optim.SGD
         return optimizer(self.parameters(), lr=self.lr)
+
+
+class LitTimmViT(LitImageClassifier):
+    """A tiny timm ViT with random weights and 8-px patches classifying 3 classes; ``vit`` options
+    (``img_size``, ``reg_tokens``, ``global_pool``, ...) go to ``timm.create_model``."""
+
+    def __init__(self, lr: float = 0.5, adam: bool = False, **vit) -> None:
+        super().__init__(lr, adam)
+        import timm  # with tests/torchvision_standin installed first (conftest does)
+
+        options = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=3)
+        self.vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**options, **vit})
+
+    def forward(self, images):
+        return self.vit(images)
 
 
 def make_trainer(tmp_path, callbacks=(), logger=True, **kwargs) -> pl.Trainer:

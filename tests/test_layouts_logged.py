@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import timm
 import torch
 import torch.nn.functional as F
-from lightning_models import LitTimmViT, image_loader, make_trainer, read_events
+from lightning_models import LitImageClassifier, LitTimmViT, image_loader, make_trainer, read_events
 from PIL import Image
 from torch import nn
 
@@ -126,11 +126,11 @@ def test_a_vision_tower_beside_a_text_model_is_labelled_by_patches(tmp_path):
 # -- windows, bands and blocks through a real fit ---------------------------------------------------
 
 
-class LitSwin(pl.LightningModule):
+class LitSwin(LitImageClassifier):
     """A small timm Swin (two stages: 14×14 tokens, then 7×7 after patch merging)."""
 
     def __init__(self, fused: bool) -> None:
-        super().__init__()
+        super().__init__(lr=1e-3, adam=True)
         self.net = timm.create_model(
             "swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, img_size=56, window_size=7,
             embed_dim=16, depths=(2, 2), num_heads=(2, 2),
@@ -141,15 +141,6 @@ class LitSwin(pl.LightningModule):
 
     def forward(self, x):
         return self.net(x)
-
-    def training_step(self, batch, _):
-        return F.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, _):
-        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
 
 def _tab_blob(log_dir, tag):
