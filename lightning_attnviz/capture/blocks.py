@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -97,7 +97,17 @@ class AxisPlan:
         """One label per block: a token alone keeps its own (``tokens``, else the grid's, else its
         position); a square of patches names its rows and columns (``r0-1,c2-3``, ``r6,c6`` for a
         one-patch square at an edge); any other block its positions (``12–15``)."""
-        own = list(tokens) if tokens is not None and len(tokens) == self.length else None
+        key = tuple(tokens) if tokens is not None and len(tokens) == self.length else None
+        if key not in self._labels:  # every picture of a capture asks again for the same labels
+            self._labels[key] = self._label(key)
+        return list(self._labels[key])
+
+    @cached_property
+    def _labels(self) -> dict[tuple[str, ...] | None, list[str]]:
+        return {}
+
+    def _label(self, tokens: tuple[str, ...] | None) -> list[str]:
+        own = list(tokens) if tokens is not None else None
         grid = self.grid
         if own is None:
             own = grid.labels() if grid is not None else [str(i) for i in range(self.length)]
@@ -147,8 +157,16 @@ def plan_axis(length: int, limit: int | None, grid: PatchGrid | None = None, kee
     Args:
         grid: the image's patch grid; used when ``length`` is its length.
         keep: leading tokens never pooled (the sink tokens); a grid's prefix tokens always are.
+
+    Plans are kept (a plan never changes): every picture of every capture asks for the same few,
+    and a kept plan keeps its blocks, sizes and labels.
     """
     grid = grid if grid is not None and grid.length == length else None
+    return _plan_axis(int(length), None if limit is None else int(limit), grid, int(keep))
+
+
+@lru_cache(maxsize=256)
+def _plan_axis(length: int, limit: int | None, grid: PatchGrid | None, keep: int) -> AxisPlan:
     if limit is None or length <= limit:
         return AxisPlan(np.arange(length), grid)
     alone = min(length, max(keep, grid.prefix_tokens if grid is not None else 0))

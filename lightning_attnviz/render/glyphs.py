@@ -70,6 +70,22 @@ def bitmap(text: str, size: int, rotate: bool = False, bold: bool = False) -> np
         return mask
 
 
+@lru_cache(maxsize=1024)  # ~9 KB a label: a few MB at most
+def tint(
+    text: str, size: int, rotate: bool, bold: bool, color: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bitmap` in ``color``, ready to blend: ``(255 − alpha, colour × alpha + 127)`` as uint16.
+
+    A label is blended into many pictures (every capture redraws the same ticks and titles); with
+    these kept, blending is one multiply, one add and one division by 255 per pixel.
+    """
+    alpha = bitmap(text, size, rotate, bold)[:, :, None].astype(np.uint16)
+    add = np.asarray(color, dtype=np.uint16) * alpha + 127
+    inverse = 255 - alpha
+    inverse.flags.writeable = add.flags.writeable = False
+    return inverse, add
+
+
 @lru_cache(maxsize=_CACHE_SIZE)
 def width(text: str, size: int, bold: bool = False) -> int:
     """The width of :func:`bitmap`'s mask of ``text``, measured without rasterising it (wrapping and

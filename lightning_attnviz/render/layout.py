@@ -24,7 +24,7 @@ from typing import Any, ParamSpec
 
 import numpy as np
 
-from lightning_attnviz.render.glyphs import bitmap, fit, line_height, width, wrap
+from lightning_attnviz.render.glyphs import bitmap, fit, line_height, tint, width, wrap
 from lightning_attnviz.render.glyphs import shorten as shorten
 
 INK = (30, 30, 30)
@@ -114,22 +114,36 @@ class Canvas:
         bold: bool = False,
     ) -> Box:
         """Blend one line of text in; ``anchor`` is horizontal ``l|c|r`` then vertical ``t|m|b``."""
+        rgb = (color[0], color[1], color[2])
         mask = bitmap(text, size, rotate, bold)
         h, w = mask.shape
         x0 = round(x - {"l": 0, "c": w / 2, "r": w}[anchor[0]])
         y0 = round(y - {"t": 0, "m": h / 2, "b": h}[anchor[1]])
-        self.ink(mask, x0, y0, color)
+        self.ink(mask, x0, y0, rgb, tint(text, size, rotate, bold, rgb))
         box = Box(x0, y0, w, h)
-        self.texts.append(Placed(text, box, size, (color[0], color[1], color[2]), rotate, bold))
+        self.texts.append(Placed(text, box, size, rgb, rotate, bold))
         return box
 
-    def ink(self, mask: np.ndarray, x: int, y: int, color: Sequence[int]) -> None:
+    def ink(
+        self,
+        mask: np.ndarray,
+        x: int,
+        y: int,
+        color: Sequence[int],
+        tinted: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """:meth:`blend` for text and lines: the pixels under them are kept for :meth:`background`."""
+        if tinted is None:  # a plane of lines or stamped texts: only its inked box changes anything
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            if not len(rows):
+                return
+            mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            x, y = x + int(cols[0]), y + int(rows[0])
         h, w = mask.shape
         ys, xs, ye, xe = max(0, y), max(0, x), min(self.height, y + h), min(self.width, x + w)
         if ye > ys and xe > xs:
             self._under.append((ys, xs, self.image[ys:ye, xs:xe].copy()))
-        self.blend(mask, x, y, color)
+        self.blend(mask, x, y, color, tinted)
 
     def background(self) -> np.ndarray:
         """The picture without its texts and line segments: what a vector figure draws them over.
@@ -152,19 +166,32 @@ class Canvas:
         right = max(b.x + b.w for b in boxes)
         return Box(left, top, right - left, boxes[-1].y + boxes[-1].h - top)
 
-    def blend(self, mask: np.ndarray, x: int, y: int, color: Sequence[int]) -> None:
-        """Paint ``color`` through an alpha ``mask`` at ``(x, y)``, clipped to the canvas."""
+    def blend(
+        self,
+        mask: np.ndarray,
+        x: int,
+        y: int,
+        color: Sequence[int],
+        tinted: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Paint ``color`` through an alpha ``mask`` at ``(x, y)``, clipped to the canvas; ``tinted``
+        is :func:`~lightning_attnviz.render.glyphs.tint` of that mask and colour, when kept."""
         h, w = mask.shape
         ys, xs = max(0, -y), max(0, -x)
         ye, xe = min(h, self.height - y), min(w, self.width - x)
         if ye <= ys or xe <= xs:
             return
-        a = mask[ys:ye, xs:xe, None].astype(np.uint16)  # 255·255 + 127 fits: no wider type needed
+        if tinted is None:
+            a = mask[:, :, None].astype(np.uint16)  # 255·255 + 127 fits: no wider type needed
+            tinted = 255 - a, np.asarray(color, dtype=np.uint16) * a + 127
+        inverse, add = tinted[0][ys:ye, xs:xe], tinted[1][ys:ye, xs:xe]
         region = self.image[y + ys : y + ye, x + xs : x + xe]
-        ink = np.asarray(color, dtype=np.uint16)
-        # every pixel of the box at once (an empty one, a = 0, keeps its value exactly): faster than
-        # picking the inked pixels out first
-        region[...] = ((region * (255 - a) + ink * a + 127) // 255).astype(np.uint8)
+        # every pixel of the box at once (an empty one, alpha 0, keeps its value exactly): faster
+        # than picking the inked pixels out first
+        mixed = region * inverse
+        mixed += add
+        mixed //= 255
+        region[...] = mixed
 
     def paste(self, rgb: np.ndarray, x: int, y: int, name: str | None = None) -> Box:
         """Copy an RGB array in pixel for pixel (clipped); ``name`` records its box in ``boxes``."""
