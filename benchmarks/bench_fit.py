@@ -3,8 +3,9 @@
 The figure that matters to users: everything the monitor does during a fit (the extra forward, the
 copies, drawing in its background process, writing, and waiting for the last capture's pictures at the
 end of the fit) against the same fit without it. Runs are interleaved (plain, monitored, plain, ...)
-and each is a fresh Python process fitting with the same seed; the median of each is reported, and the
-drawing process's CPU seconds per capture.
+and each is a fresh Python process fitting with the same seed; the median of each is reported, the
+median of the ratios pair by pair (each monitored fit over the plain fit just before it: robust when the
+machine's speed drifts), and the drawing process's CPU seconds per capture.
 
     python benchmarks/bench_fit.py            # GPT-style (4×4), ViT (4×4) and a 12-layer × 12-head model
     python benchmarks/bench_fit.py --quick    # smaller, for a quick look
@@ -234,8 +235,9 @@ def main() -> None:
 
 def table(args: argparse.Namespace, epochs: int) -> None:
     columns = ("plain fit (s), median [min–max]", "with AttentionMonitor (s)", "ratio of medians")
-    print(f"| workload | {' | '.join(columns)} | drawing CPU s per capture | captures |")
-    print("|---|---|---|---|---|---|")
+    columns += ("pair ratios, median [min–max]", "drawing CPU s per capture", "captures")
+    print(f"| workload | {' | '.join(columns)} |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.workloads:
         plain, watched, draws, captures = [], [], [], 0
         for _ in range(args.repeats):  # interleaved, each fit in a fresh process
@@ -248,7 +250,9 @@ def table(args: argparse.Namespace, epochs: int) -> None:
         label += f", {args.busy} busy" if args.busy else ""
         spread = f"[{min(plain):.1f}–{max(plain):.1f}]", f"[{min(watched):.1f}–{max(watched):.1f}]"
         draw = statistics.median(draws)
-        print(f"| {label} | {p:.1f} {spread[0]} | {w:.1f} {spread[1]} | {w / p:.3f}× ", end="")
+        pairs = [b / a for a, b in zip(plain, watched, strict=True)]  # each over the plain fit before it
+        pair = f"{statistics.median(pairs):.3f}× [{min(pairs):.2f}–{max(pairs):.2f}]"
+        print(f"| {label} | {p:.1f} {spread[0]} | {w:.1f} {spread[1]} | {w / p:.3f}× | {pair} ", end="")
         print(f"| {draw:.2f} | {captures} |")
         sys.stdout.flush()
 

@@ -226,3 +226,41 @@ def test_a_full_log_disk_ends_the_fit_at_once(tmp_path):
         assert any("No space left on device" in m for m in messages)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a nice value per thread is Linux's")
+def test_a_capture_draws_in_what_training_leaves_idle_then_catches_up_then_hurries():
+    """Each step runs on the lane due when it starts: nice 19 while nothing else waits, ``DRAWING_NICE``
+    above training once another capture waits behind it (or it has waited too long), training's own
+    priority once training waits for it; moving up needs no privilege (a lane started higher)."""
+    import threading
+
+    from lightning_attnviz.pipeline.child import CATCH_UP_SECONDS, DRAWING_NICE, IDLE_NICE, Serve
+    from lightning_attnviz.pipeline.messages import Draw, Hurry
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = nice()
+    serve = Serve(lambda message: None, lower=True)
+    serve.accept(Draw(0, 1, None, False))  # the capture being drawn (nothing reads its job here)
+    seen: dict[str, int] = {}
+
+    def capture() -> None:
+        seen["start"] = nice()
+        seen["alone"] = serve._gate(nice)
+        serve.accept(Draw(0, 2, None, False))  # the next capture arrives
+        seen["behind"] = serve._gate(nice)
+        serve.accept(Hurry(True))  # training ended and waits
+        seen["waited"] = serve._gate(nice)
+        serve.accept(Hurry(False))
+        with serve.lock:
+            del serve.pending[2]
+            serve.arrived[1] -= CATCH_UP_SECONDS + 1  # alone again, but waiting too long
+        seen["late"] = serve._gate(nice)
+
+    serve._at_priority(capture)
+    catch_up = min(19, base + DRAWING_NICE)
+    idle = max(catch_up, IDLE_NICE)
+    assert seen == {"start": idle, "alone": idle, "behind": catch_up, "waited": base, "late": catch_up}
+    assert nice() == base  # the test's own thread is as it was

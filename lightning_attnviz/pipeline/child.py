@@ -3,10 +3,15 @@ monitor's pipeline and sinks below the training process's priority. Also the mes
 sides use (length-prefixed pickles).
 
 The receiving side never waits for a drawing: it answers :class:`Ping`, writes :class:`Spool` files
-of captures not yet drawn, and hears :class:`Hurry` while a capture is being drawn. Each capture is
-drawn on a thread of its own whose nice value is :data:`DRAWING_NICE` above the training process's
-(Linux keeps a nice value per thread), so that once training ends and waits (``Hurry``) the captures
-left are drawn at full priority. Every request is answered, a failing one with why.
+of captures not yet drawn, and hears :class:`Hurry` while a capture is being drawn. Each step of a
+capture (a picture kind, its encoding, the tab's maps, the capture file) runs on one of three threads
+("lanes") whose nice values differ (Linux keeps a nice value per thread), chosen when the step starts:
+nice 19 while training runs and nothing else waits (the drawing takes what training leaves idle),
+:data:`DRAWING_NICE` above training once a capture waits behind it or it has waited
+:data:`CATCH_UP_SECONDS` (it keeps up on a busy machine), and training's own priority once training
+ends and waits (``Hurry``). A thread can lower its own nice value but not raise it back without
+privileges, so moving up means handing the next step to a lane started higher. Every request is
+answered, a failing one with why.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from lightning_attnviz.pipeline import spool
@@ -32,14 +38,48 @@ def _nice(value: str) -> int:
     return int(value) if value.isdigit() and int(value) <= 19 else 5
 
 
-# How far below training the drawing runs while training runs (``ATTNVIZ_NICE=0..19`` chooses).
+# How far below training the drawing runs while it catches up (``ATTNVIZ_NICE=0..19`` chooses).
 # Under Linux's scheduler a thread's share of a contended core follows its weight: nice 0 → 1024,
-# 5 → 335, 10 → 110, 19 → 15. At 19 the drawing starves on a machine kept busy by other work (9 of
-# 20 step captures skipped in one loaded run) and the last capture, drawn after training ends, takes
-# minutes; at 5 it gets ~a quarter of a core shared with one busy process. docs/drawing.md has the
-# measurements.
+# 5 → 335, 10 → 110, 19 → 15. At 19 alone the drawing starves on a machine kept busy by other work
+# (9 of 20 step captures skipped in one loaded run); at 5 it gets ~a quarter of a core shared with one
+# busy process. docs/drawing.md has the measurements.
 DRAWING_NICE = _nice(os.environ.get("ATTNVIZ_NICE", "5"))
+IDLE_NICE = 19  # while nothing waits: what training leaves idle, without pre-empting its threads
+CATCH_UP_SECONDS = 10.0  # a capture waiting longer than this is drawn at DRAWING_NICE
 _PER_THREAD = sys.platform.startswith("linux")  # elsewhere a nice value is the whole process's
+
+
+class _Lane:
+    """A thread that runs what it is handed at one nice value, set once when it starts (lowering a
+    thread's nice value needs no privilege; raising it back does)."""
+
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+        self._jobs: queue.Queue[tuple[Callable[[], Any], threading.Event, dict[str, Any]]] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=f"attnviz-draw-nice{nice}", daemon=True)
+        self._thread.start()
+
+    def here(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        done, box = threading.Event(), dict[str, Any]()
+        self._jobs.put((fn, done, box))
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _loop(self) -> None:
+        _set_nice(threading.get_native_id(), self.nice)
+        while True:
+            fn, done, box = self._jobs.get()
+            try:
+                box["value"] = fn()
+            except BaseException as err:
+                box["error"] = err
+            finally:
+                done.set()
 
 
 def send(stream: Any, message: Any) -> None:
@@ -86,7 +126,9 @@ class Serve:
         self.spooled: dict[int, str] = {}  # the spool file of a pending capture, once written
         self.quitting = False
         self.hurry = threading.Event()
-        self._low: int | None = None  # the native id of the thread drawing below training, if any
+        self.arrived: dict[int, float] = {}  # when each pending capture arrived, by job id
+        self._lanes: dict[str, _Lane] = {}  # "idle", "catch_up", "full": started by the drawing thread
+        self._hop = threading.local()  # set on a lane while it runs a step handed to it
         self._spools: queue.Queue[tuple[int, str]] = queue.Queue()
         self._spooler: threading.Thread | None = None
 
@@ -104,19 +146,17 @@ class Serve:
             if isinstance(message, Draw):
                 with self.lock:
                     self.pending[message.job_id] = message
+                    self.arrived[message.job_id] = time.monotonic()
                 if message.spool:
                     self._keep(message.job_id, message.spool)
             self.queue.put(message)
 
     def _hurry(self, now: bool) -> None:
-        """Training waits (or runs again): what is drawn next is at its priority; the capture being
-        drawn below it is raised too where the system allows."""
-        if not now:
-            return self.hurry.clear()
-        self.hurry.set()
-        low = self._low
-        if low is not None:
-            _set_nice(low, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        """Training waits (or runs again): the next step of a capture is drawn at its priority."""
+        if now:
+            self.hurry.set()
+        else:
+            self.hurry.clear()
 
     def finish(self, drop: bool = False) -> None:
         """No more messages: draw what is queued, or (``drop``: the training process is gone) only
@@ -180,6 +220,7 @@ class Serve:
         if isinstance(message, Draw):
             with self.lock:
                 self.pending.pop(message.job_id, None)
+                self.arrived.pop(message.job_id, None)
             notes = (f"AttentionMonitor: drawing a capture failed {text}.", *self._notes(message.channel))
             self.reply(Done(message.channel, message.job_id, None, notes, 0.0, None))
         elif isinstance(message, Close):
@@ -219,21 +260,24 @@ class Serve:
     def _draw(self, message: Draw) -> None:
         pipeline = self.pipelines[message.channel]
 
-        def draw() -> tuple[Any, list[str], float]:
-            started = time.thread_time()
+        def draw() -> tuple[Any, list[str]]:
             outputs, messages = pipeline.run(message.job)
             for sink in self.sinks.get(message.channel, []):
                 try:
-                    sink.write(outputs)
+                    self._gate(partial(sink.write, outputs))
                 except Exception as err:  # one sink failing must not lose the others, nor the job
                     pipeline.writes.add(type(sink).__name__, getattr(sink, "what", str(sink)), err)
             messages = [*messages, *pipeline.writes.messages(message.job.step)]  # a full disk: said once
-            return outputs, messages, time.thread_time() - started
+            return outputs, messages
 
-        outputs, messages, seconds = self._at_priority(draw)
+        started = self._cpu()
+        pipeline.gate = self._gate
+        outputs, messages = self._at_priority(draw)
+        seconds = self._cpu() - started
         state = pipeline.state_dict()  # so that a checkpoint never waits for drawing
         with self.lock:
             self.pending.pop(message.job_id, None)
+            self.arrived.pop(message.job_id, None)
             kept = self.spooled.pop(message.job_id, None)
         if kept is not None:  # here too: the training process may be gone before it hears of it
             try:
@@ -253,31 +297,47 @@ class Serve:
         )
 
     def _at_priority(self, fn: Callable[[], Any]) -> Any:
-        """``fn()`` on a thread below the training process's priority, or here when training waits."""
-        if not (self.lower and _PER_THREAD) or self.hurry.is_set():
+        """``fn()`` on the lane due now; its steps (:meth:`_gate`) may move to another lane."""
+        if not (self.lower and _PER_THREAD):
             return fn()
-        result: dict[str, Any] = {}
+        if not self._lanes:  # started from this thread, at training's priority: each lowers itself
+            base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            catch_up = min(19, base + DRAWING_NICE)
+            levels = {"idle": max(catch_up, IDLE_NICE), "catch_up": catch_up, "full": base}
+            self._lanes = {name: _Lane(nice) for name, nice in levels.items()}
+        return self._lanes[self._due()].run(fn)
 
-        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    def _due(self) -> str:
+        """The lane for the next step: ``full`` while training waits, ``catch_up`` while another
+        capture waits behind this one or it has waited :data:`CATCH_UP_SECONDS`, else ``idle``."""
+        if self.hurry.is_set():
+            return "full"
+        with self.lock:
+            waiting, oldest = len(self.pending), min(self.arrived.values(), default=time.monotonic())
+        if waiting > 1 or time.monotonic() - oldest > CATCH_UP_SECONDS:
+            return "catch_up"
+        return "idle"
 
-        def low() -> None:
-            self._low = threading.get_native_id()
-            _set_nice(self._low, base + DRAWING_NICE)
-            if self.hurry.is_set():  # training started to wait meanwhile
-                _set_nice(self._low, base)
+    def _gate(self, step: Callable[[], Any]) -> Any:
+        """Run one step of a capture on the lane due now (here when it is this thread's, or when this
+        thread already runs a handed step: a lane never waits for itself)."""
+        lane = self._lanes.get(self._due()) if self._lanes else None
+        if lane is None or lane.here() or getattr(self._hop, "on", False):
+            return step()
+
+        def handed() -> Any:
+            self._hop.on = True
             try:
-                result["value"] = fn()
-            except BaseException as err:
-                result["error"] = err
+                return step()
             finally:
-                self._low = None
+                self._hop.on = False
 
-        thread = threading.Thread(target=low, name="attnviz-draw-low", daemon=True)
-        thread.start()
-        thread.join()
-        if "error" in result:
-            raise result["error"]
-        return result["value"]
+        return lane.run(handed)
+
+    def _cpu(self) -> float:
+        """CPU seconds so far of the drawing process (a capture's steps run on several of its threads),
+        or of this thread where the drawing is a thread of the training process."""
+        return time.process_time() if self.lower else time.thread_time()
 
     def _close(self, channel: int) -> list[str]:
         problems = []

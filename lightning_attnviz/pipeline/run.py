@@ -58,6 +58,8 @@ class Pipeline:
         self.roles = RoleHistory()  # each head's role scores at the last captures, for phase changes
         self.layers: list[str] = []  # every layer logged so far, for the custom-scalars layout
         self.previous_stats: PreviousStats | None = None  # for the stats pictures' change panels
+        # runs each step (the drawing process hands steps to the thread at the priority due now)
+        self.gate: Callable[[Callable[[], Any]], Any] = _inline
         self._warned = Once()
         self.messages: list[str] = []
         self.writes = WriteFailures()  # what could not be written; the caller words it after the sinks
@@ -115,7 +117,7 @@ class Pipeline:
         if c.save_captures and self.setup.log_dir is not None and stored:
             path = Path(self.setup.log_dir) / tags.captures_dir / f"step_{job.step:08d}.npz"
             try:
-                self._save(path, stored, job)
+                self.gate(lambda: self._save(path, stored, job))
             except Exception as err:  # a full disk: told once with the sinks' failures (self.writes)
                 self.writes.add("the capture files", f"the capture file {path}", err)
         return out, self.messages
@@ -146,7 +148,7 @@ class Pipeline:
 
     def _step(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
-            return fn()
+            return self.gate(fn)
         except Exception as err:  # one step failing must never lose the others
             self._warn_once(
                 f"step:{what}",
@@ -337,6 +339,10 @@ class Pipeline:
                         )
                     )
         return drawn
+
+
+def _inline(fn: Callable[[], Any]) -> Any:
+    return fn()
 
 
 def _stat_scalars(
