@@ -28,6 +28,7 @@ from lightning_attnviz.render.glyphs import bitmap, fit, line_height, tint, widt
 from lightning_attnviz.render.glyphs import shorten as shorten
 
 INK = (30, 30, 30)
+Tint = tuple[np.ndarray, np.ndarray]  # glyphs.tint: a label's blend terms
 GRAY = (100, 100, 100)
 
 
@@ -124,14 +125,7 @@ class Canvas:
         self.texts.append(Placed(text, box, size, rgb, rotate, bold))
         return box
 
-    def ink(
-        self,
-        mask: np.ndarray,
-        x: int,
-        y: int,
-        color: Sequence[int],
-        tinted: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> None:
+    def ink(self, mask: np.ndarray, x: int, y: int, color: Sequence[int], tinted: Tint | None = None) -> None:
         """:meth:`blend` for text and lines: the pixels under them are kept for :meth:`background`."""
         if tinted is None:  # a plane of lines or stamped texts: only its inked box changes anything
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -166,15 +160,8 @@ class Canvas:
         right = max(b.x + b.w for b in boxes)
         return Box(left, top, right - left, boxes[-1].y + boxes[-1].h - top)
 
-    def blend(
-        self,
-        mask: np.ndarray,
-        x: int,
-        y: int,
-        color: Sequence[int],
-        tinted: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> None:
-        """Paint ``color`` through an alpha ``mask`` at ``(x, y)``, clipped to the canvas; ``tinted``
+    def blend(self, mask: np.ndarray, x: int, y: int, rgb: Sequence[int], tinted: Tint | None = None) -> None:
+        """Paint ``rgb`` through an alpha ``mask`` at ``(x, y)``, clipped to the canvas; ``tinted``
         is :func:`~lightning_attnviz.render.glyphs.tint` of that mask and colour, when kept."""
         h, w = mask.shape
         ys, xs = max(0, -y), max(0, -x)
@@ -183,7 +170,7 @@ class Canvas:
             return
         if tinted is None:
             a = mask[:, :, None].astype(np.uint16)  # 255·255 + 127 fits: no wider type needed
-            tinted = 255 - a, np.asarray(color, dtype=np.uint16) * a + 127
+            tinted = 255 - a, np.asarray(rgb, dtype=np.uint16) * a + 127
         inverse, add = tinted[0][ys:ye, xs:xe], tinted[1][ys:ye, xs:xe]
         region = self.image[y + ys : y + ye, x + xs : x + xe]
         # every pixel of the box at once (an empty one, alpha 0, keeps its value exactly): faster
