@@ -235,7 +235,8 @@ def test_a_capture_draws_in_what_training_leaves_idle_then_catches_up_then_hurri
     priority once training waits for it; moving up needs no privilege (a lane started higher)."""
     import threading
 
-    from lightning_attnviz.pipeline.child import CATCH_UP_SECONDS, DRAWING_NICE, IDLE_NICE, Serve
+    from lightning_attnviz.pipeline.child import Serve
+    from lightning_attnviz.pipeline.lanes import CATCH_UP_SECONDS, DRAWING_NICE, IDLE_NICE
     from lightning_attnviz.pipeline.messages import Draw, Hurry
 
     def nice() -> int:

@@ -4,13 +4,8 @@ sides use (length-prefixed pickles).
 
 The receiving side never waits for a drawing: it answers :class:`Ping`, writes :class:`Spool` files
 of captures not yet drawn, and hears :class:`Hurry` while a capture is being drawn. Each step of a
-capture (a picture kind, its encoding, the tab's maps, the capture file) runs on one of three threads
-("lanes") whose nice values differ (Linux keeps a nice value per thread), chosen when the step starts:
-nice 19 while training runs and nothing else waits (the drawing takes what training leaves idle),
-:data:`DRAWING_NICE` above training once a capture waits behind it or it has waited
-:data:`CATCH_UP_SECONDS` (it keeps up on a busy machine), and training's own priority once training
-ends and waits (``Hurry``). A thread can lower its own nice value but not raise it back without
-privileges, so moving up means handing the next step to a lane started higher. Every request is
+capture runs on the lane :mod:`lightning_attnviz.pipeline.lanes` picks when the step starts (nice 19
+while nothing waits, nice +5 to catch up, training's priority once training waits). Every request is
 answered, a failing one with why.
 """
 
@@ -29,57 +24,10 @@ from functools import partial
 from typing import Any
 
 from lightning_attnviz.pipeline import spool
+from lightning_attnviz.pipeline.lanes import CATCH_UP_SECONDS, DRAWING_NICE, PER_THREAD, Lanes
 from lightning_attnviz.pipeline.messages import Close, Closed, Done, Draw, Hurry, Open, Ping, Pong, Spool
 
 _HEADER = struct.Struct("<Q")
-
-
-def _nice(value: str) -> int:
-    return int(value) if value.isdigit() and int(value) <= 19 else 5
-
-
-# How far below training the drawing runs while it catches up (``ATTNVIZ_NICE=0..19`` chooses).
-# Under Linux's scheduler a thread's share of a contended core follows its weight: nice 0 → 1024,
-# 5 → 335, 10 → 110, 19 → 15. At 19 alone the drawing starves on a machine kept busy by other work
-# (9 of 20 step captures skipped in one loaded run); at 5 it gets ~a quarter of a core shared with one
-# busy process. docs/drawing.md has the measurements.
-DRAWING_NICE = _nice(os.environ.get("ATTNVIZ_NICE", "5"))
-IDLE_NICE = 19  # while nothing waits: what training leaves idle, without pre-empting its threads
-CATCH_UP_SECONDS = 10.0  # a capture waiting longer than this is drawn at DRAWING_NICE
-_PER_THREAD = sys.platform.startswith("linux")  # elsewhere a nice value is the whole process's
-
-
-class _Lane:
-    """A thread that runs what it is handed at one nice value, set once when it starts (lowering a
-    thread's nice value needs no privilege; raising it back does)."""
-
-    def __init__(self, nice: int) -> None:
-        self.nice = nice
-        self._jobs: queue.Queue[tuple[Callable[[], Any], threading.Event, dict[str, Any]]] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name=f"attnviz-draw-nice{nice}", daemon=True)
-        self._thread.start()
-
-    def here(self) -> bool:
-        return threading.current_thread() is self._thread
-
-    def run(self, fn: Callable[[], Any]) -> Any:
-        done, box = threading.Event(), dict[str, Any]()
-        self._jobs.put((fn, done, box))
-        done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    def _loop(self) -> None:
-        _set_nice(threading.get_native_id(), self.nice)
-        while True:
-            fn, done, box = self._jobs.get()
-            try:
-                box["value"] = fn()
-            except BaseException as err:
-                box["error"] = err
-            finally:
-                done.set()
 
 
 def send(stream: Any, message: Any) -> None:
@@ -97,13 +45,6 @@ def receive(stream: Any) -> Any:
     if len(data) < size:
         raise EOFError
     return pickle.loads(data)
-
-
-def _set_nice(tid: int, value: int) -> None:
-    """One thread's nice value (Linux keeps one per thread). Raising a thread's priority back needs
-    CAP_SYS_NICE or RLIMIT_NICE (root in most containers); without, it stays where it is."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, tid, max(-20, min(19, value)))
 
 
 class Serve:
@@ -127,8 +68,7 @@ class Serve:
         self.quitting = False
         self.hurry = threading.Event()
         self.arrived: dict[int, float] = {}  # when each pending capture arrived, by job id
-        self._lanes: dict[str, _Lane] = {}  # "idle", "catch_up", "full": started by the drawing thread
-        self._hop = threading.local()  # set on a lane while it runs a step handed to it
+        self.lanes = Lanes()
         self._spools: queue.Queue[tuple[int, str]] = queue.Queue()
         self._spooler: threading.Thread | None = None
 
@@ -298,14 +238,9 @@ class Serve:
 
     def _at_priority(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` on the lane due now; its steps (:meth:`_gate`) may move to another lane."""
-        if not (self.lower and _PER_THREAD):
+        if not (self.lower and PER_THREAD):
             return fn()
-        if not self._lanes:  # started from this thread, at training's priority: each lowers itself
-            base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-            catch_up = min(19, base + DRAWING_NICE)
-            levels = {"idle": max(catch_up, IDLE_NICE), "catch_up": catch_up, "full": base}
-            self._lanes = {name: _Lane(nice) for name, nice in levels.items()}
-        return self._lanes[self._due()].run(fn)
+        return self.lanes.start(fn, self._due())
 
     def _due(self) -> str:
         """The lane for the next step: ``full`` while training waits, ``catch_up`` while another
@@ -319,20 +254,7 @@ class Serve:
         return "idle"
 
     def _gate(self, step: Callable[[], Any]) -> Any:
-        """Run one step of a capture on the lane due now (here when it is this thread's, or when this
-        thread already runs a handed step: a lane never waits for itself)."""
-        lane = self._lanes.get(self._due()) if self._lanes else None
-        if lane is None or lane.here() or getattr(self._hop, "on", False):
-            return step()
-
-        def handed() -> Any:
-            self._hop.on = True
-            try:
-                return step()
-            finally:
-                self._hop.on = False
-
-        return lane.run(handed)
+        return self.lanes.gate(step, self._due())
 
     def _cpu(self) -> float:
         """CPU seconds so far of the drawing process (a capture's steps run on several of its threads),
@@ -360,7 +282,7 @@ def _quiet() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it drains us
     warnings.simplefilter("ignore")
-    if not _PER_THREAD:  # no nice value per thread: the whole process, for good
+    if not PER_THREAD:  # no nice value per thread: the whole process, for good
         with contextlib.suppress(OSError):
             os.nice(DRAWING_NICE)
     import torch
